@@ -1,0 +1,1 @@
+"""SliM-LLM quantization in plain torch: Hessians, salience, SBA, SQC, GPTQ. Knows nothing about GGUF."""
