@@ -5,6 +5,8 @@ fixed by the group's bit-width), producing quant.result.QuantizedLinear like the
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -52,3 +54,73 @@ def random_quantized(rows: int, cols: int, avg_bits: int, group_size: int, seed:
     """RTN of a random normal weight (scaled like a real layer)."""
     g = torch.Generator().manual_seed(seed)
     return rtn(torch.randn(rows, cols, generator=g) * 0.05, avg_bits, group_size, seed)
+
+
+TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brown.txt"
+
+
+def train_spm(out_dir: Path, vocab_size: int = 320) -> Path:
+    """A small sentencepiece model (llama.cpp's converter reads tokenizer.model for llama)."""
+    import io
+
+    import sentencepiece as spm
+
+    if TEXT.exists():
+        text = TEXT.read_text(encoding="utf-8", errors="replace")[:200_000]
+    else:  # keep the helper usable outside this checkout
+        text = " ".join(f"the quick brown fox {i} jumps over the lazy dog" for i in range(5000))
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
+                                   model_type="bpe", character_coverage=1.0, byte_fallback=False,
+                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
+                                   num_threads=1, hard_vocab_limit=False)
+    path = out_dir / "tokenizer.model"
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def make_tiny_llama(out_dir: Path, *, hidden: int = 128, intermediate: int = 192, layers: int = 2,
+                    heads: int = 4, kv_heads: int = 2, tie: bool = False, seed: int = 0,
+                    vocab_size: int = 320) -> Path:
+    """A random LlamaForCausalLM HF folder (config, safetensors, sentencepiece tokenizer.model)."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_spm(out_dir, vocab_size)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=256, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():  # norms too, so a permutation bug cannot hide behind ones
+            p.copy_(torch.randn_like(p) * 0.05 + (1.0 if p.ndim == 1 else 0.0))
+    model.save_pretrained(out_dir)
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True, "add_eos_token": False}))
+    return out_dir
+
+
+LINEAR_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
+                   "gate_proj.weight", "up_proj.weight", "down_proj.weight")
+
+
+def rtn_folder(hf_dir: Path, avg_bits: int, group_size: int | None = None, seed: int = 0):
+    """RTN-quantize every linear of an HF folder's safetensors: {hf name: QuantizedLinear}.
+
+    group_size None: 128 where the input width allows, else 64 (the converter's default rule)."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for i, (name, w) in enumerate(sorted(load_file(str(Path(hf_dir) / "model.safetensors")).items())):
+        if not name.endswith(LINEAR_SUFFIXES):
+            continue
+        cols = w.shape[1]
+        g = group_size or (128 if cols % 128 == 0 else 64)
+        if cols % g:
+            continue
+        out[name] = rtn(w, avg_bits, g, seed=seed + i)
+    return out

@@ -1,0 +1,288 @@
+"""Write a GGUF with llama.cpp's own converter, putting SLIM rows in place of the quantized linear weights.
+
+The vendored convert_hf_to_gguf.py (its `conversion` package, in the patched llama.cpp tree) reads an HF folder
+and writes metadata, tokenizer, chat template and tensor names exactly as it does for an F16 file. Three
+hooks on a subclass of the architecture's converter class change only what SLIM needs:
+
+- modify_tensors: for a quantized weight, a row-index tensor goes through the converter's own modify_tensors
+  instead of the weight, which tells the GGUF name and the row order it writes (the llama q/k RoPE permutation
+  reorders rows only; SLIM tags are per column group, so permuting q/d/m rows is exact). The SLIM rows are
+  packed (format.pack_rows) and validated (reference_decoder.validate), and a 1x1 placeholder goes on.
+- gguf_writer.add_tensor: the placeholder is swapped for the packed bytes with raw_dtype = the SLIM type.
+- tensor_force_quant: stock types for what SLIM does not hold (token_embd / output / unquantized linears);
+  norms and other 1-D tensors stay F32 through the converter's own rule.
+general.file_type becomes MOSTLY_SLIM2 / MOSTLY_SLIM3 and `slim.*` keys carry the settings.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .errors import SlimError
+from .format import slim_type
+from .llama_build import SOURCE_DIR
+
+# stock types the converter (gguf-py) can write; llama-quantize's Q6_K/Q4_K are not in gguf-py's quantizer
+STOCK_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")
+DEFAULT_EMBD_TYPE = "q8_0"      # token_embd (llama-quantize: Q2_K..Q4_K for low-bit mixes; Q8_0 is the
+DEFAULT_OUTPUT_TYPE = "q8_0"    # output      closest gguf-py can write; llama-quantize uses Q6_K)
+DEFAULT_FALLBACK_TYPE = "q8_0"  # linear weights SLIM cannot hold (width not divisible by 64); F16 if %32 != 0
+
+
+def _qtype(name: str):
+    import gguf
+    try:
+        return gguf.GGMLQuantizationType[name.upper()]
+    except KeyError:
+        raise SlimError(f"unknown tensor type {name!r} (choose from {', '.join(STOCK_TYPES)})") from None
+
+
+@dataclass
+class StockTypes:
+    """Types for the tensors SLIM does not hold (names as in STOCK_TYPES)."""
+
+    token_embd: str = DEFAULT_EMBD_TYPE
+    output: str = DEFAULT_OUTPUT_TYPE
+    fallback: str = DEFAULT_FALLBACK_TYPE
+
+    def __post_init__(self):
+        for v in (self.token_embd, self.output, self.fallback):
+            if v.lower() not in STOCK_TYPES:
+                raise SlimError(f"unsupported stock type {v!r} (choose from {', '.join(STOCK_TYPES)})")
+
+
+@dataclass
+class WrittenTensor:
+    name: str            # GGUF name
+    hf_name: str | None  # source name (None for generated tensors)
+    type: str
+    shape: tuple[int, ...]  # numpy order (rows, cols)
+    n_bytes: int
+
+
+@dataclass
+class WriteReport:
+    tensors: list[WrittenTensor] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)  # 2-D weights written as stock types (not SLIM)
+    row_perm: dict[str, np.ndarray] = field(default_factory=dict)  # GGUF name -> source row of each row
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the vendored converter
+
+
+def _import_conversion():
+    """Import the `conversion` package of the patched llama.cpp tree (needs the patched gguf-py installed)."""
+    if not (SOURCE_DIR / "conversion" / "__init__.py").exists():
+        raise SlimError(f"llama.cpp's converter not found in {SOURCE_DIR}; run `bash scripts/setup.sh`")
+    if str(SOURCE_DIR) not in sys.path:
+        sys.path.insert(1, str(SOURCE_DIR))
+    import conversion
+    return conversion
+
+
+@contextlib.contextmanager
+def _quiet_converter(verbose: bool):
+    conversion = _import_conversion()
+    logger = conversion.logger
+    old = logger.level
+    logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if verbose and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO)
+    try:
+        yield conversion
+    finally:
+        logger.setLevel(old)
+
+
+def converter_class(hf_dir: Path):
+    """The vendored converter's class for the HF folder's architecture (SlimError if unsupported)."""
+    conversion = _import_conversion()
+    try:
+        hparams = conversion.ModelBase.load_hparams(Path(hf_dir), False)
+        arch = conversion.get_model_architecture(hparams, conversion.ModelType.TEXT)
+    except (OSError, ValueError, KeyError) as e:
+        raise SlimError(f"cannot read the model config in {hf_dir}: {e}") from None
+    try:
+        return conversion.get_model_class(arch)
+    except NotImplementedError:
+        raise SlimError(f"unsupported architecture {arch!r}: llama.cpp's converter does not know it") from None
+
+
+def write_stock(hf_dir: Path, out_path: Path, outtype: str = "f16", *, model_name: str | None = None,
+                verbose: bool = False) -> Path:
+    """What `convert_hf_to_gguf.py --outtype OUTTYPE` writes (the reference file for comparisons)."""
+    import gguf
+    import torch
+    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+             "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+    cls = converter_class(hf_dir)
+    with _quiet_converter(verbose), torch.inference_mode():
+        model = cls(Path(hf_dir), ftype, Path(out_path), model_name=model_name)
+        model.write()
+    return Path(out_path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the SLIM writer
+
+
+def _metadata_adder(writer, key: str, value: Any):
+    import gguf
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value) if 0 <= value < 2**32 else writer.add_int64(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, (list, tuple)):
+        writer.add_array(key, list(value))
+    else:
+        raise TypeError(f"metadata {key}: cannot store {type(value).__name__}")
+    del gguf
+
+
+def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: StockTypes,
+                  slim_meta: Mapping[str, Any], report: WriteReport):
+    """A subclass of the converter class `base` that writes SLIM rows for the quantized weights."""
+    import gguf
+    import torch
+
+    from . import reference_decoder
+    from .format import pack_rows
+
+    target_ftype = gguf.LlamaFileType.MOSTLY_SLIM2 if avg_bits == 2 else gguf.LlamaFileType.MOSTLY_SLIM3
+    placeholder = torch.zeros(1, 1, dtype=torch.float16)
+
+    class SlimConverter(base):
+        model_arch = base.model_arch  # TextModel.__init_subclass__ wants it in the class dict
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._slim_pending: dict[str, tuple[np.ndarray, Any]] = {}
+            self._slim_hf_names: dict[str, str] = {}
+            self._slim_written: set[str] = set()
+            inner_add = self.gguf_writer.add_tensor
+
+            def add_tensor(name, tensor, raw_shape=None, raw_dtype=None, tensor_endianess=None):
+                if name in self._slim_pending:
+                    tensor, raw_dtype = self._slim_pending.pop(name)
+                    raw_shape = None
+                    self._slim_written.add(name)
+                inner_add(name, tensor, raw_shape=raw_shape, raw_dtype=raw_dtype, tensor_endianess=tensor_endianess)
+                info = self.gguf_writer.tensors[-1][name]
+                report.tensors.append(WrittenTensor(name, self._slim_hf_names.get(name), info.dtype.name,
+                                                    tuple(int(s) for s in info.shape), int(info.nbytes)))
+
+            self.gguf_writer.add_tensor = add_tensor
+
+        def modify_tensors(self, data_torch, name: str, bid: int | None) -> Iterable[tuple[str, Any]]:
+            ql = quantized.get(name)
+            if ql is None:
+                for new_name, data in super().modify_tensors(data_torch, name, bid):
+                    self._slim_hf_names[new_name] = name
+                    yield new_name, data
+                return
+            rows, cols = ql.shape
+            if tuple(data_torch.shape) != (rows, cols):
+                raise SlimError(f"{name}: quantized shape {(rows, cols)} != model's {tuple(data_torch.shape)}")
+            index = torch.arange(rows, dtype=torch.float32)[:, None].expand(rows, cols).contiguous()
+            outs = list(super().modify_tensors(index, name, bid))
+            if len(outs) != 1 or tuple(outs[0][1].shape) != (rows, cols):
+                raise SlimError(f"{name}: llama.cpp's converter reshapes this tensor; SLIM cannot follow it")
+            new_name, moved = outs[0]
+            perm = moved[:, 0].round().long()
+            if not (torch.equal(moved, moved[:, :1].expand(rows, cols))
+                    and torch.equal(torch.sort(perm).values, torch.arange(rows))):
+                raise SlimError(f"{name}: llama.cpp's converter does more than reorder rows; SLIM cannot follow it")
+            st = slim_type(avg_bits, ql.group_size)
+            p = perm.numpy()
+            packed = pack_rows(ql.bits.cpu().numpy(), ql.q.cpu().numpy()[p], ql.d.cpu().numpy()[p],
+                               ql.m.cpu().numpy()[p], st)
+            reference_decoder.validate(packed, cols, st, new_name)
+            self._slim_pending[new_name] = (packed, st.ggml_type)
+            self._slim_hf_names[new_name] = name
+            report.row_perm[new_name] = p
+            yield new_name, placeholder
+
+        def tensor_force_quant(self, name, new_name, bid, n_dims):
+            if new_name in self._slim_pending:
+                return gguf.GGMLQuantizationType.F16  # the placeholder; add_tensor swaps in the SLIM rows
+            if self.match_model_tensor_name(new_name, gguf.MODEL_TENSOR.TOKEN_EMBD, bid):
+                return _qtype(stock.token_embd)
+            if self.match_model_tensor_name(new_name, gguf.MODEL_TENSOR.OUTPUT, bid):
+                return _qtype(stock.output)
+            if n_dims >= 2 and new_name.endswith(".weight"):
+                report.fallbacks.append(new_name)
+                return _qtype(stock.fallback)
+            return super().tensor_force_quant(name, new_name, bid, n_dims)
+
+        def set_gguf_parameters(self):
+            self.ftype = target_ftype  # prepare_tensors ran with MOSTLY_F16; the file says SLIM
+            super().set_gguf_parameters()
+            for key, value in slim_meta.items():
+                _metadata_adder(self.gguf_writer, key, value)
+
+    return SlimConverter
+
+
+def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], *, avg_bits: int,
+                    stock: StockTypes | None = None, slim_meta: Mapping[str, Any] | None = None,
+                    model_name: str | None = None, verbose: bool = False) -> WriteReport:
+    """Write out_path (directly; the caller handles temp files) from an HF folder and QuantizedLinear results.
+
+    quantized: HF parameter name -> QuantizedLinear (bits shared by all rows, group_size 64 or 128).
+    slim_meta: extra `slim.*` key/values. Non-quantized tensors are read from hf_dir by the converter.
+    """
+    import gguf
+    import torch
+
+    stock = stock or StockTypes()
+    report = WriteReport()
+    cls = _hooked_class(converter_class(hf_dir), quantized, avg_bits, stock, dict(slim_meta or {}), report)
+    with _quiet_converter(verbose), torch.inference_mode():
+        model = cls(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, Path(out_path), model_name=model_name)
+        model.prepare_tensors()
+        model.prepare_metadata(vocab_only=False)
+        missing = sorted(set(quantized) - set(model._slim_hf_names.values()))
+        if missing or model._slim_pending:
+            raise SlimError(f"quantized tensors not written by the converter: {missing or sorted(model._slim_pending)}")
+        model.gguf_writer.write_header_to_file(path=Path(out_path))
+        model.gguf_writer.write_kv_data_to_file()
+        model.gguf_writer.write_tensors_to_file(progress=verbose)
+        model.gguf_writer.close()
+    return report
+
+
+def atomic_output(out_path: Path) -> Path:
+    """The temporary path next to out_path that a conversion writes before renaming (same directory)."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".partial")
+
+
+def check_writable(out_path: Path) -> None:
+    """Fail early (before minutes of quantization) if the output cannot be written."""
+    out_path = Path(out_path)
+    parent = out_path.parent if str(out_path.parent) else Path(".")
+    if out_path.is_dir():
+        raise SlimError(f"output path {out_path} is a directory")
+    if not parent.is_dir():
+        raise SlimError(f"output directory {parent} does not exist")
+    probe = atomic_output(out_path)
+    try:
+        with open(probe, "ab"):
+            pass
+        probe.unlink()
+    except OSError as e:
+        raise SlimError(f"output path {out_path} is not writable: {e.strerror or e}") from None
+    if out_path.exists() and not os.access(out_path, os.W_OK):
+        raise SlimError(f"output path {out_path} is not writable")
