@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import SlimError
@@ -130,16 +131,166 @@ def _gguf_has_slim() -> bool:
     return res.returncode == 0
 
 
+# ---------------------------------------------------------------------------------------------------------
+# building llama.cpp (tools + shared libraries) and llama-cpp-python
+
+TOOLS = ["llama-cli", "llama-server", "llama-perplexity", "llama-bench", "llama-quantize"]
+TEST_TARGETS = ["test-backend-ops"]
+
+
+def build_dir(cuda: bool = False) -> Path:
+    return BUILD_DIR / ("cuda" if cuda else "cpu")
+
+
+def cmake_args(cuda: bool) -> list[str]:
+    args = ["-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON",
+            "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_APP=OFF",
+            "-DLLAMA_OPENSSL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+            # $ORIGIN-relative RUNPATHs: tools and libraries keep working when copied together
+            # (--prefix, llama_cpp/lib inside the venv)
+            "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"]
+    if shutil.which("ccache"):
+        args.append("-DGGML_CCACHE=ON")
+    else:
+        args.append("-DGGML_CCACHE=OFF")
+    if cuda:
+        arch = os.environ.get("SLIM2GGUF_CUDA_ARCH", "90a")
+        args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}", "-DGGML_CUDA_FA_QUANTS=f16-f16"]
+    else:
+        args += ["-DGGML_CUDA=OFF"]
+    extra = os.environ.get("SLIM2GGUF_CMAKE_ARGS", "").split()
+    return args + extra
+
+
+def configure(cuda: bool = False) -> Path:
+    """cmake configure once per set of arguments (a stamp holds the last ones)."""
+    src = prepare_source()
+    bdir = build_dir(cuda)
+    args = cmake_args(cuda)
+    stamp = bdir / "slim2gguf-cmake-args.txt"
+    if (bdir / "build.ninja").exists() and stamp.exists() and stamp.read_text() == "\n".join(args):
+        return bdir
+    for tool in ("cmake", "ninja"):
+        if not shutil.which(tool):
+            raise SlimError(f"{tool} not found: install it (e.g. `pip install {tool}` or your package manager)")
+    bdir.mkdir(parents=True, exist_ok=True)
+    _run(["cmake", "-S", str(src), "-B", str(bdir), *args])
+    stamp.write_text("\n".join(args))
+    return bdir
+
+
+def compile_targets(cuda: bool = False, targets: list[str] | None = None, jobs: int | None = None) -> Path:
+    bdir = configure(cuda)
+    targets = targets or TOOLS
+    jobs = jobs or os.cpu_count() or 2
+    _run(["cmake", "--build", str(bdir), "-j", str(jobs), "--target", *targets])
+    return bdir
+
+
+def shared_libs(bdir: Path) -> list[Path]:
+    """lib*.so* of the build (files and their soname links)."""
+    libs = sorted((bdir / "bin").glob("lib*.so*"))
+    if not any(p.name == "libllama.so" for p in libs):
+        raise SlimError(f"no libllama.so in {bdir / 'bin'}: build first")
+    return libs
+
+
+def _copy_preserving_links(files: list[Path], dest: Path) -> int:
+    dest.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for f in files:
+        target = dest / f.name
+        if f.is_symlink():
+            link = os.readlink(f)
+            if target.is_symlink() and os.readlink(target) == link:
+                continue
+            if target.exists() or target.is_symlink():
+                target.unlink()
+            os.symlink(link, target)
+        else:
+            if target.exists() and not target.is_symlink() and filecmp.cmp(f, target, shallow=False):
+                continue
+            if target.is_symlink():
+                target.unlink()
+            shutil.copy2(f, target)
+        n += 1
+    return n
+
+
+def tool_path(name: str, cuda: bool = False) -> Path:
+    return build_dir(cuda) / "bin" / name
+
+
+def install_prefix(bdir: Path, prefix: Path, targets: list[str]) -> None:
+    """Copy tools and shared libraries into PREFIX/bin (together: their RUNPATH is $ORIGIN)."""
+    files = [bdir / "bin" / t for t in targets if (bdir / "bin" / t).exists()] + shared_libs(bdir)
+    n = _copy_preserving_links(files, prefix / "bin")
+    print(f"installed {len(files)} files into {prefix / 'bin'} ({n} updated)", flush=True)
+
+
+def _llama_cpp_package_dir() -> Path | None:
+    res = subprocess.run([sys.executable, "-c",
+                          "import importlib.util as u; s = u.find_spec('llama_cpp'); "
+                          "print(list(s.submodule_search_locations)[0] if s else '')"],
+                         capture_output=True, text=True)
+    out = res.stdout.strip()
+    return Path(out) if res.returncode == 0 and out else None
+
+
+def install_llama_cpp_python(bdir: Path) -> Path:
+    """pip install llama-cpp-python from the patched sdist WITHOUT compiling (LLAMA_BUILD=OFF), then put our
+    shared libraries where it looks by default (llama_cpp/lib), so `from llama_cpp import Llama` uses the
+    patched build with no environment variable."""
+    pkg = _llama_cpp_package_dir()
+    stamp = BUILD_DIR / "llama-cpp-python.stamp"
+    want = f"{LLAMA_CPP_PYTHON_VERSION} {sys.executable}"
+    if pkg is None or not stamp.exists() or stamp.read_text() != want:
+        sdist = pristine_tree()
+        env = dict(os.environ, CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF")
+        _run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+              "--force-reinstall", "--no-cache-dir", str(sdist)], env=env)
+        # the patched gguf-py must stay (llama-cpp-python does not depend on gguf, but be safe)
+        stamp.write_text(want)
+        pkg = _llama_cpp_package_dir()
+    if pkg is None:
+        raise SlimError("llama_cpp is not importable after pip install")
+    n = _copy_preserving_links(shared_libs(bdir), pkg / "lib")
+    print(f"llama-cpp-python uses {pkg / 'lib'} ({n} libraries updated)", flush=True)
+    return pkg / "lib"
+
+
+def build(cuda: bool = False, prefix: Path | None = None, jobs: int | None = None, tests: bool = True,
+          python: bool = True) -> Path:
+    """The whole chain: sdist -> patched tree -> cmake/ninja (incremental) -> tools, llama-cpp-python."""
+    t0 = time.time()
+    install_gguf_py()
+    targets = TOOLS + (TEST_TARGETS if tests else [])
+    bdir = compile_targets(cuda, targets, jobs)
+    if prefix is not None:
+        install_prefix(bdir, prefix, targets)
+    if python:
+        install_llama_cpp_python(bdir)
+    print(f"llama.cpp ({'CUDA' if cuda else 'CPU'}) ready in {bdir / 'bin'} ({time.time() - t0:.0f} s)", flush=True)
+    return bdir
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m slim2gguf.llama_build")
     ap.add_argument("--gguf-py-only", action="store_true", help="patch the source and install gguf-py only")
+    ap.add_argument("--source-only", action="store_true", help="only assemble the patched tree")
+    ap.add_argument("--cuda", action="store_true")
+    ap.add_argument("--prefix", type=Path)
     args = ap.parse_args(argv)
     if args.gguf_py_only:
         install_gguf_py()
         return 0
-    raise SlimError("building llama.cpp is not wired yet; use --gguf-py-only")
+    if args.source_only:
+        prepare_source()
+        return 0
+    build(cuda=args.cuda, prefix=args.prefix)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,226 @@
+// slim2gguf: CPU kernels of the SliM-LLM mixed-precision group types (GGML_TYPE_SLIM*).
+// Row layout: docs/format.md in slim2gguf; ggml-slim.h. One scalar reference (_generic) and one AVX2 path.
+
+#define GGML_COMMON_IMPL_C
+#include "ggml-common.h"
+
+#include "ggml-impl.h"
+#include "ggml-cpu.h"
+#include "ggml-cpu-impl.h"
+#include "simd-mappings.h"
+#include "ggml-slim.h"
+#include "slim.h"
+
+#include <assert.h>
+#include <math.h>
+#include <string.h>
+
+#define UNUSED GGML_UNUSED
+
+// ---------------------------------------------------------------------------------------------------------
+// from_float
+
+void quantize_row_slim2_g64 (const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) { quantize_row_slim2_g64_ref (x, y, k); }
+void quantize_row_slim2_g128(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) { quantize_row_slim2_g128_ref(x, y, k); }
+void quantize_row_slim3_g64 (const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) { quantize_row_slim3_g64_ref (x, y, k); }
+void quantize_row_slim3_g128(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) { quantize_row_slim3_g128_ref(x, y, k); }
+
+// ---------------------------------------------------------------------------------------------------------
+// vec_dot, scalar reference
+//
+//   sum_i (d*q_i + m) * a_i  with a_i = d8_k * qa_i over the Q8_1 blocks k of the group
+//   = sum_k [ d * d8_k * sum_i q_i*qa_i  +  m * s_k ],   s_k = fp16(d8_k * sum_i qa_i)
+
+static inline void slim_vec_dot_q8_1_generic(int n, float * GGML_RESTRICT s, const void * GGML_RESTRICT vx,
+                                             const void * GGML_RESTRICT vy, const int b, const int g) {
+    assert(n % g == 0);
+    const int G  = n / g;
+    const int pb = g / 8;
+    const int nq = g / QK8_1;
+    const block_slim_header * GGML_RESTRICT h = (const block_slim_header *) vx;
+    const uint8_t * GGML_RESTRICT codes = (const uint8_t *) vx + sizeof(block_slim_header) * G;
+    const uint8_t * end = (const uint8_t *) vx + (sizeof(block_slim_header) + (size_t) g*b/8) * G;
+    const block_q8_1 * GGML_RESTRICT y = (const block_q8_1 *) vy;
+
+    float sumf = 0.0f;
+    for (int j = 0; j < G; ++j) {
+        const uint16_t dh   = h[j].d;
+        const int      bits = ggml_slim_bits(dh);
+        if (codes + (size_t) bits*pb > end) { // corrupt tags: never read past the row
+            *s = NAN;
+            return;
+        }
+        const float d = GGML_CPU_FP16_TO_FP32(dh & GGML_SLIM_SCALE_MASK);
+        const float m = GGML_CPU_FP16_TO_FP32(h[j].m);
+        for (int kb = 0; kb < nq; ++kb) {
+            const block_q8_1 * GGML_RESTRICT yb = &y[j*nq + kb];
+            int sumi = 0;
+            for (int i = 0; i < QK8_1; ++i) {
+                const int e = kb*QK8_1 + i;
+                int q = 0;
+                for (int p = 0; p < bits; ++p) {
+                    q |= ((codes[p*pb + (e >> 3)] >> (e & 7)) & 1) << p;
+                }
+                sumi += q * yb->qs[i];
+            }
+            sumf += d*GGML_CPU_FP16_TO_FP32(yb->d)*(float) sumi + m*GGML_CPU_FP16_TO_FP32(yb->s);
+        }
+        codes += (size_t) bits*pb;
+    }
+    *s = sumf;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// vec_dot, AVX2
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+// 32 code bits of one plane -> 32 bytes, (1 << p) where the bit is set, 0 elsewhere
+static inline __m256i slim_plane32_avx2(const uint8_t * GGML_RESTRICT src, const int p) {
+    uint32_t w;
+    memcpy(&w, src, sizeof(w));
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i sel  = _mm256_set1_epi64x(0x8040201008040201LL);
+    const __m256i v    = _mm256_shuffle_epi8(_mm256_set1_epi32((int) w), shuf);
+    const __m256i set  = _mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel);
+    return _mm256_and_si256(set, _mm256_set1_epi8((char) (1 << p)));
+}
+
+static inline __m256 slim_madd_ps(__m256 a, __m256 b, __m256 c) {
+#if defined(__FMA__)
+    return _mm256_fmadd_ps(a, b, c);
+#else
+    return _mm256_add_ps(_mm256_mul_ps(a, b), c);
+#endif
+}
+
+// one group of g weights with `bits` planes (bits and g are constants after inlining)
+static inline __attribute__((always_inline)) __m256 slim_group_avx2(
+        const uint8_t * GGML_RESTRICT codes, const block_q8_1 * GGML_RESTRICT y, const float d, const float m,
+        __m256 acc, float * GGML_RESTRICT summ, const int bits, const int g) {
+    const int pb = g / 8;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int c = 0; c < g / 32; ++c) {
+        __m256i q = slim_plane32_avx2(codes + 4*c, 0);
+        for (int p = 1; p < bits; ++p) {
+            q = _mm256_or_si256(q, slim_plane32_avx2(codes + p*pb + 4*c, p));
+        }
+        const __m256i a   = _mm256_loadu_si256((const __m256i *) y[c].qs);
+        const __m256i p16 = _mm256_maddubs_epi16(q, a);           // q in [0, 15]: no saturation
+        const __m256i p32 = _mm256_madd_epi16(p16, ones);
+        acc = slim_madd_ps(_mm256_set1_ps(d*GGML_CPU_FP16_TO_FP32(y[c].d)), _mm256_cvtepi32_ps(p32), acc);
+        *summ += m*GGML_CPU_FP16_TO_FP32(y[c].s);
+    }
+    return acc;
+}
+
+static inline float slim_hsum_avx2(__m256 x) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+static inline __attribute__((always_inline)) void slim_vec_dot_q8_1_avx2(
+        int n, float * GGML_RESTRICT s, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy,
+        const int b, const int g) {
+    assert(n % g == 0);
+    const int G  = n / g;
+    const int pb = g / 8;
+    const int nq = g / QK8_1;
+    const block_slim_header * GGML_RESTRICT h = (const block_slim_header *) vx;
+    const uint8_t * GGML_RESTRICT codes = (const uint8_t *) vx + sizeof(block_slim_header) * G;
+    const uint8_t * end = (const uint8_t *) vx + (sizeof(block_slim_header) + (size_t) g*b/8) * G;
+    const block_q8_1 * GGML_RESTRICT y = (const block_q8_1 *) vy;
+
+    __m256 acc  = _mm256_setzero_ps();
+    float  summ = 0.0f;
+    for (int j = 0; j < G; ++j) {
+        const uint16_t dh   = h[j].d;
+        const int      bits = ggml_slim_bits(dh);
+        if (codes + (size_t) bits*pb > end) {
+            *s = NAN;
+            return;
+        }
+        const float d = GGML_CPU_FP16_TO_FP32(dh & GGML_SLIM_SCALE_MASK);
+        const float m = GGML_CPU_FP16_TO_FP32(h[j].m);
+        const block_q8_1 * GGML_RESTRICT yg = y + j*nq;
+        switch (bits) {
+            case 1:  acc = slim_group_avx2(codes, yg, d, m, acc, &summ, 1, g); break;
+            case 2:  acc = slim_group_avx2(codes, yg, d, m, acc, &summ, 2, g); break;
+            case 3:  acc = slim_group_avx2(codes, yg, d, m, acc, &summ, 3, g); break;
+            default: acc = slim_group_avx2(codes, yg, d, m, acc, &summ, 4, g); break;
+        }
+        codes += (size_t) bits*pb;
+    }
+    *s = slim_hsum_avx2(acc) + summ;
+}
+#endif // __AVX2__
+
+#define SLIM_DEFINE_VEC_DOT(B, G)                                                                            \
+void ggml_vec_dot_slim##B##_g##G##_q8_1_generic(int n, float * GGML_RESTRICT s, size_t bs,                 \
+        const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {      \
+    assert(nrc == 1);                                                                                       \
+    UNUSED(nrc); UNUSED(bs); UNUSED(bx); UNUSED(by);                                                        \
+    slim_vec_dot_q8_1_generic(n, s, vx, vy, B, G);                                                          \
+}                                                                                                           \
+void ggml_vec_dot_slim##B##_g##G##_q8_1(int n, float * GGML_RESTRICT s, size_t bs,                         \
+        const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {      \
+    SLIM_VEC_DOT_FAST(B, G);                                                                                \
+}
+
+#if defined(__AVX2__)
+#define SLIM_VEC_DOT_FAST(B, G)                                                                              \
+    assert(nrc == 1);                                                                                       \
+    UNUSED(nrc); UNUSED(bs); UNUSED(bx); UNUSED(by);                                                        \
+    slim_vec_dot_q8_1_avx2(n, s, vx, vy, B, G)
+#else
+#define SLIM_VEC_DOT_FAST(B, G) ggml_vec_dot_slim##B##_g##G##_q8_1_generic(n, s, bs, vx, bx, vy, by, nrc)
+#endif
+
+SLIM_DEFINE_VEC_DOT(2, 64)
+SLIM_DEFINE_VEC_DOT(2, 128)
+SLIM_DEFINE_VEC_DOT(3, 64)
+SLIM_DEFINE_VEC_DOT(3, 128)
+
+// ---------------------------------------------------------------------------------------------------------
+// CPY/DUP SLIM -> F32: whole source rows (ggml_compute_forward_dup_from_q works block by block)
+
+void ggml_compute_forward_dup_from_slim(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
+    const struct ggml_tensor * src0 = dst->src[0];
+    const enum ggml_type type = src0->type;
+    ggml_to_float_t const to_float = ggml_get_type_traits(type)->to_float;
+
+    const int64_t ne00 = src0->ne[0], ne01 = src0->ne[1], ne02 = src0->ne[2];
+    const size_t  nb01 = src0->nb[1], nb02 = src0->nb[2], nb03 = src0->nb[3];
+    const int64_t ne0 = dst->ne[0], ne1 = dst->ne[1], ne2 = dst->ne[2];
+    const size_t  nb0 = dst->nb[0], nb1 = dst->nb[1], nb2 = dst->nb[2], nb3 = dst->nb[3];
+
+    GGML_ASSERT(dst->type == GGML_TYPE_F32 && nb0 == sizeof(float));
+    GGML_ASSERT(src0->nb[0] == ggml_type_size(type));
+    // a source row lands on ne00 consecutive destination floats
+    GGML_ASSERT(ne0 % ne00 == 0 || ggml_is_contiguous(dst));
+
+    const int64_t nr  = ggml_nrows(src0);
+    const int     ith = params->ith, nth = params->nth;
+    const int64_t dr  = (nr + nth - 1)/nth;
+    const int64_t ir0 = dr*ith;
+    const int64_t ir1 = MIN(ir0 + dr, nr);
+
+    for (int64_t ir = ir0; ir < ir1; ++ir) {
+        const int64_t i03 = ir/(ne01*ne02);
+        const int64_t i02 = (ir - i03*ne01*ne02)/ne01;
+        const int64_t i01 = ir - i03*ne01*ne02 - i02*ne01;
+
+        const int64_t i  = ir*ne00; // flat element index of the row's first weight
+        const int64_t i3 = i/(ne0*ne1*ne2);
+        const int64_t i2 = (i - i3*ne0*ne1*ne2)/(ne0*ne1);
+        const int64_t i1 = (i - i3*ne0*ne1*ne2 - i2*ne0*ne1)/ne0;
+        const int64_t i0 = i - i3*ne0*ne1*ne2 - i2*ne0*ne1 - i1*ne0;
+
+        to_float((const char *) src0->data + i01*nb01 + i02*nb02 + i03*nb03,
+                 (float *) ((char *) dst->data + i0*nb0 + i1*nb1 + i2*nb2 + i3*nb3), ne00);
+    }
+}
