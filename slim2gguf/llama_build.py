@@ -259,10 +259,29 @@ def install_llama_cpp_python(bdir: Path) -> Path:
     return pkg / "lib"
 
 
+def build_stock_gguf_lib(jobs: int | None = None) -> Path:
+    """libggml-base.so of the UNPATCHED vendored llama.cpp (gguf.cpp lives there): lets the tests show that a stock
+    llama.cpp refuses a SLIM file with an unknown-type error. Only ggml-base is compiled (~1 min on 2 cores)."""
+    src = pristine_tree() / "vendor" / "llama.cpp"
+    bdir = BUILD_DIR / "stock"
+    lib = bdir / "bin" / "libggml-base.so"
+    if not (bdir / "build.ninja").exists():
+        bdir.mkdir(parents=True, exist_ok=True)
+        _run(["cmake", "-S", str(src), "-B", str(bdir), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+              "-DBUILD_SHARED_LIBS=ON", "-DGGML_CUDA=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
+              "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
+              "-DLLAMA_OPENSSL=OFF", "-DGGML_CCACHE=OFF"])
+    _run(["cmake", "--build", str(bdir), "-j", str(jobs or os.cpu_count() or 2), "--target", "ggml-base"])
+    if not lib.exists():
+        raise SlimError(f"stock build did not produce {lib}")
+    return lib
+
+
 def build(cuda: bool = False, prefix: Path | None = None, jobs: int | None = None, tests: bool = True,
-          python: bool = True) -> Path:
+          python: bool = True, stock: bool | None = None) -> Path:
     """The whole chain: sdist -> patched tree -> cmake/ninja (incremental) -> tools, llama-cpp-python."""
     t0 = time.time()
+    stock = tests if stock is None else stock
     install_gguf_py()
     targets = TOOLS + (TEST_TARGETS if tests else [])
     bdir = compile_targets(cuda, targets, jobs)
@@ -270,6 +289,8 @@ def build(cuda: bool = False, prefix: Path | None = None, jobs: int | None = Non
         install_prefix(bdir, prefix, targets)
     if python:
         install_llama_cpp_python(bdir)
+    if stock:
+        build_stock_gguf_lib(jobs)
     print(f"llama.cpp ({'CUDA' if cuda else 'CPU'}) ready in {bdir / 'bin'} ({time.time() - t0:.0f} s)", flush=True)
     return bdir
 

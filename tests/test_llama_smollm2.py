@@ -1,0 +1,176 @@
+"""End to end on the demo model (SmolLM2-135M-Instruct): `slim2gguf convert` at 2 and 3 bits, then the patched
+llama.cpp (CPU) against torch with the SAME quantized weights (the conversion's per-layer checkpoints, i.e.
+what `slim2gguf eval` evaluates in fake-quant):
+
+- the file loads in llama-cpp-python and generates text;
+- llama-perplexity on a fixed slice of Pride and Prejudice (ctx 512, 8 chunks) agrees within 1 % with torch
+  scoring the same tokens the way llama-perplexity does (second half of each window, BOS rule);
+- llama.cpp's logits (llama-cpp-python) give the project's perplexity (quant/perplexity.py, as `eval` reports
+  it) within 1 % of torch's, with top-1 next-token agreement >= 99 %.
+
+The converted files are cached in .cache/test-models/ (delete it to reconvert).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import llama_env
+from slim2gguf import llama_build
+
+pytestmark = [pytest.mark.llama, pytest.mark.slow]
+
+DATA = llama_build.REPO_ROOT.parent / "shared" / "data"
+CALIB = DATA / "brown.txt"
+EVAL_TEXT = DATA / "austen" / "pride_and_prejudice.txt"
+CACHE = llama_build.REPO_ROOT / ".cache" / "test-models"
+CTX = 512
+CHUNKS = 8
+SLICE_CHARS = 60_000  # ~14k tokens: more than CHUNKS * CTX
+CONVERT_ARGS = ["--calib", str(CALIB), "--nsamples", "16", "--seqlen", "256", "--seed", "0",
+                "--embd-type", "f16", "--output-type", "f16", "--keep-checkpoints"]
+
+
+def converted(bits: int) -> Path:
+    if not CALIB.exists() or not EVAL_TEXT.exists():
+        pytest.skip(f"data files absent under {DATA}")
+    out = CACHE / f"smollm2-slim{bits}.gguf"
+    settings = out.with_suffix(".args.json")
+    if out.exists() and settings.exists() and json.loads(settings.read_text()) == CONVERT_ARGS:
+        return out
+    CACHE.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "slim2gguf.cli", "convert", "demo", "--bits", str(bits), "-o", str(out),
+           *CONVERT_ARGS]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 and "not available in this build" in res.stderr:
+        pytest.skip("slim2gguf convert is not available yet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    settings.write_text(json.dumps(CONVERT_ARGS))
+    return out
+
+
+def fake_quant_model(gguf_path: Path):
+    """The demo model in torch (fp32) with every quantized linear replaced by its checkpointed d*q + m."""
+    from quant.result import QuantizedLinear
+    from slim2gguf.model_io import load_model
+
+    model, _, _ = load_model("demo")
+    params = dict(model.named_parameters())
+    ckpt = gguf_path.with_name(gguf_path.name + ".ckpt")
+    layers = sorted(ckpt.glob("layer_*.pt"))
+    assert len(layers) == model.config.num_hidden_layers, f"checkpoints missing in {ckpt}"
+    n = 0
+    with torch.no_grad():
+        for f in layers:
+            for name, rec in torch.load(f, weights_only=False).items():
+                ql = QuantizedLinear(rec["bits"], rec["q"], rec["d"], rec["m"], rec["group_size"])
+                params[name].copy_(ql.dequantize())
+                n += 1
+    assert n == 7 * model.config.num_hidden_layers
+    return model.eval()
+
+
+def slice_file(tmp: Path) -> Path:
+    text = EVAL_TEXT.read_text(encoding="utf-8", errors="replace")[:SLICE_CHARS]
+    p = tmp / "pp_slice.txt"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def nll_rows(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    mx = logits.max(-1, keepdims=True)
+    lse = mx[:, 0] + np.log(np.exp(logits - mx).sum(-1))
+    return lse - logits[np.arange(len(targets)), targets]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["slim2", "slim3"])
+def case(request, tmp_path_factory):
+    llama_env.require_llama_cpp_python()
+    perplexity_bin = llama_env.tool("llama-perplexity")
+    path = converted(request.param)
+    tmp = tmp_path_factory.mktemp(f"smollm2-{request.param}")
+    return request.param, path, slice_file(tmp), perplexity_bin
+
+
+def test_generates_text(case):
+    from llama_cpp import Llama
+
+    _, path, _, _ = case
+    llm = Llama(model_path=str(path), n_ctx=512, verbose=False, seed=0)
+    out = llm.create_chat_completion(messages=[{"role": "user", "content": "What is the capital of France?"}],
+                                     max_tokens=24, temperature=0.0)
+    text = out["choices"][0]["message"]["content"]
+    print(f"{path.name}: {text!r}")
+    assert out["usage"]["completion_tokens"] > 0 and text.strip()
+
+
+def test_perplexity_and_top1_match_torch(case):
+    from llama_cpp import Llama
+    from quant.perplexity import perplexity
+
+    bits, path, text_file, perplexity_bin = case
+    # llama-perplexity (the tool) on the slice
+    res = subprocess.run([str(perplexity_bin), "-m", str(path), "-f", str(text_file), "-c", str(CTX),
+                          "--chunks", str(CHUNKS), "-b", str(CTX), "-t", "2"],
+                         capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = re.search(r"Final estimate: PPL = ([0-9.]+)", res.stdout + res.stderr)
+    assert m, (res.stdout + res.stderr)[-3000:]
+    ppl_tool = float(m.group(1))
+
+    llm = Llama(model_path=str(path), n_ctx=CTX, n_batch=CTX, logits_all=True, verbose=False, seed=0)
+    text = text_file.read_text(encoding="utf-8")
+    toks = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)  # as llama-perplexity tokenizes
+    assert len(toks) >= CHUNKS * CTX
+    add_bos = bool(llm._model.add_bos_token()) if hasattr(llm._model, "add_bos_token") else False
+    bos = llm.token_bos()
+    model = fake_quant_model(path)
+
+    nll_tool_torch, nll_tool_cpp = [], []
+    top1, n_pos = 0, 0
+    windows = []
+    for c in range(CHUNKS):
+        x = list(toks[c * CTX:(c + 1) * CTX])
+        windows.append(list(x))
+        if add_bos:
+            x[0] = bos
+        llm.reset()
+        llm.eval(x)
+        cpp = np.array(llm.scores[:CTX], dtype=np.float32)
+        with torch.no_grad():
+            ref = model(input_ids=torch.tensor([x])).logits[0].float().numpy()
+        tgt = np.array(x[1:])
+        half = slice(CTX // 2, CTX - 1)  # llama-perplexity scores the second half of each window
+        nll_tool_torch.append(nll_rows(ref[half], tgt[CTX // 2:]))
+        nll_tool_cpp.append(nll_rows(cpp[half], tgt[CTX // 2:]))
+        top1 += int((cpp[:-1].argmax(-1) == ref[:-1].argmax(-1)).sum())
+        n_pos += CTX - 1
+    ppl_torch_toolway = math.exp(np.concatenate(nll_tool_torch).mean())
+    ppl_cpp_toolway = math.exp(np.concatenate(nll_tool_cpp).mean())
+    agreement = top1 / n_pos
+
+    # the project's definition (what `slim2gguf eval` reports): every token but each window's first
+    ids = torch.tensor(np.concatenate(windows))
+    ppl_eval_torch = perplexity(model, ids, ctx=CTX, progress=False)["ppl"]
+    nll_cpp = []
+    for w in windows:
+        llm.reset()
+        llm.eval(w)
+        nll_cpp.append(nll_rows(np.array(llm.scores[:CTX - 1], dtype=np.float32), np.array(w[1:])))
+    ppl_eval_cpp = math.exp(np.concatenate(nll_cpp).mean())
+
+    print(f"SLIM{bits}: llama-perplexity {ppl_tool:.4f} | torch same scoring {ppl_torch_toolway:.4f} | "
+          f"llama-cpp-python same scoring {ppl_cpp_toolway:.4f} | eval definition: torch {ppl_eval_torch:.4f} "
+          f"llama.cpp {ppl_eval_cpp:.4f} | top-1 agreement {agreement:.4f}")
+    assert abs(ppl_tool / ppl_torch_toolway - 1) < 0.01
+    assert abs(ppl_eval_cpp / ppl_eval_torch - 1) < 0.01
+    assert agreement >= 0.99
