@@ -1,0 +1,726 @@
+// slim2gguf: CUDA kernels of the SliM-LLM mixed-precision group types (GGML_TYPE_SLIM*). See slim.cuh.
+//
+// A row of G groups: [G headers: fp16 dh, fp16 m][codes of group 0][codes of group 1]...
+//   bits_j = tag + 1, tag = (dh >> 15) << 1 | (dh & 1);  d = fp16(dh & 0x7FFF);  w = d*q + m (fp32)
+//   group j's codes: bits_j bit-planes of g bits (g/8 bytes), lowest plane first; weight i is bit i of each plane.
+// Every row of a tensor carries the same tags, so a block turns the tags of one row into a table of group code
+// offsets once (slim_build_table, the only place that reads tags) and reuses it for every row it processes.
+// GET_ROWS, which picks arbitrary rows, builds the table from each row's own headers.
+
+#include "slim.cuh"
+
+template <ggml_type type> struct slim_traits;
+template <> struct slim_traits<GGML_TYPE_SLIM2_G64>  { static constexpr int g =  64; static constexpr int b = 2; };
+template <> struct slim_traits<GGML_TYPE_SLIM2_G128> { static constexpr int g = 128; static constexpr int b = 2; };
+template <> struct slim_traits<GGML_TYPE_SLIM3_G64>  { static constexpr int g =  64; static constexpr int b = 3; };
+template <> struct slim_traits<GGML_TYPE_SLIM3_G128> { static constexpr int g = 128; static constexpr int b = 3; };
+
+// bytes of one nominal group (ggml's type_size): header + g*b bits
+template <ggml_type type> static constexpr int slim_type_size = 4 + slim_traits<type>::g*slim_traits<type>::b/8;
+
+// ---------------------------------------------------------------------------------------------------------------
+// tags -> group table
+
+struct slim_group {
+    uint32_t off; // byte offset of the group's codes from the row start
+    uint32_t jb;  // group index << 3 | bit-width
+};
+
+static __device__ __forceinline__ float slim_half(const uint32_t h) {
+    return __half2float(__ushort_as_half((unsigned short) h));
+}
+
+// One warp reads the G headers of `row` and writes tab[0..G-1]: each group's bit-width and code offset (a prefix
+// sum of the widths). sorted == false: tab[j] is group j. sorted == true: groups ordered by bit-width (stable),
+// so that the lanes of a warp walking tab[] meet groups of one width and take one code path.
+// Returns (on every lane) whether the widths are legal ({b-1, b, b+1}) and fill the row exactly; if not, the
+// table must not be used (callers write NaN, as the CPU vec_dot does for corrupt tags).
+template <int g, int b>
+static __device__ bool slim_build_table(const char * row, const int G, const bool sorted, slim_group * tab) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    constexpr int plane_bytes = g/8;
+    constexpr unsigned full = 0xFFFFFFFFu;
+    const unsigned lanes_below = (1u << lane) - 1;
+
+    // pass 1 (sorted only): how many groups have width b-1 and b
+    int n_lo = 0;
+    int n_mid = 0;
+    if (sorted) {
+        for (int j0 = 0; j0 < G; j0 += WARP_SIZE) {
+            const int j = j0 + lane;
+            const uint32_t dh = j < G ? *(const uint16_t *) (row + 4*j) : 0;
+            const int bits = ((dh >> 15) << 1 | (dh & 1)) + 1;
+            n_lo  += __popc(__ballot_sync(full, j < G && bits == b - 1));
+            n_mid += __popc(__ballot_sync(full, j < G && bits == b));
+        }
+    }
+
+    bool ok = true;
+    int planes = 0; // bit-planes of the groups before this chunk
+    int c_lo = 0, c_mid = 0, c_hi = 0; // groups of each width placed so far (sorted)
+    for (int j0 = 0; j0 < G; j0 += WARP_SIZE) {
+        const int  j     = j0 + lane;
+        const bool valid = j < G;
+        const uint32_t dh = valid ? *(const uint16_t *) (row + 4*j) : 0;
+        const int bits = valid ? (int) ((dh >> 15) << 1 | (dh & 1)) + 1 : 0;
+        ok = ok && (!valid || (bits >= b - 1 && bits <= b + 1));
+
+        int incl = bits; // inclusive prefix sum of the widths over the chunk
+#pragma unroll
+        for (int o = 1; o < WARP_SIZE; o <<= 1) {
+            const int t = __shfl_up_sync(full, incl, o);
+            if (lane >= o) {
+                incl += t;
+            }
+        }
+        const uint32_t off = 4*G + (planes + incl - bits)*plane_bytes;
+        planes += __shfl_sync(full, incl, WARP_SIZE - 1);
+
+        int pos = j;
+        if (sorted) {
+            const unsigned m_lo  = __ballot_sync(full, valid && bits == b - 1);
+            const unsigned m_mid = __ballot_sync(full, valid && bits == b);
+            const unsigned m_hi  = __ballot_sync(full, valid) & ~m_lo & ~m_mid;
+            pos = bits == b - 1 ?                 c_lo  + __popc(m_lo  & lanes_below) :
+                  bits == b     ? n_lo +          c_mid + __popc(m_mid & lanes_below) :
+                                  n_lo + n_mid +  c_hi  + __popc(m_hi  & lanes_below);
+            c_lo  += __popc(m_lo);
+            c_mid += __popc(m_mid);
+            c_hi  += __popc(m_hi);
+        }
+        if (valid) {
+            tab[pos] = { off, (uint32_t) j << 3 | (uint32_t) bits };
+        }
+    }
+    return __all_sync(full, ok && planes == G*b);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// loads
+
+// nbytes from p (aligned to `align` bytes) into 32-bit words
+template <int nbytes, int align>
+static __device__ __forceinline__ void slim_load(const char * p, uint32_t * w) {
+    if constexpr (align >= 16 && nbytes % 16 == 0) {
+#pragma unroll
+        for (int i = 0; i < nbytes/16; ++i) {
+            const uint4 v = ((const uint4 *) p)[i];
+            w[4*i + 0] = v.x; w[4*i + 1] = v.y; w[4*i + 2] = v.z; w[4*i + 3] = v.w;
+        }
+    } else if constexpr (align >= 8) {
+#pragma unroll
+        for (int i = 0; i < nbytes/8; ++i) {
+            const uint2 v = ((const uint2 *) p)[i];
+            w[2*i + 0] = v.x; w[2*i + 1] = v.y;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < nbytes/4; ++i) {
+            w[i] = ((const uint32_t *) p)[i];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// decoding 32 weights (one 32-bit word of each of the B planes) to floats: dequantize, GET_ROWS
+
+template <int B>
+static __device__ __forceinline__ void slim_decode32(const uint32_t * w, const float d, const float m, float * v) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+        int q = 0;
+#pragma unroll
+        for (int p = 0; p < B; ++p) {
+            q |= ((w[p] >> i) & 1) << p;
+        }
+        v[i] = __fmaf_rn(d, (float) q, m); // d*q is exact (11-bit d, q < 16): one rounding, as on the CPU
+    }
+}
+
+template <typename dst_t>
+static __device__ __forceinline__ void slim_store32(dst_t * y, const float * v) {
+    if constexpr (std::is_same_v<dst_t, float>) {
+#pragma unroll
+        for (int i = 0; i < 32; i += 4) {
+            *(float4 *) (y + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 32; i += 8) {
+            dst_t t[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                t[k] = ggml_cuda_cast<dst_t>(v[i + k]);
+            }
+            *(uint4 *) (y + i) = *(const uint4 *) t;
+        }
+    }
+}
+
+// word c of group e of a row -> 32 outputs
+template <ggml_type type, typename dst_t>
+static __device__ __forceinline__ void slim_dequantize_word(const char * row, const slim_group e, const int c, dst_t * y) {
+    constexpr int g = slim_traits<type>::g;
+    constexpr int b = slim_traits<type>::b;
+    const int j    = e.jb >> 3;
+    const int bits = e.jb & 7;
+    const uint32_t h = *(const uint32_t *) (row + 4*j);
+    const float d = slim_half(h & 0x7FFF);
+    const float m = slim_half(h >> 16);
+    uint32_t w[b + 1];
+#pragma unroll
+    for (int p = 0; p < b + 1; ++p) {
+        w[p] = p < bits ? *(const uint32_t *) (row + e.off + p*(g/8) + 4*c) : 0;
+    }
+    float v[32];
+    switch (bits - b) {
+        case -1: slim_decode32<b - 1>(w, d, m, v); break;
+        case  0: slim_decode32<b    >(w, d, m, v); break;
+        default: slim_decode32<b + 1>(w, d, m, v); break;
+    }
+    slim_store32(y, v);
+}
+
+template <typename dst_t>
+static __device__ __forceinline__ void slim_store32_nan(dst_t * y) {
+    float v[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+        v[i] = NAN;
+    }
+    slim_store32(y, v);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// dequantize (the cuBLAS path): SLIM_DQ_ROWS rows per block share one table
+
+#define SLIM_DQ_ROWS    8
+#define SLIM_DQ_THREADS 256
+
+template <ggml_type type, typename dst_t>
+static __global__ void __launch_bounds__(SLIM_DQ_THREADS) slim_dequantize(
+        const char * x, dst_t * y, const int64_t ne00, const int64_t ne01, const int64_t ne02,
+        const int64_t nb01, const int64_t nb02, const int64_t nb03) {
+    constexpr int g = slim_traits<type>::g;
+    constexpr int W = g/32;
+    extern __shared__ slim_group s_tab[];
+    __shared__ int s_ok;
+
+    const int     G   = ne00/g;
+    const int64_t i01 = (int64_t) blockIdx.x*SLIM_DQ_ROWS;
+    const int64_t i02 = blockIdx.y;
+    const int64_t i03 = blockIdx.z;
+    const char * xm = x + i02*nb02 + i03*nb03;
+
+    if (threadIdx.x < WARP_SIZE) {
+        const bool ok = slim_build_table<g, slim_traits<type>::b>(xm + i01*nb01, G, false, s_tab);
+        if (threadIdx.x == 0) {
+            s_ok = ok;
+        }
+    }
+    __syncthreads();
+
+    const int nr = (int) min((int64_t) SLIM_DQ_ROWS, ne01 - i01);
+    const int items_per_row = G*W;
+    dst_t * ym = y + ((i03*ne02 + i02)*ne01 + i01)*ne00;
+    for (int it = threadIdx.x; it < nr*items_per_row; it += blockDim.x) {
+        const int r  = it / items_per_row;
+        const int jc = it - r*items_per_row;
+        const int j  = jc / W;
+        const int c  = jc - j*W;
+        dst_t * yw = ym + r*ne00 + j*g + 32*c;
+        if (s_ok) {
+            slim_dequantize_word<type>(xm + (i01 + r)*nb01, s_tab[j], c, yw);
+        } else {
+            slim_store32_nan(yw);
+        }
+    }
+}
+
+template <ggml_type type, typename dst_t>
+static void slim_dequantize_cuda(const void * vx, dst_t * y, const int64_t ne00, const int64_t ne01,
+        const int64_t ne02, const int64_t ne03, const int64_t s01, const int64_t s02, const int64_t s03,
+        cudaStream_t stream) {
+    constexpr int64_t ts = slim_type_size<type>;
+    const int G = ne00/slim_traits<type>::g;
+    const size_t shmem = G*sizeof(slim_group);
+    GGML_ASSERT(shmem <= 48*1024);
+    GGML_ASSERT(ne02 <= 65535 && ne03 <= 65535);
+    const dim3 grid((ne01 + SLIM_DQ_ROWS - 1)/SLIM_DQ_ROWS, ne02, ne03);
+    slim_dequantize<type, dst_t><<<grid, SLIM_DQ_THREADS, shmem, stream>>>(
+        (const char *) vx, y, ne00, ne01, ne02, s01*ts, s02*ts, s03*ts);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename dst_t>
+to_t_nc_cuda_t<dst_t> ggml_cuda_slim_get_to_nc(ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_SLIM2_G64:  return slim_dequantize_cuda<GGML_TYPE_SLIM2_G64,  dst_t>;
+        case GGML_TYPE_SLIM2_G128: return slim_dequantize_cuda<GGML_TYPE_SLIM2_G128, dst_t>;
+        case GGML_TYPE_SLIM3_G64:  return slim_dequantize_cuda<GGML_TYPE_SLIM3_G64,  dst_t>;
+        case GGML_TYPE_SLIM3_G128: return slim_dequantize_cuda<GGML_TYPE_SLIM3_G128, dst_t>;
+        default:                   return nullptr;
+    }
+}
+
+template to_t_nc_cuda_t<float>       ggml_cuda_slim_get_to_nc<float>(ggml_type);
+template to_t_nc_cuda_t<half>        ggml_cuda_slim_get_to_nc<half>(ggml_type);
+template to_t_nc_cuda_t<nv_bfloat16> ggml_cuda_slim_get_to_nc<nv_bfloat16>(ggml_type);
+
+// ---------------------------------------------------------------------------------------------------------------
+// GET_ROWS: one block per gathered row, table from that row's own headers
+
+#define SLIM_GET_ROWS_THREADS 128
+
+template <ggml_type type, typename dst_t>
+static __global__ void __launch_bounds__(SLIM_GET_ROWS_THREADS) slim_get_rows(
+        const char * src0, const int32_t * src1, dst_t * dst,
+        const int64_t ne00, const int64_t ne11, const int64_t ne12,
+        const int64_t s1, const int64_t s2, const int64_t s3,
+        const int64_t nb01, const int64_t nb02, const int64_t nb03,
+        const int64_t s10, const int64_t s11, const int64_t s12) {
+    constexpr int g = slim_traits<type>::g;
+    constexpr int W = g/32;
+    extern __shared__ slim_group s_tab[];
+    __shared__ int s_ok;
+
+    const int G = ne00/g;
+    const int64_t i10 = blockIdx.x;
+    for (int64_t z = blockIdx.y; z < ne11*ne12; z += gridDim.y) {
+        const int64_t i11 = z / ne12;
+        const int64_t i12 = z - i11*ne12;
+        const int64_t i01 = src1[i10*s10 + i11*s11 + i12*s12];
+        const char * row = src0 + i01*nb01 + i11*nb02 + i12*nb03;
+        dst_t * y = dst + i10*s1 + i11*s2 + i12*s3;
+
+        __syncthreads(); // the previous row's table is no longer read
+        if (threadIdx.x < WARP_SIZE) {
+            const bool ok = slim_build_table<g, slim_traits<type>::b>(row, G, false, s_tab);
+            if (threadIdx.x == 0) {
+                s_ok = ok;
+            }
+        }
+        __syncthreads();
+
+        for (int jc = threadIdx.x; jc < G*W; jc += blockDim.x) {
+            const int j = jc / W;
+            const int c = jc - j*W;
+            if (s_ok) {
+                slim_dequantize_word<type>(row, s_tab[j], c, y + j*g + 32*c);
+            } else {
+                slim_store32_nan(y + j*g + 32*c);
+            }
+        }
+    }
+}
+
+template <ggml_type type, typename dst_t>
+static void slim_get_rows_cuda(
+        const void * src0_d, const int32_t * src1_d, dst_t * dst_d,
+        int64_t ne00, size_t nb01, size_t nb02, size_t nb03,
+        int64_t ne10, int64_t ne11, int64_t ne12, size_t nb10, size_t nb11, size_t nb12,
+        size_t nb1, size_t nb2, size_t nb3, cudaStream_t stream) {
+    const int G = ne00/slim_traits<type>::g;
+    const size_t shmem = G*sizeof(slim_group);
+    GGML_ASSERT(shmem <= 48*1024);
+    GGML_ASSERT(nb1 % 16 == 0 && nb2 % 16 == 0 && nb3 % 16 == 0 && (uintptr_t) dst_d % 16 == 0);
+    const dim3 grid(ne10, MIN(ne11*ne12, (int64_t) UINT16_MAX), 1);
+    slim_get_rows<type, dst_t><<<grid, SLIM_GET_ROWS_THREADS, shmem, stream>>>(
+        (const char *) src0_d, src1_d, dst_d, ne00, ne11, ne12,
+        nb1/sizeof(dst_t), nb2/sizeof(dst_t), nb3/sizeof(dst_t), nb01, nb02, nb03,
+        nb10/sizeof(int32_t), nb11/sizeof(int32_t), nb12/sizeof(int32_t));
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename dst_t>
+static void slim_get_rows_switch_type(
+        const void * src0_d, ggml_type src0_type, const int32_t * src1_d, dst_t * dst_d,
+        int64_t ne00, size_t nb01, size_t nb02, size_t nb03,
+        int64_t ne10, int64_t ne11, int64_t ne12, size_t nb10, size_t nb11, size_t nb12,
+        size_t nb1, size_t nb2, size_t nb3, cudaStream_t stream) {
+#define SLIM_GET_ROWS_CASE(T) \
+        case T: slim_get_rows_cuda<T>(src0_d, src1_d, dst_d, ne00, nb01, nb02, nb03, ne10, ne11, ne12, \
+                                      nb10, nb11, nb12, nb1, nb2, nb3, stream); break;
+    switch (src0_type) {
+        SLIM_GET_ROWS_CASE(GGML_TYPE_SLIM2_G64)
+        SLIM_GET_ROWS_CASE(GGML_TYPE_SLIM2_G128)
+        SLIM_GET_ROWS_CASE(GGML_TYPE_SLIM3_G64)
+        SLIM_GET_ROWS_CASE(GGML_TYPE_SLIM3_G128)
+        default: GGML_ABORT("%s: not a SLIM type: %s", __func__, ggml_type_name(src0_type));
+    }
+#undef SLIM_GET_ROWS_CASE
+}
+
+void ggml_cuda_get_rows_slim(
+        const void * src0_d, ggml_type src0_type, const int32_t * src1_d, void * dst_d, ggml_type dst_type,
+        int64_t ne00, size_t nb01, size_t nb02, size_t nb03,
+        int64_t ne10, int64_t ne11, int64_t ne12, size_t nb10, size_t nb11, size_t nb12,
+        size_t nb1, size_t nb2, size_t nb3,
+        cudaStream_t stream) {
+    switch (dst_type) {
+        case GGML_TYPE_F32:
+            slim_get_rows_switch_type(src0_d, src0_type, src1_d, (float *) dst_d,
+                ne00, nb01, nb02, nb03, ne10, ne11, ne12, nb10, nb11, nb12, nb1, nb2, nb3, stream);
+            break;
+        case GGML_TYPE_F16:
+            slim_get_rows_switch_type(src0_d, src0_type, src1_d, (half *) dst_d,
+                ne00, nb01, nb02, nb03, ne10, ne11, ne12, nb10, nb11, nb12, nb1, nb2, nb3, stream);
+            break;
+        case GGML_TYPE_BF16:
+            slim_get_rows_switch_type(src0_d, src0_type, src1_d, (nv_bfloat16 *) dst_d,
+                ne00, nb01, nb02, nb03, ne10, ne11, ne12, nb10, nb11, nb12, nb1, nb2, nb3, stream);
+            break;
+        default:
+            GGML_ABORT("%s: unsupported dst type: %s", __func__, ggml_type_name(dst_type));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// mat-vec (decode batches): activations quantized to int8 per 32 values, bit-planes expanded to bytes for dp4a
+//
+// For one 32-bit word of each plane (32 weights), s = 0..3:
+//   lo_s = OR_p ((w_p >> s) << p) & (0x01010101 << p)   byte k = q of weight s + 8k
+//   hi_s = OR_p ((w_p >> s) << p) & (0x10101010 << p)   byte k = q << 4 of weight s + 4 + 8k   (same shifted word)
+// so the activations of each 32-block are stored permuted to match: word s holds x[s + 8k], word 4 + s holds
+// x[s + 4 + 8k] (k = 0..3), and sum_i q_i*x_i = sum_s dp4a(lo_s, xw_s) + (sum_s dp4a(hi_s, xw_{4+s}) >> 4).
+
+#define SLIM_MMV_NWARPS 4
+
+// position of value e (0..31) of a 32-block in the permuted activation layout
+static __device__ __forceinline__ int slim_act_pos(const int e) {
+    const int s8 = e & 7;
+    return (s8 >> 2)*16 + (s8 & 3)*4 + (e >> 3);
+}
+
+// x [ne10, ne11, ne12, ne13] f32 (nb10 = 4) -> per column (channel-major): ne10 int8 (permuted) + ne10/32 (d, sum x)
+static __global__ void slim_quantize_act(
+        const float * x_ptr, int8_t * yq, float2 * yds, const int ne10, const int ne11, const int ne12,
+        const int64_t s11, const int64_t s12, const int64_t s13) {
+    ggml_cuda_pdl_lc();
+    const int i0 = blockIdx.x*blockDim.x + threadIdx.x;
+    if (i0 >= ne10) {
+        return; // ne10 % 32 == 0: whole warps leave
+    }
+    const int i11 = blockIdx.y;
+    const int ch  = blockIdx.z;
+    const int i12 = ch % ne12;
+    const int i13 = ch / ne12;
+
+    ggml_cuda_pdl_sync();
+    const float xi = x_ptr[i13*s13 + i12*s12 + i11*s11 + i0];
+    const float amax = warp_reduce_max(fabsf(xi));
+    const float sum  = warp_reduce_sum(xi);
+    const float d = amax / 127.0f;
+    const int   q = amax == 0.0f ? 0 : __float2int_rn(xi / d);
+
+    const int     lane = i0 % WARP_SIZE;
+    const int64_t col  = (int64_t) ch*ne11 + i11;
+    yq[col*ne10 + (i0 - lane) + slim_act_pos(lane)] = (int8_t) q;
+    if (lane == 0) {
+        yds[col*(ne10/32) + i0/32] = make_float2(d, sum);
+    }
+}
+
+// unsigned bytes (codes) x signed bytes (activations)
+static __device__ __forceinline__ int slim_dp4a(const uint32_t a, const int b, const int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// 32 weights of a B-bit group (word c of each plane) -> 8 words of code bytes in the permuted order
+template <int B>
+static __device__ __forceinline__ void slim_expand(const uint32_t * w, uint32_t * q) {
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        uint32_t lo = 0;
+        uint32_t hi = 0;
+#pragma unroll
+        for (int p = 0; p < B; ++p) {
+            const uint32_t t = s >= p ? w[p] >> (s - p) : w[p] << (p - s);
+            lo |= t & (0x01010101u << p);
+            hi |= t & (0x10101010u << p);
+        }
+        q[s]     = lo;
+        q[4 + s] = hi;
+    }
+}
+
+// one group (its table entry), R rows from x (stride_row bytes apart), ncols activation columns
+template <int g, int B, int ncols, int R, int align>
+static __device__ __forceinline__ void slim_mmv_group(
+        const char * x, const int64_t stride_row, const int j, const uint32_t off,
+        const int8_t * yq, const float2 * yds, const int ne00, float (&acc)[R][ncols]) {
+    constexpr int W  = g/32; // words per plane
+    constexpr int PB = g/8;  // bytes per plane
+
+    uint32_t w[R][B][W];
+    float d[R];
+    float m[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const char * row = x + r*stride_row;
+        const uint32_t h = *(const uint32_t *) (row + 4*j);
+        d[r] = slim_half(h & 0x7FFF);
+        m[r] = slim_half(h >> 16);
+#pragma unroll
+        for (int p = 0; p < B; ++p) {
+            slim_load<PB, align>(row + off + p*PB, w[r][p]);
+        }
+    }
+
+    float sd[R][ncols] = {{0.0f}}; // sum over the 32-blocks of d_x * sum q*xq
+    float sx[ncols]    = {0.0f};   // sum of the activations over the group
+#pragma unroll
+    for (int c = 0; c < W; ++c) {
+        uint32_t q[R][8];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            uint32_t wc[B];
+#pragma unroll
+            for (int p = 0; p < B; ++p) {
+                wc[p] = w[r][p][c];
+            }
+            slim_expand<B>(wc, q[r]);
+        }
+#pragma unroll
+        for (int col = 0; col < ncols; ++col) {
+            const int4 * yv = (const int4 *) (yq + (int64_t) col*ne00 + j*g + 32*c);
+            const int4   ya = yv[0];
+            const int4   yb = yv[1];
+            const float2 ds = yds[(int64_t) col*(ne00/32) + j*W + c];
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                int lo = slim_dp4a(q[r][0], ya.x, 0);
+                lo     = slim_dp4a(q[r][1], ya.y, lo);
+                lo     = slim_dp4a(q[r][2], ya.z, lo);
+                lo     = slim_dp4a(q[r][3], ya.w, lo);
+                int hi = slim_dp4a(q[r][4], yb.x, 0);
+                hi     = slim_dp4a(q[r][5], yb.y, hi);
+                hi     = slim_dp4a(q[r][6], yb.z, hi);
+                hi     = slim_dp4a(q[r][7], yb.w, hi);
+                sd[r][col] += ds.x * (float) (lo + (hi >> 4));
+            }
+            sx[col] += ds.y;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int col = 0; col < ncols; ++col) {
+            acc[r][col] += d[r]*sd[r][col] + m[r]*sx[col];
+        }
+    }
+}
+
+// block: SLIM_MMV_NWARPS warps, each R consecutive rows (nrows % R == 0); grid: (row blocks, ne12*ne13 channels)
+template <ggml_type type, int ncols, int R, int align>
+static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat_vec(
+        const char * x_ptr, const int8_t * yq_ptr, const float2 * yds_ptr, float * dst_ptr,
+        const int ne00, const int nrows, const int64_t stride_row,
+        const int ne12, const int r2, const int r3, const int64_t nb02, const int64_t nb03,
+        const int64_t stride_col_dst, const int64_t stride_ch2_dst, const int64_t stride_ch3_dst,
+        const int prefetch) {
+    constexpr int g = slim_traits<type>::g;
+    constexpr int b = slim_traits<type>::b;
+    extern __shared__ slim_group s_tab[];
+    __shared__ int s_ok;
+
+    const int G    = ne00/g;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int ch   = blockIdx.y;
+    const int i12  = ch % ne12;
+    const int i13  = ch / ne12;
+    const char * x = x_ptr + (i12/r2)*nb02 + (i13/r3)*nb03;
+    const int row_blk = blockIdx.x*SLIM_MMV_NWARPS*R;
+    const int row0    = row_blk + warp*R;
+
+    // Weights only up to ggml_cuda_pdl_sync, so this overlaps the previous kernel: start pulling this warp's
+    // rows into L2 and build the group table from the block's first row.
+    if (prefetch && row0 < nrows) {
+        const int64_t row_bytes = (int64_t) G*slim_type_size<type>;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const char * row = x + (int64_t) (row0 + r)*stride_row;
+            for (int64_t o = 128*lane; o < row_bytes; o += 128*WARP_SIZE) {
+                asm volatile("prefetch.global.L2 [%0];" :: "l"(row + o));
+            }
+        }
+    }
+    if (warp == 0) {
+        const bool ok = slim_build_table<g, b>(x + (int64_t) row_blk*stride_row, G, true, s_tab);
+        if (lane == 0) {
+            s_ok = ok;
+        }
+    }
+    __syncthreads();
+    ggml_cuda_pdl_sync();
+    if (row0 >= nrows) {
+        return;
+    }
+
+    const int8_t * yq  = yq_ptr  + (int64_t) ch*ncols*ne00;
+    const float2 * yds = yds_ptr + (int64_t) ch*ncols*(ne00/32);
+    const char   * xr  = x + (int64_t) row0*stride_row;
+
+    float acc[R][ncols] = {{0.0f}};
+    if (s_ok) {
+        for (int k = lane; k < G; k += WARP_SIZE) {
+            const slim_group e = s_tab[k];
+            const int j = e.jb >> 3;
+            switch ((int) (e.jb & 7) - b) {
+                case -1: slim_mmv_group<g, b - 1, ncols, R, align>(xr, stride_row, j, e.off, yq, yds, ne00, acc); break;
+                case  0: slim_mmv_group<g, b    , ncols, R, align>(xr, stride_row, j, e.off, yq, yds, ne00, acc); break;
+                default: slim_mmv_group<g, b + 1, ncols, R, align>(xr, stride_row, j, e.off, yq, yds, ne00, acc); break;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+#pragma unroll
+            for (int col = 0; col < ncols; ++col) {
+                acc[r][col] = NAN;
+            }
+        }
+    }
+    ggml_cuda_pdl_lc();
+
+    float * dst = dst_ptr + i12*stride_ch2_dst + i13*stride_ch3_dst + row0;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int col = 0; col < ncols; ++col) {
+            const float v = warp_reduce_sum(acc[r][col]);
+            if (lane == 0) {
+                dst[col*stride_col_dst + r] = v;
+            }
+        }
+    }
+}
+
+struct slim_mmv_args {
+    const char * x; const int8_t * yq; const float2 * yds; float * dst;
+    int ne00; int nrows; int64_t stride_row;
+    int ne12; int r2; int r3; int64_t nb02; int64_t nb03;
+    int64_t stride_col_dst; int64_t stride_ch2_dst; int64_t stride_ch3_dst;
+    int nch; int prefetch;
+};
+
+template <ggml_type type, int ncols, int R, int align>
+static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
+    const int    G     = a.ne00/slim_traits<type>::g;
+    const size_t shmem = G*sizeof(slim_group);
+    GGML_ASSERT(shmem <= 48*1024);
+    const int rows_per_block = SLIM_MMV_NWARPS*R;
+    const dim3 grid((a.nrows + rows_per_block - 1)/rows_per_block, a.nch, 1);
+    const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
+    ggml_cuda_kernel_launch(slim_mul_mat_vec<type, ncols, R, align>, params,
+        a.x, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
+        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, a.prefetch);
+}
+
+template <ggml_type type, int ncols, int R>
+static void slim_mmv_switch_align(const slim_mmv_args & a, const int align, cudaStream_t stream) {
+    if constexpr (slim_traits<type>::g == 128) {
+        if (align >= 16) {
+            slim_mmv_launch<type, ncols, R, 16>(a, stream);
+            return;
+        }
+    }
+    if (align >= 8) {
+        slim_mmv_launch<type, ncols, R, 8>(a, stream);
+    } else {
+        slim_mmv_launch<type, ncols, R, 4>(a, stream);
+    }
+}
+
+template <ggml_type type>
+static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, const int rows_per_warp, const int align,
+        cudaStream_t stream) {
+    switch (ncols) {
+        case 1:
+            switch (rows_per_warp) {
+                case 1:  slim_mmv_switch_align<type, 1, 1>(a, align, stream); break;
+                case 2:  slim_mmv_switch_align<type, 1, 2>(a, align, stream); break;
+                default: slim_mmv_switch_align<type, 1, 4>(a, align, stream); break;
+            }
+            break;
+        case 2: slim_mmv_switch_align<type, 2, 1>(a, align, stream); break;
+        case 3: slim_mmv_switch_align<type, 3, 1>(a, align, stream); break;
+        case 4: slim_mmv_switch_align<type, 4, 1>(a, align, stream); break;
+        case 5: slim_mmv_switch_align<type, 5, 1>(a, align, stream); break;
+        case 6: slim_mmv_switch_align<type, 6, 1>(a, align, stream); break;
+        case 7: slim_mmv_switch_align<type, 7, 1>(a, align, stream); break;
+        case 8: slim_mmv_switch_align<type, 8, 1>(a, align, stream); break;
+        default: GGML_ABORT("%s: %d columns", __func__, ncols);
+    }
+}
+
+// tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per warp at batch 1: 1, 2 or 4), GGML_CUDA_SLIM_PREFETCH (0/1)
+static int slim_env_int(const char * name, const int def) {
+    const char * v = getenv(name);
+    return v ? atoi(v) : def;
+}
+
+bool ggml_cuda_slim_use_mmv(const ggml_tensor * src0, const ggml_tensor * src1, const ggml_tensor * dst) {
+    return ggml_cuda_type_is_slim(src0->type) && src1->type == GGML_TYPE_F32 && dst->type == GGML_TYPE_F32 &&
+           src1->ne[1] <= SLIM_MMV_MAX_COLS && src1->nb[0] == sizeof(float) && dst->nb[0] == sizeof(float) &&
+           src0->ne[1] <= INT_MAX && src0->ne[0] <= INT_MAX;
+}
+
+void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst) {
+    GGML_TENSOR_BINARY_OP_LOCALS;
+    GGML_ASSERT(ggml_cuda_slim_use_mmv(src0, src1, dst));
+    GGML_ASSERT(ne12 % ne02 == 0 && ne13 % ne03 == 0);
+    GGML_ASSERT(ne10 % 32 == 0);
+
+    static const int env_rows     = slim_env_int("GGML_CUDA_SLIM_ROWS", 2);
+    static const int env_prefetch = slim_env_int("GGML_CUDA_SLIM_PREFETCH", 1);
+
+    cudaStream_t stream = ctx.stream();
+    const int64_t nch = ne12*ne13;
+    GGML_ASSERT(nch <= 65535);
+
+    // activations -> int8 (permuted) + per-32 (d, sum)
+    ggml_cuda_pool_alloc<int8_t> yq (ctx.pool(), nch*ne11*ne10);
+    ggml_cuda_pool_alloc<float2> yds(ctx.pool(), nch*ne11*(ne10/32));
+    {
+        const int threads = 256;
+        const dim3 grid((ne10 + threads - 1)/threads, ne11, nch);
+        const ggml_cuda_kernel_launch_params params(grid, dim3(threads, 1, 1), 0, stream);
+        ggml_cuda_kernel_launch(slim_quantize_act, params, (const float *) src1->data, yq.get(), yds.get(),
+            (int) ne10, (int) ne11, (int) ne12, (int64_t) (nb11/sizeof(float)), (int64_t) (nb12/sizeof(float)),
+            (int64_t) (nb13/sizeof(float)));
+    }
+
+    int rows_per_warp = ne11 == 1 ? env_rows : 1;
+    if (rows_per_warp != 1 && rows_per_warp != 2 && rows_per_warp != 4) {
+        rows_per_warp = 2;
+    }
+    while (ne01 % rows_per_warp != 0) {
+        rows_per_warp /= 2;
+    }
+
+    const int G = ne00/ggml_blck_size(src0->type);
+    const uintptr_t base = (uintptr_t) src0->data;
+    auto aligned = [&](const size_t n) {
+        return base % n == 0 && nb01 % n == 0 && nb02 % n == 0 && nb03 % n == 0 && (4*(size_t) G) % n == 0;
+    };
+    const int align = aligned(16) ? 16 : aligned(8) ? 8 : 4;
+
+    slim_mmv_args a;
+    a.x = (const char *) src0->data; a.yq = yq.get(); a.yds = yds.get(); a.dst = (float *) dst->data;
+    a.ne00 = ne00; a.nrows = ne01; a.stride_row = nb01;
+    a.ne12 = ne12; a.r2 = ne12/ne02; a.r3 = ne13/ne03; a.nb02 = nb02; a.nb03 = nb03;
+    a.stride_col_dst = nb1/sizeof(float); a.stride_ch2_dst = nb2/sizeof(float); a.stride_ch3_dst = nb3/sizeof(float);
+    a.nch = nch; a.prefetch = env_prefetch;
+
+    switch (src0->type) {
+        case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_warp, align, stream); break;
+        case GGML_TYPE_SLIM2_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G128>(a, ne11, rows_per_warp, align, stream); break;
+        case GGML_TYPE_SLIM3_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G64> (a, ne11, rows_per_warp, align, stream); break;
+        case GGML_TYPE_SLIM3_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G128>(a, ne11, rows_per_warp, align, stream); break;
+        default: GGML_ABORT("%s: not a SLIM type", __func__);
+    }
+}

@@ -1,0 +1,264 @@
+"""GPU speed benchmark (DESIGN.md section 6): a LLaMA-7B-shaped model with random weights in F16, Q4_0, Q3_K_S,
+Q2_K and SLIM 2-bit / 3-bit (g128), all in ONE `llama-bench -ngl 99 -p 512 -n 128 -r 3` run.
+
+    python scripts/bench_gpu.py make  --bin BIN --vocab ggml-vocab-llama-spm.gguf --dir MODELS
+    python scripts/bench_gpu.py bench --bin BIN --dir MODELS --out OUT_DIR [--tune]
+
+`make`: F16 via gguf-py (random N(0, 0.02) weights; one random matrix per shape, shared by the 32 layers: speed
+does not depend on values, and 13.5 GB of fresh randoms would cost minutes of device time), tokenizer copied from
+the vocab file; Q4_0 / Q3_K_S / Q2_K by llama-quantize; SLIM by round-to-nearest of the SAME random weights with a
+random SBA-shaped bit map per shape (exact average), packed by slim2gguf.format. The SLIM files take token_embd
+(CPU-side) and output (Q6_K) from the Q4_0 file, as llama-quantize chose them, so only the linear layers differ.
+`bench`: the one llama-bench run; writes OUT_DIR/bench.md (the table, device and date) and bench.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+N_VOCAB, N_EMBD, N_LAYER, N_HEAD, N_FF, N_CTX = 32000, 4096, 32, 32, 11008, 4096
+if os.environ.get("SLIM_BENCH_TINY"):  # smoke test of the script itself (CPU): a 2-layer model
+    N_EMBD, N_LAYER, N_HEAD, N_FF = 256, 2, 4, 768
+LAYER_MATS = {  # name: (rows, cols) = (ne1, ne0)
+    "attn_q": (N_EMBD, N_EMBD), "attn_k": (N_EMBD, N_EMBD), "attn_v": (N_EMBD, N_EMBD),
+    "attn_output": (N_EMBD, N_EMBD),
+    "ffn_gate": (N_FF, N_EMBD), "ffn_up": (N_FF, N_EMBD), "ffn_down": (N_EMBD, N_FF),
+}
+STOCK = ["Q4_0", "Q3_K_S", "Q2_K"]
+SLIM = {"slim2": (2, 128), "slim3": (3, 128)}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def llama_kv(w, vocab_path: Path, ftype: int) -> None:
+    import gguf
+
+    w.add_name("llama-7b-shaped-random")
+    w.add_context_length(N_CTX)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(ftype)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    reader = gguf.GGUFReader(vocab_path)
+    for field in reader.fields.values():
+        if not field.name.startswith("tokenizer."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+
+
+def make_f16(path: Path, vocab: Path) -> dict[tuple[int, int], np.ndarray]:
+    import gguf
+
+    rng = np.random.default_rng(7)
+    mats: dict[tuple[int, int], np.ndarray] = {}
+    for shape in {(N_VOCAB, N_EMBD), *LAYER_MATS.values()}:
+        mats[shape] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+    norm = np.ones(N_EMBD, dtype=np.float32)
+    w = gguf.GGUFWriter(str(path), "llama")
+    llama_kv(w, vocab, int(gguf.LlamaFileType.MOSTLY_F16))
+    w.add_tensor("token_embd.weight", mats[(N_VOCAB, N_EMBD)])
+    for i in range(N_LAYER):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", norm)
+        for name, shape in LAYER_MATS.items():
+            w.add_tensor(f"blk.{i}.{name}.weight", mats[shape])
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", norm)
+    w.add_tensor("output_norm.weight", norm)
+    w.add_tensor("output.weight", mats[(N_VOCAB, N_EMBD)])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return mats
+
+
+def slim_rtn(wt: np.ndarray, st, rng: np.random.Generator) -> np.ndarray:
+    """Round-to-nearest of a [rows, cols] weight with a random SBA-shaped bit map -> packed SLIM rows."""
+    from slim2gguf.format import pack_rows
+
+    rows, cols = wt.shape
+    g, b = st.group_size, st.avg_bits
+    G = cols // g
+    k = G // 4                                          # a quarter of the groups up, a quarter down
+    bits = np.full(G, b, dtype=np.int64)
+    order = rng.permutation(G)
+    bits[order[:k]] = b + 1
+    bits[order[k:2 * k]] = b - 1
+    w = wt.astype(np.float32).reshape(rows, G, g)
+    lo, hi = w.min(-1), w.max(-1)
+    levels = ((1 << bits) - 1).astype(np.float32)[None, :]
+    d = ((hi - lo) / levels).astype(np.float16)
+    dh = d.view(np.uint16) & np.uint16(0xFFFE) | ((bits - 1) & 1).astype(np.uint16)[None, :]  # tag's low bit
+    d = dh.view(np.float16)
+    m = lo.astype(np.float16)
+    df = np.maximum(d.astype(np.float32), 1e-8)
+    q = np.rint((w - m.astype(np.float32)[..., None]) / df[..., None])
+    q = np.clip(q, 0, levels[..., None]).astype(np.uint8).reshape(rows, cols)
+    return pack_rows(bits, q, d, m, st)
+
+
+def make_slim(path: Path, name: str, q4_path: Path, mats, vocab: Path) -> None:
+    import gguf
+    from slim2gguf.format import slim_type
+
+    avg, g = SLIM[name]
+    st = slim_type(avg, g)
+    rng = np.random.default_rng(11 + avg)
+    packed = {shape: slim_rtn(mats[shape], st, rng) for shape in set(LAYER_MATS.values())}
+    q4 = {t.name: t for t in gguf.GGUFReader(q4_path).tensors}
+    ftype = gguf.LlamaFileType.MOSTLY_SLIM2 if avg == 2 else gguf.LlamaFileType.MOSTLY_SLIM3
+    w = gguf.GGUFWriter(str(path), "llama")
+    llama_kv(w, vocab, int(ftype))
+
+    def copy(tname: str) -> None:  # a tensor as llama-quantize wrote it into the Q4_0 file
+        t = q4[tname]
+        data = np.asarray(t.data)
+        if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            w.add_tensor(tname, data)
+        else:
+            w.add_tensor(tname, data.view(np.uint8).reshape(int(t.shape[-1]) if len(t.shape) > 1 else 1, -1),
+                         raw_dtype=t.tensor_type)
+
+    copy("token_embd.weight")
+    for i in range(N_LAYER):
+        copy(f"blk.{i}.attn_norm.weight")
+        for lname, shape in LAYER_MATS.items():
+            w.add_tensor(f"blk.{i}.{lname}.weight", packed[shape], raw_dtype=st.ggml_type)
+        copy(f"blk.{i}.ffn_norm.weight")
+    copy("output_norm.weight")
+    copy("output.weight")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def cmd_make(args) -> None:
+    d = Path(args.dir)
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    f16 = d / "llama7b-f16.gguf"
+    log("F16 model (gguf-py)")
+    mats = make_f16(f16, Path(args.vocab))
+    log(f"F16 written: {f16.stat().st_size / 1e9:.2f} GB, {time.time() - t0:.0f} s")
+    for qt in STOCK:
+        out = d / f"llama7b-{qt.lower()}.gguf"
+        t1 = time.time()
+        subprocess.run([str(Path(args.bin) / "llama-quantize"), str(f16), str(out), qt, str(os.cpu_count())],
+                       check=True, stdout=subprocess.DEVNULL)
+        log(f"{qt}: {out.stat().st_size / 1e9:.2f} GB, {time.time() - t1:.0f} s")
+    for name in SLIM:
+        out = d / f"llama7b-{name}.gguf"
+        t1 = time.time()
+        make_slim(out, name, d / "llama7b-q4_0.gguf", mats, Path(args.vocab))
+        log(f"{name}: {out.stat().st_size / 1e9:.2f} GB, {time.time() - t1:.0f} s")
+    log(f"models ready in {time.time() - t0:.0f} s")
+
+
+def gpu_name() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "unknown GPU"
+
+
+def cmd_bench(args) -> None:
+    d, out = Path(args.dir), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bench = str(Path(args.bin) / "llama-bench")
+    models = [d / f"llama7b-{n}.gguf" for n in ["f16"] + [q.lower() for q in STOCK] + list(SLIM)]
+    cmd = [bench] + [a for m in models for a in ("-m", str(m))] + ["-ngl", "99", "-p", "512", "-n", "128",
+                                                                   "-r", "3", "-o", "json"]
+    log(" ".join(cmd))
+    t0 = time.time()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    (out / "bench_stderr.log").write_text(res.stderr)
+    if res.returncode != 0:
+        print(res.stderr[-4000:])
+        raise SystemExit(f"llama-bench failed ({res.returncode})")
+    rows = json.loads(res.stdout)
+    (out / "bench.json").write_text(json.dumps(rows, indent=1))
+    log(f"llama-bench: {time.time() - t0:.0f} s")
+
+    by = {}
+    for r in rows:
+        test = "pp512" if r["n_prompt"] else "tg128"
+        by.setdefault(Path(r["model_filename"]).stem.replace("llama7b-", ""), {})[test] = (r["avg_ts"], r["stddev_ts"])
+    first = rows[0]
+    lines = [
+        f"# LLaMA-7B-shaped model, random weights: llama-bench on {gpu_name()}",
+        "",
+        f"Date {dt.date.today().isoformat()}; one run: `llama-bench -ngl 99 -p 512 -n 128 -r 3` over all six files "
+        f"(scripts/bench_gpu.py, scripts/device_cuda.sh); build {first.get('build_commit', '?')}, "
+        f"backend {first.get('backends', '?')}, GPU {first.get('gpu_info', '?')}.",
+        "",
+        "| type | size (GiB) | bpw (file) | pp512 t/s | tg128 t/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    nparams = None
+    for r in rows:
+        nparams = r.get("model_n_params", nparams)
+    for name in ["f16"] + [q.lower() for q in STOCK] + list(SLIM):
+        r = next(x for x in rows if Path(x["model_filename"]).stem.endswith(name))
+        size = r["model_size"]
+        pp, tg = by[name].get("pp512", (0, 0)), by[name].get("tg128", (0, 0))
+        lines.append(f"| {r['model_type'].split(' ', 2)[-1] if 'model_type' in r else name} | {size / 2**30:.2f} | "
+                     f"{8 * size / nparams:.2f} | {pp[0]:.0f} ± {pp[1]:.0f} | {tg[0]:.1f} ± {tg[1]:.1f} |")
+    q4, q2, s2 = by["q4_0"], by["q2_k"], by["slim2"]
+    lines += [
+        "",
+        "Targets (issue #5): SLIM 2-bit tg128 >= 1.1x Q4_0 and >= 1.5x Q2_K; SLIM 2-bit pp512 >= Q4_0.",
+        "",
+        f"- SLIM2 tg128 / Q4_0 tg128 = {s2['tg128'][0] / q4['tg128'][0]:.2f}",
+        f"- SLIM2 tg128 / Q2_K tg128 = {s2['tg128'][0] / q2['tg128'][0]:.2f}",
+        f"- SLIM2 pp512 / Q4_0 pp512 = {s2['pp512'][0] / q4['pp512'][0]:.2f}",
+    ]
+    text = "\n".join(lines) + "\n"
+    (out / "bench.md").write_text(text)
+    print(text)
+
+    if args.tune:  # knobs of the SLIM mat-vec kernel, tg only
+        for env in ({"GGML_CUDA_SLIM_ROWS": "1"}, {"GGML_CUDA_SLIM_ROWS": "4"}, {"GGML_CUDA_SLIM_PREFETCH": "0"}):
+            cmd = [bench, "-m", str(d / "llama7b-slim2.gguf"), "-m", str(d / "llama7b-slim3.gguf"),
+                   "-ngl", "99", "-p", "0", "-n", "128", "-r", "3", "-o", "md"]
+            r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **env))
+            print(f"tune {env}:\n{r.stdout}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make")
+    m.add_argument("--bin", required=True)
+    m.add_argument("--vocab", required=True)
+    m.add_argument("--dir", required=True)
+    b = sub.add_parser("bench")
+    b.add_argument("--bin", required=True)
+    b.add_argument("--dir", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--tune", action="store_true")
+    args = ap.parse_args()
+    cmd_make(args) if args.cmd == "make" else cmd_bench(args)
+
+
+if __name__ == "__main__":
+    main()

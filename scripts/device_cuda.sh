@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# On the GPU machine (device tool): build the patched llama.cpp with CUDA from the carried source, check the SLIM
+# kernels, benchmark. Stages run in the order given; each leaves its log under $OUT (at most 8 files come back).
+#
+#   here:    bash scripts/device_pack.sh                      -> .devcarry/llama-src.tar.xz (patched tree, ~5 MB)
+#            (optional) SmolLM2 SLIM files + eval text in .devcarry/smol/ (carry limit 64 MiB per call)
+#   device:  bash scripts/device_cuda.sh build check          (carry .devcarry)   ~6 min
+#            bash scripts/device_cuda.sh smol                 (carry .devcarry)   GPU vs CPU perplexity, generation
+#            bash scripts/device_cuda.sh models bench         (machine still warm: the build is reused)
+#
+# build:  cmake with slim2gguf.llama_build.cmake_args(cuda=True) (-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a
+#         -DGGML_CUDA_FA_QUANTS=f16-f16; SLIM2GGUF_CUDA_ARCH overrides), only the targets needed, -j$(nproc)
+# check:  test-backend-ops -b CUDA0 -o MUL_MAT,GET_ROWS -p slim; scripts/cuda_slim_check.cpp on Numba-decoded
+#         cases (CUDA == Numba == CPU bit for bit, mat-vec within Q8 rounding)
+# smol:   for each .devcarry/smol/*.gguf: llama-perplexity on GPU (-ngl 99) and CPU (no GPU visible), generation
+# models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, SLIM2/3 g128 of one random LLaMA-7B)
+# bench:  scripts/bench_gpu.py bench --tune (one llama-bench run) + ncu of the decode mat-vec kernels
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/slim-out}
+W=${SLIM_DEV_WORK:-/tmp/slimdev}
+SRC=$W/src
+B=$W/build
+BIN=$B/bin
+mkdir -p "$OUT" "$W"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$SRC/gguf-py:$PWD${PYTHONPATH:+:$PYTHONPATH}
+NJ=$(nproc)
+t_start=$(date +%s)
+stamp() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - t_start ))s] $*"; }
+
+stage_build() {
+  local tb=.devcarry/llama-src.tar.xz sum
+  [ -f "$tb" ] || { echo "no $tb: run scripts/device_pack.sh and carry .devcarry"; return 1; }
+  sum=$(sha256sum "$tb" | cut -c1-16)
+  if [ "$(cat "$W/src.sum" 2>/dev/null)" != "$sum" ]; then
+    # unpack into a scratch dir and copy changed files only, so unchanged files keep their mtimes (incremental builds)
+    rm -rf "$W/src.new" && mkdir -p "$W/src.new" && tar -xJf "$tb" -C "$W/src.new"
+    python3 - "$W/src.new" "$SRC" <<'PY' || return 1
+import filecmp, shutil, sys
+from pathlib import Path
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+for p in src.rglob("*"):
+    t = dst / p.relative_to(src)
+    if p.is_dir():
+        t.mkdir(parents=True, exist_ok=True)
+    elif not (t.exists() and filecmp.cmp(p, t, shallow=False)):
+        t.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, t)
+PY
+    rm -rf "$W/src.new"
+    echo "$sum" > "$W/src.sum"
+  fi
+  local args
+  args=$(python3 -c "from slim2gguf.llama_build import cmake_args; print(' '.join(cmake_args(True)))") || return 1
+  stamp "cmake $args"
+  if [ ! -f "$B/build.ninja" ] || [ "$(cat "$B/args.txt" 2>/dev/null)" != "$args" ]; then
+    cmake -S "$SRC" -B "$B" $args -DGGML_CCACHE=OFF > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; return 1; }
+    echo "$args" > "$B/args.txt"
+  fi
+  stamp "building (-j$NJ)"
+  cmake --build "$B" -j "$NJ" --target llama-bench llama-quantize llama-perplexity llama-completion test-backend-ops \
+    >> "$OUT/build.log" 2>&1 || { grep -B2 -A12 "error" "$OUT/build.log" | head -80; return 1; }
+  stamp "build done"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+}
+
+stage_check() {
+  local rc=0
+  stamp "test-backend-ops (CUDA0 vs CPU, SLIM cases)"
+  "$BIN/test-backend-ops" -b CUDA0 -o MUL_MAT,GET_ROWS -p slim > "$OUT/check.log" 2>&1 || rc=1
+  grep -E "tests passed|FAIL|not supported" "$OUT/check.log" | sort | uniq -c | head -20
+  tail -3 "$OUT/check.log"
+  stamp "exactness cases (Numba) + harness"
+  python3 scripts/cuda_slim_cases.py "$W/cases" >> "$OUT/check.log" 2>&1 || { tail "$OUT/check.log"; return 1; }
+  g++ -O2 -std=c++17 scripts/cuda_slim_check.cpp -I"$SRC/ggml/include" -L"$BIN" -Wl,-rpath,"$BIN" \
+    -lggml -lggml-base -lggml-cpu -lggml-cuda -o "$W/cuda_slim_check" >> "$OUT/check.log" 2>&1 || { tail "$OUT/check.log"; return 1; }
+  "$W/cuda_slim_check" "$W"/cases/*.bin > "$OUT/exact.log" 2>&1 || rc=1
+  grep -c " ok " "$OUT/exact.log"; grep "FAIL" "$OUT/exact.log" | head -20; tail -1 "$OUT/exact.log"
+  return $rc
+}
+
+stage_smol() {
+  local txt f chunks=${SMOL_CHUNKS:-40}
+  txt=$(ls .devcarry/smol/*.txt 2>/dev/null | head -1)
+  [ -n "$txt" ] || { echo "no eval text in .devcarry/smol"; return 1; }
+  for f in .devcarry/smol/*.gguf; do
+    [ -f "$f" ] || { echo "no SmolLM2 files in .devcarry/smol"; return 1; }
+    local n; n=$(basename "$f" .gguf)
+    stamp "$n: perplexity GPU"
+    "$BIN/llama-perplexity" -m "$f" -f "$txt" -c 512 --chunks "$chunks" -ngl 99 > "$OUT/smol_$n.log" 2>&1
+    stamp "$n: perplexity CPU"
+    CUDA_VISIBLE_DEVICES= "$BIN/llama-perplexity" -m "$f" -f "$txt" -c 512 --chunks "$chunks" -t "$NJ" \
+      > "$OUT/smol_${n}_cpu.log" 2>&1
+    grep -h "offloaded\|Final estimate" "$OUT/smol_$n.log" "$OUT/smol_${n}_cpu.log"
+    stamp "$n: generation (GPU, greedy)"
+    "$BIN/llama-completion" -m "$f" -p "The capital of France is" -n 48 -ngl 99 --temp 0 -no-cnv 2>/dev/null \
+      | tail -5 | tee -a "$OUT/smol_$n.log"
+    echo
+  done
+}
+
+stage_models() {
+  stamp "models"
+  python3 scripts/bench_gpu.py make --bin "$BIN" --vocab "$SRC/models/ggml-vocab-llama-spm.gguf" --dir "$W/models" \
+    2>&1 | tee "$OUT/models.log"
+  df -h "$W" | tail -1
+}
+
+stage_bench() {
+  stamp "bench"
+  python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$W/models" --out "$OUT" --tune 2>&1 | tee "$OUT/bench.log"
+  stamp "bench done"
+}
+
+stage_profile() {
+  # decode kernels of SLIM2 and Q4_0, 2 tokens each (all 224 layer matmuls + output), a few counters
+  local m
+  for m in slim2 q4_0; do
+    stamp "ncu $m"
+    timeout 240 ncu --clock-control none -k 'regex:slim_mul_mat_vec|mul_mat_vec_q|slim_quantize|quantize_q8_1' \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
+      --csv --print-units base --launch-skip 500 --launch-count 240 \
+      "$BIN/llama-bench" -m "$W/models/llama7b-$m.gguf" -ngl 99 -p 0 -n 16 -r 1 > "$W/ncu_$m.csv" 2> "$W/ncu_$m.err"
+    python3 scripts/ncu_summary.py "$W/ncu_$m.csv" | tee -a "$OUT/profile.log"
+  done
+}
+
+for s in "$@"; do
+  "stage_$s" || { stamp "stage $s FAILED"; exit 1; }
+done
+stamp "all done"
