@@ -203,8 +203,7 @@ def plot_allocation(rep: dict[str, Any], out_png: Path) -> Path:
     lo, hi = min(all_bits), max(all_bits)
     levels = list(range(lo, hi + 1))
     palette = {1: "#313695", 2: "#74add1", 3: "#fdae61", 4: "#a50026"}
-    cmap = ListedColormap([palette[b] for b in levels])
-    cmap.set_bad("#dddddd")
+    cmap = ListedColormap([palette[b] for b in levels]).with_extremes(bad="#dddddd")
     norm = BoundaryNorm([b - 0.5 for b in levels] + [hi + 0.5], cmap.N)
     fig_w = min(24.0, 2.0 + 0.09 * sum(widths) + 0.6 * len(names))
     fig_h = min(16.0, 2.2 + 0.22 * n_layers)

@@ -117,7 +117,7 @@ def converter_class(hf_dir: Path):
 
 
 def write_stock(hf_dir: Path, out_path: Path, outtype: str = "f16", *, model_name: str | None = None,
-                verbose: bool = False) -> Path:
+                metadata_override: Path | None = None, verbose: bool = False) -> Path:
     """What `convert_hf_to_gguf.py --outtype OUTTYPE` writes (the reference file for comparisons)."""
     import gguf
     import torch
@@ -125,7 +125,8 @@ def write_stock(hf_dir: Path, out_path: Path, outtype: str = "f16", *, model_nam
              "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
     cls = converter_class(hf_dir)
     with _quiet_converter(verbose), torch.inference_mode():
-        model = cls(Path(hf_dir), ftype, Path(out_path), model_name=model_name)
+        model = cls(Path(hf_dir), ftype, Path(out_path), model_name=model_name,
+                    metadata_override=metadata_override)
         model.write()
     return Path(out_path)
 
@@ -237,11 +238,13 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
 
 def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], *, avg_bits: int,
                     stock: StockTypes | None = None, slim_meta: Mapping[str, Any] | None = None,
-                    model_name: str | None = None, verbose: bool = False) -> WriteReport:
+                    model_name: str | None = None, metadata_override: Path | None = None,
+                    verbose: bool = False) -> WriteReport:
     """Write out_path (directly; the caller handles temp files) from an HF folder and QuantizedLinear results.
 
     quantized: HF parameter name -> QuantizedLinear (bits shared by all rows, group_size 64 or 128).
     slim_meta: extra `slim.*` key/values. Non-quantized tensors are read from hf_dir by the converter.
+    model_name / metadata_override: as convert_hf_to_gguf.py's --model-name / --metadata.
     """
     import gguf
     import torch
@@ -250,7 +253,8 @@ def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], 
     report = WriteReport()
     cls = _hooked_class(converter_class(hf_dir), quantized, avg_bits, stock, dict(slim_meta or {}), report)
     with _quiet_converter(verbose), torch.inference_mode():
-        model = cls(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, Path(out_path), model_name=model_name)
+        model = cls(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, Path(out_path), model_name=model_name,
+                    metadata_override=metadata_override)
         model.prepare_tensors()
         model.prepare_metadata(vocab_only=False)
         missing = sorted(set(quantized) - set(model._slim_hf_names.values()))
@@ -286,3 +290,25 @@ def check_writable(out_path: Path) -> None:
         raise SlimError(f"output path {out_path} is not writable: {e.strerror or e}") from None
     if out_path.exists() and not os.access(out_path, os.W_OK):
         raise SlimError(f"output path {out_path} is not writable")
+
+
+def export_hf_folder(model, tokenizer, dest: Path) -> Path:
+    """Write a transformers model + tokenizer as an HF folder llama.cpp's converter reads (for GGUF sources).
+
+    save_pretrained refuses models loaded from GGUF, so: config.json without the GGUF quantization_config and
+    with `architectures`, model.safetensors of the (dequantized) weights, tokenizer files.
+    """
+    import json
+
+    from safetensors.torch import save_model
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["architectures"] = [type(model).__name__]
+    cfg = json.loads(json.dumps(cfg, default=str))
+    (dest / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    save_model(model, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(dest))
+    return dest

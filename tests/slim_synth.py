@@ -5,6 +5,7 @@ fixed by the group's bit-width), producing quant.result.QuantizedLinear like the
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -56,51 +57,58 @@ def random_quantized(rows: int, cols: int, avg_bits: int, group_size: int, seed:
     return rtn(torch.randn(rows, cols, generator=g) * 0.05, avg_bits, group_size, seed)
 
 
-TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brown.txt"
+def export_demo_tokenizer(dest: Path) -> Path:
+    """SmolLM2's tokenizer (from the demo GGUF) saved as an HF tokenizer folder; llama.cpp's converter knows
+    it (pre-tokenizer 'smollm'), transformers loads it without sentencepiece/protobuf."""
+    from transformers import AutoTokenizer
+
+    from slim2gguf.model_io import demo_model_path
+
+    p = demo_model_path()
+    tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(dest))
+    return Path(dest)
 
 
-def train_spm(out_dir: Path, vocab_size: int = 320) -> Path:
-    """A small sentencepiece model (llama.cpp's converter reads tokenizer.model for llama)."""
-    import io
+@functools.cache
+def demo_tokenizer_dir() -> Path:
+    """export_demo_tokenizer into a temporary folder, once per process (removed at exit)."""
+    import atexit
+    import shutil
+    import tempfile
 
-    import sentencepiece as spm
-
-    if TEXT.exists():
-        text = TEXT.read_text(encoding="utf-8", errors="replace")[:200_000]
-    else:  # keep the helper usable outside this checkout
-        text = " ".join(f"the quick brown fox {i} jumps over the lazy dog" for i in range(5000))
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
-                                   model_type="bpe", character_coverage=1.0, byte_fallback=False,
-                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
-                                   num_threads=1, hard_vocab_limit=False)
-    path = out_dir / "tokenizer.model"
-    path.write_bytes(model.getvalue())
-    return path
+    d = Path(tempfile.mkdtemp(prefix="slim-tok-"))
+    atexit.register(shutil.rmtree, d, True)
+    return export_demo_tokenizer(d)
 
 
-def make_tiny_llama(out_dir: Path, *, hidden: int = 128, intermediate: int = 192, layers: int = 2,
-                    heads: int = 4, kv_heads: int = 2, tie: bool = False, seed: int = 0,
-                    vocab_size: int = 320) -> Path:
-    """A random LlamaForCausalLM HF folder (config, safetensors, sentencepiece tokenizer.model)."""
-    import json
+def make_tiny_llama(out_dir: Path, tokenizer_dir: Path, *, hidden: int = 128, intermediate: int = 192,
+                    layers: int = 2, heads: int = 4, kv_heads: int = 2, tie: bool = False, seed: int = 0,
+                    nan_weight: str | None = None) -> Path:
+    """A random LlamaForCausalLM HF folder (config, safetensors) with the tokenizer files of tokenizer_dir.
+
+    Widths: q/k/v/o/gate/up read `hidden` (128: g128), down reads `intermediate` (192: g64 only).
+    nan_weight: a parameter name whose first element is set to NaN (error-path tests)."""
+    import shutil
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_spm(out_dir, vocab_size)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+    for f in Path(tokenizer_dir).iterdir():
+        shutil.copy(f, out_dir / f.name)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=intermediate,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                      max_position_embeddings=256, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2)
+                      max_position_embeddings=512, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
-        for p in model.parameters():  # norms too, so a permutation bug cannot hide behind ones
+        for name, p in model.named_parameters():  # norms too, so a permutation bug cannot hide behind ones
             p.copy_(torch.randn_like(p) * 0.05 + (1.0 if p.ndim == 1 else 0.0))
+            if name == nan_weight:
+                p.view(-1)[0] = float("nan")
     model.save_pretrained(out_dir)
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True, "add_eos_token": False}))
     return out_dir
 
 

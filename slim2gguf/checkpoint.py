@@ -1,0 +1,136 @@
+"""Per-layer checkpoints of a conversion, so an interrupted `convert` can `--resume` without redoing layers.
+
+Layout of OUT.ckpt/ (next to the output file):
+    manifest.json        {"version": 1, "settings": {...}}: everything that decides the quantized numbers
+    calibration.pt       the calibration token ids and their summary (self-generated text is not re-sampled)
+    layer_00012.pt       {hf name: {"bits", "q", "d", "m", "group_size"}} of one finished decoder layer
+    hf/                  the HF folder exported from a GGUF source (llama.cpp's converter reads it)
+Every file is written to a temporary name and renamed, so a kill leaves either the old or the new file.
+Resuming with different settings is refused (one line naming the first differing setting).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import SlimError
+
+MANIFEST_VERSION = 1
+
+
+def checkpoint_dir(out_path: Path) -> Path:
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".ckpt")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _torch_save_atomic(obj: Any, path: Path) -> None:
+    import io
+
+    import torch
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+class Checkpoints:
+    """The checkpoint directory of one conversion."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+    # ---------------------------------------------------------------------------------------------- life cycle
+    def open(self, resume: bool) -> int:
+        """Prepare the directory. resume=False starts fresh (old checkpoints are removed); resume=True checks
+        the manifest and keeps what is there. Returns the number of finished layers found."""
+        manifest = self.path / "manifest.json"
+        if resume and manifest.is_file():
+            try:
+                old = json.loads(manifest.read_text())
+            except (OSError, ValueError) as e:
+                raise SlimError(f"cannot resume: {manifest} is unreadable ({e})") from None
+            if old.get("version") != MANIFEST_VERSION:
+                raise SlimError(f"cannot resume: {manifest} has version {old.get('version')}, "
+                                f"expected {MANIFEST_VERSION}")
+            prev = old.get("settings", {})
+            for key in sorted(set(prev) | set(self.settings)):
+                if prev.get(key) != self.settings.get(key):
+                    raise SlimError(f"cannot resume: setting '{key}' was {prev.get(key)!r}, now "
+                                    f"{self.settings.get(key)!r} (run without --resume to start over)")
+            return len(self.finished_layers())
+        if self.path.exists():
+            self.remove()
+        try:
+            self.path.mkdir(parents=True)
+            _atomic_write_bytes(manifest, (json.dumps({"version": MANIFEST_VERSION, "settings": self.settings},
+                                                      indent=1, sort_keys=True) + "\n").encode())
+        except OSError as e:
+            raise SlimError(f"cannot write checkpoints to {self.path}: {e.strerror or e}") from None
+        return 0
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # ---------------------------------------------------------------------------------------------- calibration
+    def save_calibration(self, input_ids, summary: dict[str, Any]) -> None:
+        _torch_save_atomic({"input_ids": input_ids.cpu(), "summary": summary}, self.path / "calibration.pt")
+
+    def load_calibration(self):
+        """(input_ids, summary) or None."""
+        import torch
+        p = self.path / "calibration.pt"
+        if not p.is_file():
+            return None
+        obj = torch.load(p, weights_only=True)
+        return obj["input_ids"], obj["summary"]
+
+    # ---------------------------------------------------------------------------------------------- layers
+    def _layer_path(self, index: int) -> Path:
+        return self.path / f"layer_{index:05d}.pt"
+
+    def finished_layers(self) -> list[int]:
+        return sorted(int(p.stem.split("_")[1]) for p in self.path.glob("layer_*.pt"))
+
+    def save_layer(self, index: int, layer: dict[str, Any]) -> None:
+        """layer: {hf name: QuantizedLinear}."""
+        obj = {name: {"bits": ql.bits.cpu(), "q": ql.q.cpu(), "d": ql.d.cpu(), "m": ql.m.cpu(),
+                      "group_size": int(ql.group_size)} for name, ql in layer.items()}
+        _torch_save_atomic(obj, self._layer_path(index))
+
+    def load_layer(self, index: int) -> dict[str, Any]:
+        import torch
+
+        from quant.result import QuantizedLinear
+        try:
+            obj = torch.load(self._layer_path(index), weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint is the user's to delete
+            raise SlimError(f"checkpoint {self._layer_path(index)} is unreadable ({type(e).__name__}); "
+                            f"run without --resume") from None
+        return {name: QuantizedLinear(v["bits"], v["q"], v["d"], v["m"], int(v["group_size"]))
+                for name, v in obj.items()}
+
+    def load_layers(self) -> dict[int, dict[str, Any]]:
+        return {i: self.load_layer(i) for i in self.finished_layers()}
+
+    # ---------------------------------------------------------------------------------------------- hf export
+    @property
+    def hf_dir(self) -> Path:
+        return self.path / "hf"
+
+    def hf_dir_complete(self) -> bool:
+        return (self.hf_dir / ".complete").is_file()
+
+    def mark_hf_dir_complete(self) -> None:
+        (self.hf_dir / ".complete").write_text("ok\n")
