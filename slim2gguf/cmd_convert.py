@@ -119,7 +119,11 @@ class ConvertResult:
     model: Any                   # the torch model, its quantized linears holding the fake-quant weights
     results: dict[str, Any]      # hf name -> QuantizedLinear
     report: Any                  # gguf_out.WriteReport (names, types, row permutations)
-    hf_dir: Path                 # the HF folder llama.cpp's converter read
+    hf_dir: Path                 # the HF folder llama.cpp's converter read (gone for GGUF sources: it lived in
+                                 # OUT.ckpt/ unless --keep-checkpoints)
+    tokenizer: Any = None
+    model_name: str | None = None          # converter's --model-name (GGUF sources)
+    general: dict[str, Any] | None = None  # converter's --metadata override (GGUF sources: their general.*)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,6 +190,7 @@ def _convert(args, t0, out, stock, sba, sqc, device, ck) -> ConvertResult:
     n_layers = int(model.config.num_hidden_layers)
     model_name = None
     metadata_override = None
+    general = None
     if desc.get("gguf_file"):
         src = Path(desc["folder"]) / desc["gguf_file"]
         general = _source_general(src)
@@ -313,7 +318,7 @@ def _convert(args, t0, out, stock, sba, sqc, device, ck) -> ConvertResult:
         f"{n_layers - len(done)} of {n_layers} layers, writing {t_w:.1f} s)",
         f"  peak memory  {peak_rss_mib():.0f} MiB RSS" + (f", {gpu_peak:.0f} MiB GPU" if gpu_peak is not None else ""),
     ]
-    return ConvertResult(summary, "\n".join(lines), model, dict(res), report, hf_dir)
+    return ConvertResult(summary, "\n".join(lines), model, dict(res), report, hf_dir, tok, model_name, general)
 
 
 def _model_fingerprint_file(path: str) -> dict[str, Any]:

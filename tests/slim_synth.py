@@ -132,3 +132,24 @@ def rtn_folder(hf_dir: Path, avg_bits: int, group_size: int | None = None, seed:
             continue
         out[name] = rtn(w, avg_bits, g, seed=seed + i)
     return out
+
+
+def assert_decode_equals_reference(slim_path: Path, ref_path: Path) -> int:
+    """Every SLIM tensor of slim_path decodes to the F32 tensor of the same name in ref_path, bit for bit."""
+    from slim2gguf.cmd_inspect import open_gguf as _open_gguf
+    from slim2gguf.format import is_slim
+    from slim2gguf.reference_decoder import decode
+
+    slim = {t.name: t for t in _open_gguf(slim_path).tensors}
+    ref = {t.name: t for t in _open_gguf(ref_path).tensors}
+    assert set(slim) == set(ref)
+    n = 0
+    for name, t in slim.items():
+        if not is_slim(t.tensor_type):
+            continue
+        want = np.asarray(ref[name].data, dtype=np.float32)
+        assert ref[name].tensor_type.name == "F32"
+        got = decode(t.data, int(t.shape[0]), t.tensor_type).reshape(want.shape)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
+        n += 1
+    return n

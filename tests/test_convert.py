@@ -23,7 +23,7 @@ from slim2gguf.format import is_slim
 from slim2gguf.gguf_out import export_hf_folder, write_stock
 from slim2gguf.reference_decoder import decode
 
-from slim_synth import demo_tokenizer_dir, make_tiny_llama
+from slim_synth import assert_decode_equals_reference, demo_tokenizer_dir, make_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
 CALIB = REPO.parent / "shared" / "data" / "brown.txt"
@@ -51,23 +51,6 @@ def convert_args(model, out, bits, *extra):
 
 def kv(path):
     return metadata(open_gguf(path))
-
-
-def assert_decode_equals_reference(slim_path: Path, ref_path: Path) -> int:
-    """Every SLIM tensor of slim_path decodes to the F32 tensor of the same name in ref_path, bit for bit."""
-    slim = {t.name: t for t in open_gguf(slim_path).tensors}
-    ref = {t.name: t for t in open_gguf(ref_path).tensors}
-    assert set(slim) == set(ref)
-    n = 0
-    for name, t in slim.items():
-        if not is_slim(t.tensor_type):
-            continue
-        want = np.asarray(ref[name].data, dtype=np.float32)
-        assert ref[name].tensor_type.name == "F32"
-        got = decode(t.data, int(t.shape[0]), t.tensor_type).reshape(want.shape)
-        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
-        n += 1
-    return n
 
 
 @pytest.mark.parametrize("bits,group", [(2, 128), (2, 64), (3, 128), (3, 64)])

@@ -1,0 +1,69 @@
+"""`slim2gguf convert demo` (SmolLM2-135M) at 2 and 3 bits: bit-exact SLIM tensors (g64 for the 576-wide
+projections, g128 for the 1536-wide down_proj) and llama.cpp's metadata. Slow: one conversion per bit-width
+with small calibration, shared by the tests of this module."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slim2gguf import cli
+from slim2gguf.cmd_convert import convert
+from slim2gguf.cmd_inspect import analyze, metadata, open_gguf
+from slim2gguf.gguf_out import export_hf_folder, write_stock
+
+from slim_synth import assert_decode_equals_reference
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+CALIB = REPO.parent / "shared" / "data" / "brown.txt"
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def converted(request, tmp_path_factory):
+    """(bits, SLIM file, F32 and F16 files written by llama.cpp's converter from the fake-quant model)."""
+    bits = request.param
+    tmp = tmp_path_factory.mktemp(f"smol{bits}")
+    ap = cli.argparse.ArgumentParser()
+    from slim2gguf import cmd_convert
+    cmd_convert.configure(ap)
+    calib = ["--calib", str(CALIB)] if CALIB.exists() else []
+    out = tmp / f"smollm2-slim{bits}.gguf"
+    res = convert(ap.parse_args(["demo", "--bits", str(bits), "-o", str(out), "--nsamples", "8",
+                                 "--seqlen", "128", *calib]))
+    fq = export_hf_folder(res.model, res.tokenizer, tmp / "fq")
+    override = tmp / "general.json"
+    override.write_text(json.dumps(res.general or {}))
+    f32 = write_stock(fq, tmp / "fq-f32.gguf", "f32", model_name=res.model_name, metadata_override=override)
+    f16 = write_stock(fq, tmp / "fq-f16.gguf", "f16", model_name=res.model_name, metadata_override=override)
+    return bits, out, f32, f16, res
+
+
+def test_smollm2_decodes_to_fake_quant_weights(converted):
+    bits, out, f32, _, res = converted
+    n = assert_decode_equals_reference(out, f32)
+    assert n == 30 * 7
+    types = {e["name"]: e["type"] for e in analyze(out)["tensors"]}
+    assert types["blk.0.attn_q.weight"] == f"SLIM{bits}_G64"        # 576 = 4.5 * 128
+    assert types["blk.0.ffn_down.weight"] == f"SLIM{bits}_G128"     # 1536 = 12 * 128
+    assert types["token_embd.weight"] == "Q8_0" and "output.weight" not in types   # tied
+    s = res.summary
+    assert s["not_slim"] == [] and s["slim_tensors"] == 210
+    # 6 of 7 projections at g64 (2.5 / 3.5 bpw), down at g128
+    assert bits + 0.25 < s["bpw_slim"] < bits + 0.5
+    print(res.text)
+
+
+def test_smollm2_metadata_matches_llama_cpp_f16(converted):
+    bits, out, _, f16, _ = converted
+    ours, ref = metadata(open_gguf(out)), metadata(open_gguf(f16))
+    assert not sorted(set(ref) - set(ours))
+    differ = sorted(k for k in ref if k != "general.file_type" and ours[k] != ref[k])
+    assert not differ, differ
+    assert ours["general.file_type"] == 98 + bits
+    assert ours["tokenizer.ggml.pre"] == "smollm" and "tokenizer.chat_template" in ours
+    assert ours["slim.bits"] == bits and ours["slim.method"] == "slim" and ours["slim.sba"] is True
+    assert ours["slim.group_sizes"] == [64, 128]
+    assert ours["slim.calibration.nsamples"] == 8 and ours["slim.calibration.seqlen"] == 128
