@@ -237,11 +237,13 @@ def cmd_bench(args) -> None:
     print(text)
 
     if args.tune:  # knobs of the SLIM mat-vec kernel, tg only
-        for env in ({"GGML_CUDA_SLIM_ROWS": "1"}, {"GGML_CUDA_SLIM_ROWS": "4"}, {"GGML_CUDA_SLIM_PREFETCH": "0"}):
+        for env in ({"GGML_CUDA_SLIM_ROWS": "1"}, {"GGML_CUDA_SLIM_ROWS": "2"}, {"GGML_CUDA_SLIM_ROWS": "4"},
+                    {"GGML_CUDA_SLIM_STAGES": "1"}, {"GGML_CUDA_SLIM_STAGES": "3"}):
             cmd = [bench, "-m", str(d / "llama7b-slim2.gguf"), "-m", str(d / "llama7b-slim3.gguf"),
                    "-ngl", "99", "-p", "0", "-n", "128", "-r", "3", "-o", "md"]
             r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **env))
-            print(f"tune {env}:\n{r.stdout}", flush=True)
+            tg = [ln.split("|")[-2].strip() for ln in r.stdout.splitlines() if "tg128" in ln]
+            print(f"tune {env}: tg128 slim2 / slim3 = {' / '.join(tg)}", flush=True)
 
 
 def main() -> None:

@@ -118,7 +118,7 @@ stage_profile() {
   local m
   for m in slim2 q4_0; do
     stamp "ncu $m"
-    timeout 240 ncu --clock-control none -k 'regex:slim_mul_mat_vec|mul_mat_vec_q|slim_quantize|quantize_q8_1' \
+    timeout 150 ncu --clock-control none -k 'regex:slim_mul_mat_vec|mul_mat_vec_q|slim_quantize|quantize_q8_1' \
       --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
       --csv --print-units base --launch-skip 500 --launch-count 240 \
       "$BIN/llama-bench" -m "$W/models/llama7b-$m.gguf" -ngl 99 -p 0 -n 16 -r 1 > "$W/ncu_$m.csv" 2> "$W/ncu_$m.err"

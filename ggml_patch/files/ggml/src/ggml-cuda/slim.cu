@@ -9,6 +9,9 @@
 
 #include "slim.cuh"
 
+#include <mutex>
+#include <unordered_map>
+
 template <ggml_type type> struct slim_traits;
 template <> struct slim_traits<GGML_TYPE_SLIM2_G64>  { static constexpr int g =  64; static constexpr int b = 2; };
 template <> struct slim_traits<GGML_TYPE_SLIM2_G128> { static constexpr int g = 128; static constexpr int b = 2; };
@@ -30,34 +33,22 @@ static __device__ __forceinline__ float slim_half(const uint32_t h) {
     return __half2float(__ushort_as_half((unsigned short) h));
 }
 
-// One warp reads the G headers of `row` and writes tab[0..G-1]: each group's bit-width and code offset (a prefix
-// sum of the widths). sorted == false: tab[j] is group j. sorted == true: groups ordered by bit-width (stable),
-// so that the lanes of a warp walking tab[] meet groups of one width and take one code path.
+// One warp reads the G headers of `row` and writes each group's bit-width and code offset (a prefix sum of the
+// widths) into tab. sorted == false: tab[j] is group j. sorted == true: three lists of capacity G, by width
+// (b-1, b, b+1) in group order: tab[0..n[0]), tab[G..G+n[1]), tab[2G..2G+n[2]) (n written by lane 0), so that the
+// lanes of a warp walking the lists meet groups of one width and take one code path.
 // Returns (on every lane) whether the widths are legal ({b-1, b, b+1}) and fill the row exactly; if not, the
 // table must not be used (callers write NaN, as the CPU vec_dot does for corrupt tags).
 template <int g, int b>
-static __device__ bool slim_build_table(const char * row, const int G, const bool sorted, slim_group * tab) {
+static __device__ bool slim_build_table(const char * row, const int G, const bool sorted, slim_group * tab, int * n = nullptr) {
     const int lane = threadIdx.x % WARP_SIZE;
     constexpr int plane_bytes = g/8;
     constexpr unsigned full = 0xFFFFFFFFu;
     const unsigned lanes_below = (1u << lane) - 1;
 
-    // pass 1 (sorted only): how many groups have width b-1 and b
-    int n_lo = 0;
-    int n_mid = 0;
-    if (sorted) {
-        for (int j0 = 0; j0 < G; j0 += WARP_SIZE) {
-            const int j = j0 + lane;
-            const uint32_t dh = j < G ? *(const uint16_t *) (row + 4*j) : 0;
-            const int bits = ((dh >> 15) << 1 | (dh & 1)) + 1;
-            n_lo  += __popc(__ballot_sync(full, j < G && bits == b - 1));
-            n_mid += __popc(__ballot_sync(full, j < G && bits == b));
-        }
-    }
-
     bool ok = true;
-    int planes = 0; // bit-planes of the groups before this chunk
-    int c_lo = 0, c_mid = 0, c_hi = 0; // groups of each width placed so far (sorted)
+    int planes = 0;                    // bit-planes of the groups before this chunk
+    int c0 = 0, c1 = 0, c2 = 0;        // groups placed in each list so far (sorted)
     for (int j0 = 0; j0 < G; j0 += WARP_SIZE) {
         const int  j     = j0 + lane;
         const bool valid = j < G;
@@ -78,19 +69,22 @@ static __device__ bool slim_build_table(const char * row, const int G, const boo
 
         int pos = j;
         if (sorted) {
-            const unsigned m_lo  = __ballot_sync(full, valid && bits == b - 1);
-            const unsigned m_mid = __ballot_sync(full, valid && bits == b);
-            const unsigned m_hi  = __ballot_sync(full, valid) & ~m_lo & ~m_mid;
-            pos = bits == b - 1 ?                 c_lo  + __popc(m_lo  & lanes_below) :
-                  bits == b     ? n_lo +          c_mid + __popc(m_mid & lanes_below) :
-                                  n_lo + n_mid +  c_hi  + __popc(m_hi  & lanes_below);
-            c_lo  += __popc(m_lo);
-            c_mid += __popc(m_mid);
-            c_hi  += __popc(m_hi);
+            const unsigned m0 = __ballot_sync(full, valid && bits == b - 1);
+            const unsigned m1 = __ballot_sync(full, valid && bits == b);
+            const unsigned m2 = __ballot_sync(full, valid) & ~m0 & ~m1;
+            pos = bits == b - 1 ?       c0 + __popc(m0 & lanes_below) :
+                  bits == b     ?   G + c1 + __popc(m1 & lanes_below) :
+                                  2*G + c2 + __popc(m2 & lanes_below);
+            c0 += __popc(m0);
+            c1 += __popc(m1);
+            c2 += __popc(m2);
         }
         if (valid) {
             tab[pos] = { off, (uint32_t) j << 3 | (uint32_t) bits };
         }
+    }
+    if (sorted && lane == 0) {
+        n[0] = c0; n[1] = c1; n[2] = c2;
     }
     return __all_sync(full, ok && planes == G*b);
 }
@@ -446,10 +440,10 @@ static __device__ __forceinline__ void slim_expand(const uint32_t * w, uint32_t 
     }
 }
 
-// one group (its table entry), R rows from x (stride_row bytes apart), ncols activation columns
+// one group (its table entry), R rows from x (stride_row bytes apart; rows >= nr read row 0), ncols activation columns
 template <int g, int B, int ncols, int R, int align>
 static __device__ __forceinline__ void slim_mmv_group(
-        const char * x, const int64_t stride_row, const int j, const uint32_t off,
+        const char * x, const int stride_row, const int nr, const int j, const uint32_t off,
         const int8_t * yq, const float2 * yds, const int ne00, float (&acc)[R][ncols]) {
     constexpr int W  = g/32; // words per plane
     constexpr int PB = g/8;  // bytes per plane
@@ -459,7 +453,7 @@ static __device__ __forceinline__ void slim_mmv_group(
     float m[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-        const char * row = x + r*stride_row;
+        const char * row = x + (r < nr ? r : 0)*stride_row;
         const uint32_t h = *(const uint32_t *) (row + 4*j);
         d[r] = slim_half(h & 0x7FFF);
         m[r] = slim_half(h >> 16);
@@ -513,90 +507,154 @@ static __device__ __forceinline__ void slim_mmv_group(
     }
 }
 
-// block: SLIM_MMV_NWARPS warps, each R consecutive rows (nrows % R == 0); grid: (row blocks, ne12*ne13 channels)
+static __device__ __forceinline__ void slim_cp_async(const uint32_t dst, const char * src, const int nbytes) {
+    if (nbytes == 16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src));
+    } else if (nbytes == 8) {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" :: "r"(dst), "l"(src));
+    } else {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" :: "r"(dst), "l"(src));
+    }
+}
+
+// wait until at most nstages - 1 commit groups are pending: the oldest tile has landed (for this thread)
+static __device__ __forceinline__ void slim_cp_async_wait(const int nstages) {
+    if (nstages <= 1) {
+        asm volatile("cp.async.wait_group 0;" ::: "memory");
+    } else if (nstages == 2) {
+        asm volatile("cp.async.wait_group 1;" ::: "memory");
+    } else {
+        asm volatile("cp.async.wait_group 2;" ::: "memory");
+    }
+}
+
+// Persistent blocks of SLIM_MMV_NWARPS warps. A tile is RB = NWARPS*R consecutive rows; tiles b, b + gridDim.x, ...
+// stream through a ring of `nstages` shared-memory buffers with cp.async (the codes are read once, coalesced, and
+// without registers held while in flight); warp w computes rows w*R .. w*R + R - 1 of each tile.
+// Shared memory: [3G table entries][nstages tile buffers of RB*row_bytes].
 template <ggml_type type, int ncols, int R, int align>
 static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat_vec(
         const char * x_ptr, const int8_t * yq_ptr, const float2 * yds_ptr, float * dst_ptr,
         const int ne00, const int nrows, const int64_t stride_row,
         const int ne12, const int r2, const int r3, const int64_t nb02, const int64_t nb03,
         const int64_t stride_col_dst, const int64_t stride_ch2_dst, const int64_t stride_ch3_dst,
-        const int prefetch) {
-    constexpr int g = slim_traits<type>::g;
-    constexpr int b = slim_traits<type>::b;
-    extern __shared__ slim_group s_tab[];
+        const int nstages) {
+    constexpr int g  = slim_traits<type>::g;
+    constexpr int b  = slim_traits<type>::b;
+    constexpr int RB = SLIM_MMV_NWARPS*R;
+    extern __shared__ __align__(16) char s_mem[];
+    __shared__ int s_n[3];
     __shared__ int s_ok;
 
-    const int G    = ne00/g;
+    const int G         = ne00/g;
+    const int row_bytes = G*slim_type_size<type>;
+    const int tile_cap  = RB*row_bytes;
     const int warp = threadIdx.x / WARP_SIZE;
     const int lane = threadIdx.x % WARP_SIZE;
     const int ch   = blockIdx.y;
     const int i12  = ch % ne12;
     const int i13  = ch / ne12;
     const char * x = x_ptr + (i12/r2)*nb02 + (i13/r3)*nb03;
-    const int row_blk = blockIdx.x*SLIM_MMV_NWARPS*R;
-    const int row0    = row_blk + warp*R;
+    const int ntiles = (nrows + RB - 1)/RB;
 
-    // Weights only up to ggml_cuda_pdl_sync, so this overlaps the previous kernel: start pulling this warp's
-    // rows into L2 and build the group table from the block's first row.
-    if (prefetch && row0 < nrows) {
-        const int64_t row_bytes = (int64_t) G*slim_type_size<type>;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const char * row = x + (int64_t) (row0 + r)*stride_row;
-            for (int64_t o = 128*lane; o < row_bytes; o += 128*WARP_SIZE) {
-                asm volatile("prefetch.global.L2 [%0];" :: "l"(row + o));
+    slim_group * tab = (slim_group *) s_mem;
+    char * bufs = s_mem + ((3*G*sizeof(slim_group) + 15) & ~15);
+    const uint32_t bufs_s = (uint32_t) __cvta_generic_to_shared(bufs);
+
+    // tile -> stage buffer, one commit group per tile (an empty group past the last tile keeps the count uniform)
+    auto issue = [&](const int tile, const int stage) {
+        if (tile < ntiles) {
+            const int r0 = tile*RB;
+            const int nr = min(RB, nrows - r0);
+            const uint32_t dst = bufs_s + stage*tile_cap;
+            if (stride_row == row_bytes) { // contiguous rows: one range
+                const char * src = x + (int64_t) r0*row_bytes;
+                const int n = nr*row_bytes;
+                for (int o = align*threadIdx.x; o < n; o += align*blockDim.x) {
+                    slim_cp_async(dst + o, src + o, align);
+                }
+            } else {
+                for (int r = 0; r < nr; ++r) {
+                    const char * src = x + (int64_t) (r0 + r)*stride_row;
+                    for (int o = align*threadIdx.x; o < row_bytes; o += align*blockDim.x) {
+                        slim_cp_async(dst + r*row_bytes + o, src + o, align);
+                    }
+                }
             }
         }
+        asm volatile("cp.async.commit_group;");
+    };
+
+    // weights only until ggml_cuda_pdl_sync: this part overlaps the previous kernel
+    for (int s = 0; s < nstages; ++s) {
+        issue(blockIdx.x + s*gridDim.x, s);
     }
+    if (blockIdx.x >= ntiles) {
+        return;
+    }
+    slim_cp_async_wait(nstages);
+    __syncthreads();
     if (warp == 0) {
-        const bool ok = slim_build_table<g, b>(x + (int64_t) row_blk*stride_row, G, true, s_tab);
+        const bool ok = slim_build_table<g, b>(bufs, G, true, tab, s_n); // every row carries the same tags
         if (lane == 0) {
             s_ok = ok;
         }
     }
     __syncthreads();
     ggml_cuda_pdl_sync();
-    if (row0 >= nrows) {
-        return;
-    }
 
+    const int n0  = s_n[0];
+    const int n01 = s_n[0] + s_n[1];
     const int8_t * yq  = yq_ptr  + (int64_t) ch*ncols*ne00;
     const float2 * yds = yds_ptr + (int64_t) ch*ncols*(ne00/32);
-    const char   * xr  = x + (int64_t) row0*stride_row;
+    float * dst = dst_ptr + i12*stride_ch2_dst + i13*stride_ch3_dst;
 
-    float acc[R][ncols] = {{0.0f}};
-    if (s_ok) {
-        for (int k = lane; k < G; k += WARP_SIZE) {
-            const slim_group e = s_tab[k];
-            const int j = e.jb >> 3;
-            switch ((int) (e.jb & 7) - b) {
-                case -1: slim_mmv_group<g, b - 1, ncols, R, align>(xr, stride_row, j, e.off, yq, yds, ne00, acc); break;
-                case  0: slim_mmv_group<g, b    , ncols, R, align>(xr, stride_row, j, e.off, yq, yds, ne00, acc); break;
-                default: slim_mmv_group<g, b + 1, ncols, R, align>(xr, stride_row, j, e.off, yq, yds, ne00, acc); break;
+    for (int k = 0, tile = blockIdx.x; tile < ntiles; ++k, tile += gridDim.x) {
+        const int stage = k % nstages;
+        if (k > 0) {
+            slim_cp_async_wait(nstages);
+            __syncthreads();
+        }
+        const int r0 = tile*RB + warp*R;            // this warp's first row
+        const int nr = min(R, nrows - r0);          // rows of this warp in this tile (may be <= 0 in the last tile)
+        if (nr > 0) {
+            // rows past the end read the warp's first row again and are not written
+            const char * xr = bufs + stage*tile_cap + warp*R*row_bytes;
+            float acc[R][ncols] = {{0.0f}};
+            if (s_ok) {
+                for (int kk = lane; kk < G; kk += WARP_SIZE) {
+                    const slim_group e = tab[kk < n0 ? kk : kk < n01 ? G + kk - n0 : 2*G + kk - n01];
+                    const int j = e.jb >> 3;
+                    switch ((int) (e.jb & 7) - b) {
+                        case -1: slim_mmv_group<g, b - 1, ncols, R, align>(xr, row_bytes, nr, j, e.off, yq, yds, ne00, acc); break;
+                        case  0: slim_mmv_group<g, b    , ncols, R, align>(xr, row_bytes, nr, j, e.off, yq, yds, ne00, acc); break;
+                        default: slim_mmv_group<g, b + 1, ncols, R, align>(xr, row_bytes, nr, j, e.off, yq, yds, ne00, acc); break;
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+#pragma unroll
+                    for (int col = 0; col < ncols; ++col) {
+                        acc[r][col] = NAN;
+                    }
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+#pragma unroll
+                for (int col = 0; col < ncols; ++col) {
+                    const float v = warp_reduce_sum(acc[r][col]);
+                    if (lane == 0 && r < nr) {
+                        dst[col*stride_col_dst + r0 + r] = v;
+                    }
+                }
             }
         }
-    } else {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-#pragma unroll
-            for (int col = 0; col < ncols; ++col) {
-                acc[r][col] = NAN;
-            }
-        }
+        __syncthreads(); // the stage is free again
+        issue(tile + nstages*gridDim.x, stage);
     }
     ggml_cuda_pdl_lc();
-
-    float * dst = dst_ptr + i12*stride_ch2_dst + i13*stride_ch3_dst + row0;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-#pragma unroll
-        for (int col = 0; col < ncols; ++col) {
-            const float v = warp_reduce_sum(acc[r][col]);
-            if (lane == 0) {
-                dst[col*stride_col_dst + r] = v;
-            }
-        }
-    }
 }
 
 struct slim_mmv_args {
@@ -604,20 +662,45 @@ struct slim_mmv_args {
     int ne00; int nrows; int64_t stride_row;
     int ne12; int r2; int r3; int64_t nb02; int64_t nb03;
     int64_t stride_col_dst; int64_t stride_ch2_dst; int64_t stride_ch3_dst;
-    int nch; int prefetch;
+    int nch; int nstages;
 };
 
 template <ggml_type type, int ncols, int R, int align>
 static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
-    const int    G     = a.ne00/slim_traits<type>::g;
-    const size_t shmem = G*sizeof(slim_group);
-    GGML_ASSERT(shmem <= 48*1024);
-    const int rows_per_block = SLIM_MMV_NWARPS*R;
-    const dim3 grid((a.nrows + rows_per_block - 1)/rows_per_block, a.nch, 1);
+    constexpr int RB = SLIM_MMV_NWARPS*R;
+    const int    G         = a.ne00/slim_traits<type>::g;
+    const int    row_bytes = G*slim_type_size<type>;
+    const size_t shmem     = ((3*G*sizeof(slim_group) + 15) & ~15) + (size_t) a.nstages*RB*row_bytes;
+    const int    ntiles    = (a.nrows + RB - 1)/RB;
+
+    const int id  = ggml_cuda_get_device();
+    const int nsm = ggml_cuda_info().devices[id].nsm;
+    auto kernel = slim_mul_mat_vec<type, ncols, R, align>;
+
+    // resident blocks per SM for this shared-memory size (the grid is persistent), cached
+    static std::mutex mutex;
+    static std::unordered_map<uint64_t, int> blocks_per_sm;
+    int bps = 0;
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        const uint64_t key = (uint64_t) shmem << 8 | (uint64_t) id;
+        auto it = blocks_per_sm.find(key);
+        if (it == blocks_per_sm.end()) {
+            if (shmem > 48*1024) {
+                CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) shmem));
+            }
+            CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, SLIM_MMV_NWARPS*WARP_SIZE, shmem));
+            GGML_ASSERT(bps > 0);
+            it = blocks_per_sm.emplace(key, bps).first;
+        }
+        bps = it->second;
+    }
+
+    const dim3 grid(std::min(ntiles, bps*nsm), a.nch, 1);
     const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
-    ggml_cuda_kernel_launch(slim_mul_mat_vec<type, ncols, R, align>, params,
+    ggml_cuda_kernel_launch(kernel, params,
         a.x, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
-        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, a.prefetch);
+        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, a.nstages);
 }
 
 template <ggml_type type, int ncols, int R>
@@ -657,7 +740,8 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
     }
 }
 
-// tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per warp at batch 1: 1, 2 or 4), GGML_CUDA_SLIM_PREFETCH (0/1)
+// tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per warp at batch 1: 1, 2 or 4; default by row size),
+// GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..3; default 2)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
@@ -675,8 +759,8 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
     GGML_ASSERT(ne12 % ne02 == 0 && ne13 % ne03 == 0);
     GGML_ASSERT(ne10 % 32 == 0);
 
-    static const int env_rows     = slim_env_int("GGML_CUDA_SLIM_ROWS", 2);
-    static const int env_prefetch = slim_env_int("GGML_CUDA_SLIM_PREFETCH", 1);
+    static const int env_rows   = slim_env_int("GGML_CUDA_SLIM_ROWS", 0);   // 0: by row size
+    static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 2);
 
     cudaStream_t stream = ctx.stream();
     const int64_t nch = ne12*ne13;
@@ -694,18 +778,20 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
             (int64_t) (nb13/sizeof(float)));
     }
 
-    int rows_per_warp = ne11 == 1 ? env_rows : 1;
-    if (rows_per_warp != 1 && rows_per_warp != 2 && rows_per_warp != 4) {
-        rows_per_warp = 2;
+    const int    G         = ne00/ggml_blck_size(src0->type);
+    const size_t row_bytes = ggml_row_size(src0->type, ne00);
+    // rows per warp (tile = 4 warps x R rows): tiles of ~8-16 KB at batch 1, one row per warp for wider batches
+    int rows_per_warp = 1;
+    if (ne11 == 1) {
+        rows_per_warp = env_rows == 1 || env_rows == 2 || env_rows == 4 ? env_rows :
+                        row_bytes <= 1024 ? 4 : row_bytes <= 2560 ? 2 : 1;
     }
-    while (ne01 % rows_per_warp != 0) {
-        rows_per_warp /= 2;
-    }
+    const int nstages = std::max(1, std::min(3, env_stages));
 
-    const int G = ne00/ggml_blck_size(src0->type);
     const uintptr_t base = (uintptr_t) src0->data;
     auto aligned = [&](const size_t n) {
-        return base % n == 0 && nb01 % n == 0 && nb02 % n == 0 && nb03 % n == 0 && (4*(size_t) G) % n == 0;
+        return base % n == 0 && nb01 % n == 0 && nb02 % n == 0 && nb03 % n == 0 && row_bytes % n == 0 &&
+               (4*(size_t) G) % n == 0;
     };
     const int align = aligned(16) ? 16 : aligned(8) ? 8 : 4;
 
@@ -714,7 +800,7 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
     a.ne00 = ne00; a.nrows = ne01; a.stride_row = nb01;
     a.ne12 = ne12; a.r2 = ne12/ne02; a.r3 = ne13/ne03; a.nb02 = nb02; a.nb03 = nb03;
     a.stride_col_dst = nb1/sizeof(float); a.stride_ch2_dst = nb2/sizeof(float); a.stride_ch3_dst = nb3/sizeof(float);
-    a.nch = nch; a.prefetch = env_prefetch;
+    a.nch = nch; a.nstages = nstages;
 
     switch (src0->type) {
         case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_warp, align, stream); break;
