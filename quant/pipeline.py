@@ -1,0 +1,193 @@
+"""Layer-by-layer sequential quantization of a llama/mistral/qwen2 causal LM (GPTQ's llama.py loop).
+
+For each decoder layer, in order: run the calibration activations (coming out of the already *quantized*
+previous layers) through it with hooks that accumulate each linear's Hessian and keep a few input rows for
+SBA's KL score; quantize its seven linears; write their fake-quant weights d*q + m into the model; run the
+activations through the quantized layer to get the next layer's inputs. Only one layer sits on the compute
+device at a time, and only one layer's activations (plus its outputs) are held: memory is one decoder layer
+plus the calibration activations.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import torch
+
+from .calibration import CalibrationSet
+from .hessian import HessianAccumulator
+from .layer import METHODS, LayerOptions, quantize_linear
+from .quantizer import pick_group_size
+from .result import QuantizedLinear
+
+# Order matters only for reading the progress output; all seven see the same layer input pass.
+LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+class QuantizationResult(dict):
+    """dict[hf weight name -> QuantizedLinear], plus `.info` (settings, calibration summary, timing)."""
+
+    info: dict
+
+
+class _Stop(Exception):
+    pass
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    return model.model.layers
+
+
+def _to(obj, device):
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def capture_layer0_inputs(model, input_ids: torch.Tensor, batch_size: int, device) -> list[tuple]:
+    """[(hidden_states, kwargs)] per mini-batch, as the first decoder layer receives them."""
+    layers = decoder_layers(model)
+    captured = []
+
+    def hook(module, args, kwargs):
+        hs = args[0] if args else kwargs.pop("hidden_states")
+        kw = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "past_key_value")}
+        kw["use_cache"] = False
+        captured.append((hs.detach(), kw))
+        raise _Stop
+
+    inner = model.model
+    moved = [m for m in (getattr(inner, "embed_tokens", None), getattr(inner, "rotary_emb", None)) if m is not None]
+    for m in moved:
+        m.to(device)
+    h = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for i in range(0, input_ids.shape[0], batch_size):
+            try:
+                inner(input_ids=input_ids[i:i + batch_size].to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+        for m in moved:
+            m.to("cpu")
+    return captured
+
+
+def _layer_forward(layer, hs, kw):
+    out = layer(hs, **kw)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool = True, sqc: bool = True,
+                   device=None, done_layers: dict[int, dict[str, QuantizedLinear]] | None = None,
+                   on_layer_done: Callable[[int, dict[str, QuantizedLinear]], None] | None = None,
+                   **options) -> QuantizationResult:
+    """Quantize every decoder-layer linear of `model` in place (fake-quant weights) and return the results.
+
+    calib_input_ids: LongTensor [nsamples, seqlen] or a CalibrationSet (its summary goes into `.info`).
+    method: rtn | gptq | slim (sba/sqc switch SliM's two parts; both off is GPTQ). bits: average, 2 or 3.
+    done_layers: {layer index: {name: QuantizedLinear}} from an earlier run (resume): written, not recomputed.
+    on_layer_done(i, {name: QuantizedLinear}) after each layer (checkpointing).
+    options: group_size (default: 128, or 64 per tensor where the width needs it), percdamp (0.01),
+             kl_tokens (512 rows for SBA's KL score), sqc_z, sqc_alpha, batch_size (8), seed (0), progress.
+    Deterministic for a given model, calibration and options.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if bits not in (2, 3):
+        raise ValueError("bits must be 2 or 3")
+    calib_summary = None
+    if isinstance(calib_input_ids, CalibrationSet):
+        calib_summary = calib_input_ids.summary
+        calib_input_ids = calib_input_ids.input_ids
+    group_pref = options.pop("group_size", 128)
+    kl_tokens = options.pop("kl_tokens", 512)
+    batch_size = options.pop("batch_size", 8)
+    seed = options.pop("seed", 0)
+    progress = options.pop("progress", True)
+    opts = LayerOptions(**options)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    done_layers = done_layers or {}
+    t0 = time.time()
+
+    layers = decoder_layers(model)
+    results = QuantizationResult()
+    need_acts = method != "rtn"
+    batches = capture_layer0_inputs(model, calib_input_ids, batch_size, device) if need_acts else []
+    kl_gen = torch.Generator().manual_seed(seed)
+    it = range(len(layers))
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"quantize {method} {bits}-bit", unit="layer")
+    for li in it:
+        layer = layers[li].to(device)
+        mods = {n: layer.get_submodule(n) for n in LINEAR_NAMES}
+        prefix = f"model.layers.{li}."
+        if li in done_layers:
+            prev = done_layers[li]   # keyed by full HF name (short names accepted too)
+            qls = {prefix + n + ".weight": prev.get(prefix + n + ".weight", prev.get(n)) for n in LINEAR_NAMES}
+        else:
+            hess, kl_rows, handles = {}, {}, []
+            if need_acts:
+                for n, mod in mods.items():
+                    hess[n] = HessianAccumulator(mod.in_features, device)
+
+                    def hook(mod, args, out, n=n):
+                        x = args[0].detach()
+                        hess[n].add_batch(x)
+                        if n not in kl_rows:   # SBA's KL rows: a seeded sample of the first mini-batch
+                            flat = x.reshape(-1, x.shape[-1]).float()
+                            kl_rows[n] = flat[torch.randperm(flat.shape[0], generator=kl_gen)[:kl_tokens]
+                                              .to(flat.device)]
+                    handles.append(mod.register_forward_hook(hook))
+                with torch.no_grad():
+                    for hs, kw in batches:
+                        _layer_forward(layer, hs, kw)
+                for h in handles:
+                    h.remove()
+            qls = {}
+            for n, mod in mods.items():
+                W = mod.weight.data.float()
+                g = pick_group_size(W.shape[1], group_pref)
+                ql, _info = quantize_linear(W, hess[n].H if need_acts else None, kl_rows.get(n), method=method,
+                                            bits=bits, group_size=g, sba=sba, sqc=sqc, opts=opts)
+                qls[prefix + n + ".weight"] = ql
+            del hess, kl_rows
+        for n, mod in mods.items():
+            ql = qls[prefix + n + ".weight"]
+            mod.weight.data.copy_(ql.dequantize().to(mod.weight.device, mod.weight.dtype))
+        if need_acts and li + 1 < len(layers):
+            with torch.no_grad():   # the next layer sees what the quantized model will compute
+                batches = [(_layer_forward(layer, hs, kw), kw) for hs, kw in batches]
+        layers[li] = layer.to("cpu") if device.type != "cpu" else layer
+        results.update(qls)
+        if on_layer_done is not None:
+            on_layer_done(li, qls)
+    results.info = {
+        "method": method, "bits": bits, "sba": bool(sba and method == "slim"), "sqc": bool(sqc and method == "slim"),
+        "group_size": group_pref, "kl_tokens": kl_tokens, "seed": seed, "options": asdict(opts),
+        "calibration": calib_summary, "seconds": time.time() - t0,
+    }
+    return results
+
+
+def average_bits(results: dict[str, QuantizedLinear]) -> tuple[float, float]:
+    """(code bits per weight, storage bits per weight incl. fp16 d and m) over all quantized weights."""
+    n = code = store = 0
+    for ql in results.values():
+        rows, cols = ql.shape
+        w = rows * cols
+        n += w
+        code += rows * ql.group_size * float(ql.bits.float().sum())
+        store += rows * ql.group_size * float(ql.bits.float().sum()) + rows * ql.bits.numel() * 32
+    return (code / n, store / n) if n else (0.0, 0.0)
