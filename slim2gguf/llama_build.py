@@ -246,10 +246,15 @@ def install_llama_cpp_python(bdir: Path) -> Path:
     want = f"{LLAMA_CPP_PYTHON_VERSION} {sys.executable}"
     if pkg is None or not stamp.exists() or stamp.read_text() != want:
         sdist = pristine_tree()
-        env = dict(os.environ, CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF")
+        env = dict(os.environ, CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF")
+        # --no-deps + --force-reinstall: reinstall only llama-cpp-python itself; its few dependencies are
+        # installed under the project's constraints, so numpy & co. keep their pinned versions
         _run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-              "--force-reinstall", "--no-cache-dir", str(sdist)], env=env)
-        # the patched gguf-py must stay (llama-cpp-python does not depend on gguf, but be safe)
+              "--force-reinstall", "--no-deps", "--no-cache-dir", str(sdist)], env=env)
+        constraints = REPO_ROOT / "constraints.txt"
+        _run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+              *(["-c", str(constraints)] if constraints.exists() else []),
+              "typing-extensions>=4.5.0", "numpy>=1.20.0", "diskcache>=5.6.1", "jinja2>=2.11.3"])
         stamp.write_text(want)
         pkg = _llama_cpp_package_dir()
     if pkg is None:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import llama_env
-from slim_synth import make_tiny_llama, rtn_folder
+from slim_synth import demo_tokenizer_dir, make_tiny_llama, rtn_folder
 
 pytestmark = pytest.mark.llama
 
@@ -28,7 +28,8 @@ def tiny(tmp_path_factory):
     from slim2gguf.gguf_out import StockTypes, write_slim_gguf
 
     root = tmp_path_factory.mktemp("tiny")
-    hf = make_tiny_llama(root / "hf", hidden=128, intermediate=320, layers=2, heads=4, kv_heads=2)
+    hf = make_tiny_llama(root / "hf", demo_tokenizer_dir(), hidden=128, intermediate=320, layers=2, heads=4,
+                         kv_heads=2)
     out = {}
     for bits in BITS:
         q = rtn_folder(hf, bits)  # g128 for 128-wide inputs, g64 for down_proj's 320
@@ -59,7 +60,7 @@ def test_llama_cpp_python_matches_torch(tiny, bits):
     llm = Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, seed=0, n_threads=2)
     assert int(llm.metadata["general.file_type"]) == 100 + bits - 2
     rng = np.random.default_rng(bits)
-    ids = [1] + rng.integers(3, 320, size=127).tolist()
+    ids = [1] + rng.integers(3, 49152, size=127).tolist()
     llm.eval(ids)
     got = np.array(llm.scores[: len(ids)], dtype=np.float64)
     with torch.no_grad():
@@ -67,8 +68,11 @@ def test_llama_cpp_python_matches_torch(tiny, bits):
     top1 = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
     rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
     print(f"SLIM{bits} tiny: top-1 agreement {top1:.4f}, relative logit error {rel:.2e}")
-    assert rel < 2e-2
-    assert top1 >= 0.95  # random tiny model: near-ties exist; the SmolLM2 test asks for >= 99 %
+    # The difference is llama.cpp's Q8_1 rounding of the activations (the kernels themselves match fp64 within
+    # it: test_ggml_slim.py). This random tiny model is touchy: stock Q8_0 weights give 2.2e-2 / 93 % against
+    # its fp32 torch logits, F32 weights 3e-4 / 100 %. The SmolLM2 test asks for >= 99 % top-1.
+    assert rel < 3e-2
+    assert top1 >= 0.9
     # generation through the Python API
     llm2 = Llama(model_path=str(path), n_ctx=256, verbose=False, seed=0, n_threads=2)
     out = llm2("the quick brown", max_tokens=16, temperature=0.0)
