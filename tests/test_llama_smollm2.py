@@ -35,7 +35,7 @@ CACHE = llama_build.REPO_ROOT / ".cache" / "test-models"
 CTX = 512
 CHUNKS = 8
 SLICE_CHARS = 60_000  # ~14k tokens: more than CHUNKS * CTX
-CONVERT_ARGS = ["--calib", str(CALIB), "--nsamples", "16", "--seqlen", "256", "--seed", "0",
+CONVERT_ARGS = ["--calib", str(CALIB), "--nsamples", "8", "--seqlen", "128", "--seed", "0",
                 "--embd-type", "f16", "--output-type", "f16", "--keep-checkpoints"]
 
 
