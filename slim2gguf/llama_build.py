@@ -134,7 +134,7 @@ def _gguf_has_slim() -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # building llama.cpp (tools + shared libraries) and llama-cpp-python
 
-TOOLS = ["llama-cli", "llama-server", "llama-perplexity", "llama-bench", "llama-quantize"]
+TOOLS = ["llama-cli", "llama-server", "llama-perplexity", "llama-bench", "llama-quantize", "llama-imatrix"]
 TEST_TARGETS = ["test-backend-ops"]
 
 
