@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Accuracy report: perplexity against bits per weight, SLIM against llama.cpp's own types.
+
+Every file is measured by the patched `llama-perplexity` on the same text, context and chunk count, with the
+KL divergence to the F16 file's token distributions. The steps:
+
+  F16 GGUF of the (dequantized) source  -- llama.cpp's own converter (slim2gguf.gguf_out.write_stock)
+  imatrix                               -- llama-imatrix on the calibration text
+  stock types                           -- llama-quantize, without and with the imatrix; the types it really
+                                           wrote are read back from the file (K/IQ types fall back on widths
+                                           they cannot hold)
+  RTN, GPTQ, SliM (SBA only, SQC only, both) at 2 and 3 bits  -- slim2gguf convert
+
+Output (in --out, default docs/results/): <tag>.md (table + settings), <tag>.json (everything measured),
+<tag>.png (PPL against bpw, Pareto front). Intermediate files go to --workdir and are reused when present
+(delete it to start over).
+
+    .venv/bin/python scripts/report.py                      # SmolLM2-135M demo, the full set
+    .venv/bin/python scripts/report.py --model DIR --quick  # a handful of rows (the test uses this)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from slim2gguf.errors import SlimError, run_cli  # noqa: E402
+from slim2gguf.llama_build import tool_path  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+DEFAULT_CALIB = DATA / "brown.txt"
+DEFAULT_EVAL = DATA / "austen" / "pride_and_prejudice.txt"
+
+# llama-quantize types around the 2-4 bpw region, plus anchors. Each is made without and with the imatrix,
+# except the ones llama-quantize refuses to make without one (it says so; the row records it).
+STOCK_TYPES = ["Q8_0", "Q6_K", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "IQ3_S", "IQ3_XXS",
+               "Q2_K", "Q2_K_S", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "Q2_0"]
+ANCHOR_TYPES = {"Q8_0", "Q6_K"}  # high-bit anchors: an imatrix changes next to nothing, made once
+QUICK_STOCK_TYPES = ["Q8_0", "Q4_0", "Q2_K"]
+
+# (label, slim2gguf convert arguments)
+SLIM_VARIANTS = [
+    ("RTN {b}-bit", ["--method", "rtn"]),
+    ("GPTQ {b}-bit", ["--method", "gptq"]),
+    ("SliM {b}-bit SBA only", ["--method", "slim", "--no-sqc"]),
+    ("SliM {b}-bit SQC only", ["--method", "slim", "--no-sba"]),
+    ("SliM {b}-bit", ["--method", "slim"]),
+    ("SliM {b}-bit, embd Q4_0", ["--method", "slim", "--embd-type", "q4_0", "--output-type", "q4_0"]),
+]
+QUICK_SLIM_VARIANTS = [SLIM_VARIANTS[0], SLIM_VARIANTS[4]]
+
+
+@dataclass
+class Row:
+    label: str
+    family: str              # f16 | stock | stock+imatrix | slim
+    file: str
+    file_bytes: int = 0
+    bpw: float = 0.0         # whole file: 8 * tensor bytes / parameters
+    blk_bpw: float = 0.0     # 2-D weights of the transformer blocks only (what the quantizers differ in)
+    types: dict = field(default_factory=dict)  # ggml type -> parameter count, as written
+    ppl: float | None = None
+    ppl_err: float | None = None
+    kld: float | None = None
+    same_top: float | None = None
+    note: str = ""
+
+
+def run(cmd: list, log: Path, env: dict | None = None) -> str:
+    """Run a tool, keep its whole output in `log`, raise one line on failure."""
+    cmd = [str(c) for c in cmd]
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, **(env or {})})
+    log.write_text("$ " + " ".join(cmd) + "\n" + res.stdout)
+    if res.returncode != 0:
+        tail = [ln for ln in res.stdout.strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
+        raise SlimError(f"{Path(cmd[0]).name} failed (exit {res.returncode}): {tail[0][:200]} [log: {log}]")
+    return res.stdout
+
+
+def measure_file(path: Path) -> tuple[int, float, float, dict]:
+    """(bytes, whole-file bpw, transformer-block 2-D weight bpw, {type: params}) read from the GGUF."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    bits = params = blk_bits = blk_params = 0
+    types: dict[str, int] = {}
+    for t in reader.tensors:
+        n = int(t.n_elements)
+        b = 8 * int(t.n_bytes)
+        name = t.tensor_type.name
+        bits, params = bits + b, params + n
+        types[name] = types.get(name, 0) + n
+        if t.name.startswith("blk.") and len(t.shape) == 2 and int(min(t.shape)) > 1:
+            blk_bits, blk_params = blk_bits + b, blk_params + n
+    return path.stat().st_size, bits / params, blk_bits / max(blk_params, 1), types
+
+
+def parse_perplexity(out: str) -> dict:
+    res = {}
+    if m := re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", out):
+        res["ppl"], res["ppl_err"] = float(m.group(1)), float(m.group(2))
+    if m := re.search(r"Mean PPL\(Q\)\s*:\s*([\d.]+)\s*±\s*([\d.]+)", out):
+        res["ppl"], res["ppl_err"] = float(m.group(1)), float(m.group(2))
+    if m := re.search(r"Mean\s+KLD:\s*([-\d.]+)", out):
+        res["kld"] = float(m.group(1))
+    if m := re.search(r"Same top p:\s*([\d.]+)", out):
+        res["same_top"] = float(m.group(1))
+    if m := re.search(r"calculating perplexity over (\d+) chunks, n_ctx=(\d+)", out):
+        res["chunks"], res["n_ctx"] = int(m.group(1)), int(m.group(2))
+    if "ppl" not in res:
+        raise SlimError("llama-perplexity printed no perplexity")
+    return res
+
+
+class Report:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.workdir)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.logs = self.work / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.threads = str(args.threads or os.cpu_count() or 2)
+        self.rows: list[Row] = []
+        self.kld_base = self.work / "f16.kld"
+        self.eval_info: dict = {}
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def f16(self) -> Path:
+        out = self.work / "f16.gguf"
+        if not out.exists():
+            from slim2gguf import gguf_out, model_io
+
+            print("[report] F16 GGUF of the source model", flush=True)
+            model, tok, _ = model_io.load_model(self.args.model)
+            hf_dir = gguf_out.export_hf_folder(model, tok, self.work / "hf")
+            gguf_out.write_stock(hf_dir, out, "f16")
+            shutil.rmtree(self.work / "hf", ignore_errors=True)
+        return out
+
+    def imatrix(self, f16: Path) -> Path:
+        out = self.work / "imatrix.gguf"
+        if not out.exists():
+            print("[report] imatrix on the calibration text", flush=True)
+            run([tool_path("llama-imatrix"), "-m", f16, "-f", self.args.calib, "-o", out, "-c", self.args.ctx,
+                 "--chunks", self.args.imatrix_chunks, "-t", self.threads, "--no-ppl"], self.logs / "imatrix.log")
+        return out
+
+    def stock(self, f16: Path, qtype: str, imatrix: Path | None) -> Path:
+        tag = qtype.lower() + ("-imat" if imatrix else "")
+        out = self.work / f"{tag}.gguf"
+        if not out.exists():
+            cmd = [tool_path("llama-quantize")]
+            if imatrix:
+                cmd += ["--imatrix", imatrix]
+            cmd += [f16, out.with_suffix(".tmp"), qtype, self.threads]
+            run(cmd, self.logs / f"quantize-{tag}.log")
+            out.with_suffix(".tmp").rename(out)
+        return out
+
+    def slim(self, bits: int, extra: list[str], tag: str) -> Path:
+        out = self.work / f"{tag}.gguf"
+        if not out.exists():
+            cmd = [sys.executable, "-m", "slim2gguf.cli", "convert", self.args.model, "--bits", bits, "-o", out,
+                   "--calib", self.args.calib, "--nsamples", self.args.nsamples, "--seqlen", self.args.seqlen,
+                   *extra]
+            run(cmd, self.logs / f"convert-{tag}.log")
+        return out
+
+    # -- measuring -----------------------------------------------------------------------------------------
+    def perplexity(self, path: Path, tag: str, base: bool = False) -> dict:
+        cmd = [tool_path("llama-perplexity"), "-m", path, "-f", self.args.eval_text, "-c", self.args.ctx,
+               "--chunks", self.args.chunks, "-t", self.threads, "-b", self.args.ctx]
+        if base:
+            cmd += ["--kl-divergence-base", self.kld_base]
+        else:
+            cmd += ["--kl-divergence-base", self.kld_base, "--kl-divergence"]
+        out = run(cmd, self.logs / f"perplexity-{tag}.log")
+        res = parse_perplexity(out)
+        for k in ("chunks", "n_ctx"):
+            if k in res:
+                self.eval_info[k] = res[k]
+        return res
+
+    def add(self, label: str, family: str, path: Path, tag: str, base: bool = False, note: str = "") -> None:
+        t0 = time.time()
+        row = Row(label, family, path.name, note=note)
+        row.file_bytes, row.bpw, row.blk_bpw, row.types = measure_file(path)
+        for k, v in self.perplexity(path, tag, base).items():
+            if hasattr(row, k):
+                setattr(row, k, v)
+        self.rows.append(row)
+        kld = f"{row.kld:.4f}" if row.kld is not None else "-"
+        print(f"[report] {label:32s} bpw {row.bpw:6.3f} (blk {row.blk_bpw:6.3f})  PPL {row.ppl:10.4f}  "
+              f"KLD {kld}  ({time.time() - t0:.0f} s)", flush=True)
+
+    def failed(self, label: str, family: str, why: str) -> None:
+        self.rows.append(Row(label, family, "", note=f"not made: {why}"))
+        print(f"[report] {label:32s} not made: {why}", flush=True)
+
+    def run_all(self) -> None:
+        a = self.args
+        f16 = self.f16()
+        self.add("F16", "f16", f16, "f16", base=True, note="dequantized source")
+        imatrix = None
+        stock_types = QUICK_STOCK_TYPES if a.quick else STOCK_TYPES
+        for with_imatrix in (False, True):
+            if with_imatrix:
+                try:
+                    imatrix = self.imatrix(f16)
+                except SlimError as e:
+                    self.failed("imatrix", "stock+imatrix", str(e))
+                    break
+            for qtype in stock_types:
+                if with_imatrix and qtype in ANCHOR_TYPES:
+                    continue
+                family = "stock+imatrix" if with_imatrix else "stock"
+                label = qtype + (" +imatrix" if with_imatrix else "")
+                tag = qtype.lower() + ("-imat" if with_imatrix else "")
+                try:
+                    path = self.stock(f16, qtype, imatrix if with_imatrix else None)
+                except SlimError as e:
+                    self.failed(label, family, str(e))
+                    continue
+                self.add(label, family, path, tag)
+        variants = QUICK_SLIM_VARIANTS if a.quick else SLIM_VARIANTS
+        for bits in a.bits:
+            for label, extra in variants:
+                label = label.format(b=bits)
+                tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+                try:
+                    path = self.slim(bits, extra, tag)
+                except SlimError as e:
+                    self.failed(label, "slim", str(e))
+                    continue
+                self.add(label, "slim", path, tag)
+
+    # -- output --------------------------------------------------------------------------------------------
+    def settings(self) -> dict:
+        import gguf
+        import torch
+
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        return {
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "model": self.args.model,
+            "eval_text": str(Path(self.args.eval_text).resolve().relative_to(REPO.parent))
+            if str(Path(self.args.eval_text).resolve()).startswith(str(REPO.parent)) else str(self.args.eval_text),
+            "calib_text": str(Path(self.args.calib).name),
+            "ctx": int(self.args.ctx),
+            "chunks": self.eval_info.get("chunks"),
+            "eval_tokens": (self.eval_info.get("chunks") or 0) * int(self.args.ctx),
+            # llama-perplexity scores the second half of each window (the first half is context)
+            "scored_tokens": (self.eval_info.get("chunks") or 0) * (int(self.args.ctx) // 2),
+            "slim_calibration": f"{self.args.nsamples} x {self.args.seqlen} tokens",
+            "imatrix_chunks": int(self.args.imatrix_chunks),
+            "tool": "llama-perplexity (patched llama.cpp of llama-cpp-python 0.3.36), CPU",
+            "slim2gguf_commit": rev.stdout.strip() or "unknown",
+            "torch": torch.__version__,
+            "gguf_py": getattr(gguf, "__version__", "0.19.0 (vendored, patched)"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        }
+
+    def pareto(self) -> set[str]:
+        """Labels on the front: no other row has lower-or-equal bpw and lower PPL."""
+        rows = [r for r in self.rows if r.ppl is not None]
+        front = set()
+        for r in rows:
+            if not any(o is not r and o.bpw <= r.bpw and o.ppl < r.ppl for o in rows):
+                front.add(r.label)
+        return front
+
+    def write(self) -> tuple[Path, Path, Path]:
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / self.args.tag
+        settings = self.settings()
+        f16 = next((r for r in self.rows if r.family == "f16" and r.ppl), None)
+        front = self.pareto()
+        lines = [f"# Perplexity against bits per weight: {self.args.tag}", "",
+                 "Made by `scripts/report.py`; every row measured by the same `llama-perplexity` run settings.", "",
+                 "| setting | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in settings.items()]
+        lines += ["", "bpw: 8 × tensor bytes / parameters, read from the file (whole file, and the 2-D weights "
+                  "of the transformer blocks alone). KLD: mean KL divergence to the F16 file's next-token "
+                  "distribution. ★: on the Pareto front (no row with lower-or-equal bpw has lower PPL).", "",
+                  "| type | family | bpw (file) | bpw (blocks) | size (MiB) | PPL | PPL / F16 | KLD | same top-1 % "
+                  "| types written | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(self.rows, key=lambda r: (r.ppl is None, -r.bpw)):
+            if r.ppl is None:
+                lines.append(f"| {r.label} | {r.family} | | | | | | | | | {r.note} |")
+                continue
+            ratio = f"{r.ppl / f16.ppl:.3f}" if f16 else ""
+            kld = f"{r.kld:.4f}" if r.kld is not None else ""
+            top = f"{r.same_top:.2f}" if r.same_top is not None else ""
+            total = sum(r.types.values())
+            types = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(r.types.items(), key=lambda kv: -kv[1]))
+            star = " ★" if r.label in front else ""
+            lines.append(f"| {r.label}{star} | {r.family} | {r.bpw:.3f} | {r.blk_bpw:.3f} | "
+                         f"{r.file_bytes / 2**20:.1f} | {r.ppl:.3f} ± {r.ppl_err:.3f} | {ratio} | {kld} | {top} | "
+                         f"{types} | {r.note} |")
+        md = stem.with_suffix(".md")
+        md.write_text("\n".join(lines) + "\n")
+        js = stem.with_suffix(".json")
+        js.write_text(json.dumps({"settings": settings, "rows": [asdict(r) for r in self.rows],
+                                  "pareto": sorted(front)}, indent=1))
+        png = stem.with_suffix(".png")
+        self.plot(png, front, f16)
+        return md, js, png
+
+    def plot(self, png: Path, front: set[str], f16: Row | None) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        styles = {"stock": ("o", "tab:blue", "llama-quantize"), "stock+imatrix": ("s", "tab:green",
+                  "llama-quantize + imatrix"), "slim": ("D", "tab:red", "slim2gguf (RTN/GPTQ/SliM)"),
+                  "f16": ("*", "black", "F16")}
+        rows = [r for r in self.rows if r.ppl is not None]
+        fig, axes = plt.subplots(1, 2, figsize=(14, 6))
+        for ax, attr, xlabel in ((axes[0], "bpw", "bits per weight (whole file)"),
+                                 (axes[1], "blk_bpw", "bits per weight (transformer-block weights)")):
+            for fam, (marker, color, name) in styles.items():
+                pts = [r for r in rows if r.family == fam]
+                if pts:
+                    ax.scatter([getattr(r, attr) for r in pts], [r.ppl for r in pts], marker=marker, color=color,
+                               label=name, zorder=3)
+                    for r in pts:
+                        ax.annotate(r.label, (getattr(r, attr), r.ppl), fontsize=6, xytext=(3, 3),
+                                    textcoords="offset points")
+            fr = sorted((r for r in rows if r.label in front), key=lambda r: r.bpw)
+            if attr == "bpw" and fr:
+                ax.step([r.bpw for r in fr], [r.ppl for r in fr], where="post", color="gray", ls="--",
+                        label="Pareto front", zorder=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"perplexity (ctx {self.args.ctx}, log scale)")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{self.args.tag}: perplexity against size "
+                     f"({Path(self.args.eval_text).name}, {self.eval_info.get('chunks', '?')} × {self.args.ctx} tokens)")
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="demo", help="HF folder, GGUF of higher precision, or 'demo' (default)")
+    ap.add_argument("--tag", default=None, help="output file stem (default: smollm2-135m for the demo)")
+    ap.add_argument("--out", default=str(REPO / "docs" / "results"), help="where the table and plot go")
+    ap.add_argument("--workdir", default=None, help="intermediate files (default build/report/<tag>)")
+    ap.add_argument("--calib", default=str(DEFAULT_CALIB), help="calibration text (SliM, GPTQ, imatrix)")
+    ap.add_argument("--eval-text", default=str(DEFAULT_EVAL), help="evaluation text")
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--chunks", type=int, default=64, help="evaluation chunks of --ctx tokens (default 64)")
+    ap.add_argument("--imatrix-chunks", type=int, default=64)
+    ap.add_argument("--nsamples", type=int, default=32, help="SliM/GPTQ calibration samples")
+    ap.add_argument("--seqlen", type=int, default=512, help="SliM/GPTQ calibration sample length")
+    ap.add_argument("--bits", type=int, nargs="+", default=[2, 3], choices=(2, 3))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help="a few rows only (tests)")
+    args = ap.parse_args(argv)
+    args.tag = args.tag or ("smollm2-135m" if args.model == "demo" else Path(args.model).name)
+    args.workdir = args.workdir or str(REPO / "build" / "report" / args.tag)
+    for p in (args.calib, args.eval_text):
+        if not Path(p).is_file():
+            raise SlimError(f"text file not found: {p}")
+    t0 = time.time()
+    rep = Report(args)
+    rep.run_all()
+    md, js, png = rep.write()
+    print(f"[report] wrote {md}, {js}, {png} in {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
