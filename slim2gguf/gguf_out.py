@@ -300,7 +300,7 @@ def export_hf_folder(model, tokenizer, dest: Path) -> Path:
     """
     import json
 
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -309,6 +309,13 @@ def export_hf_folder(model, tokenizer, dest: Path) -> Path:
     cfg["architectures"] = [type(model).__name__]
     cfg = json.loads(json.dumps(cfg, default=str))
     (dest / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    save_model(model, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    if getattr(model.config, "tie_word_embeddings", False):
+        # save_model keeps one name of a shared tensor, alphabetically the first: lm_head. llama.cpp needs the
+        # embedding (token_embd; output falls back to it), so keep embed_tokens and drop the tied lm_head.
+        sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        save_file({k: v.detach().contiguous() for k, v in sd.items()}, str(dest / "model.safetensors"),
+                  metadata={"format": "pt"})
+    else:
+        save_model(model, str(dest / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(str(dest))
     return dest
