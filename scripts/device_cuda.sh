@@ -126,7 +126,13 @@ stage_profile() {
   done
 }
 
+failed=""
 for s in "$@"; do
-  "stage_$s" || { stamp "stage $s FAILED"; exit 1; }
+  if [ "$s" = build ]; then
+    stage_build || { stamp "stage build FAILED"; exit 1; }   # nothing else can run
+  else
+    "stage_$s" || { stamp "stage $s FAILED"; failed="$failed $s"; }
+  fi
 done
-stamp "all done"
+stamp "all done${failed:+, FAILED:$failed}"
+[ -z "$failed" ]

@@ -440,70 +440,55 @@ static __device__ __forceinline__ void slim_expand(const uint32_t * w, uint32_t 
     }
 }
 
-// one group (its table entry), R rows from x (stride_row bytes apart; rows >= nr read row 0), ncols activation columns
-template <int g, int B, int ncols, int R, int align>
+// one group (its table entry) of one row, ncols activation columns
+template <int g, int B, int ncols, int align>
 static __device__ __forceinline__ void slim_mmv_group(
-        const char * x, const int stride_row, const int nr, const int j, const uint32_t off,
-        const int8_t * yq, const float2 * yds, const int ne00, float (&acc)[R][ncols]) {
+        const char * row, const int j, const uint32_t off,
+        const int8_t * yq, const float2 * yds, const int ne00, float (&acc)[ncols]) {
     constexpr int W  = g/32; // words per plane
     constexpr int PB = g/8;  // bytes per plane
 
-    uint32_t w[R][B][W];
-    float d[R];
-    float m[R];
+    uint32_t w[B][W];
+    const uint32_t h = *(const uint32_t *) (row + 4*j);
+    const float d = slim_half(h & 0x7FFF);
+    const float m = slim_half(h >> 16);
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const char * row = x + (r < nr ? r : 0)*stride_row;
-        const uint32_t h = *(const uint32_t *) (row + 4*j);
-        d[r] = slim_half(h & 0x7FFF);
-        m[r] = slim_half(h >> 16);
-#pragma unroll
-        for (int p = 0; p < B; ++p) {
-            slim_load<PB, align>(row + off + p*PB, w[r][p]);
-        }
+    for (int p = 0; p < B; ++p) {
+        slim_load<PB, align>(row + off + p*PB, w[p]);
     }
 
-    float sd[R][ncols] = {{0.0f}}; // sum over the 32-blocks of d_x * sum q*xq
-    float sx[ncols]    = {0.0f};   // sum of the activations over the group
+    float sd[ncols] = {0.0f}; // sum over the 32-blocks of d_x * sum q*xq
+    float sx[ncols] = {0.0f}; // sum of the activations over the group
 #pragma unroll
     for (int c = 0; c < W; ++c) {
-        uint32_t q[R][8];
+        uint32_t wc[B];
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            uint32_t wc[B];
-#pragma unroll
-            for (int p = 0; p < B; ++p) {
-                wc[p] = w[r][p][c];
-            }
-            slim_expand<B>(wc, q[r]);
+        for (int p = 0; p < B; ++p) {
+            wc[p] = w[p][c];
         }
+        uint32_t q[8];
+        slim_expand<B>(wc, q);
 #pragma unroll
         for (int col = 0; col < ncols; ++col) {
             const int4 * yv = (const int4 *) (yq + (int64_t) col*ne00 + j*g + 32*c);
             const int4   ya = yv[0];
             const int4   yb = yv[1];
             const float2 ds = yds[(int64_t) col*(ne00/32) + j*W + c];
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                int lo = slim_dp4a(q[r][0], ya.x, 0);
-                lo     = slim_dp4a(q[r][1], ya.y, lo);
-                lo     = slim_dp4a(q[r][2], ya.z, lo);
-                lo     = slim_dp4a(q[r][3], ya.w, lo);
-                int hi = slim_dp4a(q[r][4], yb.x, 0);
-                hi     = slim_dp4a(q[r][5], yb.y, hi);
-                hi     = slim_dp4a(q[r][6], yb.z, hi);
-                hi     = slim_dp4a(q[r][7], yb.w, hi);
-                sd[r][col] += ds.x * (float) (lo + (hi >> 4));
-            }
+            int lo = slim_dp4a(q[0], ya.x, 0);
+            lo     = slim_dp4a(q[1], ya.y, lo);
+            lo     = slim_dp4a(q[2], ya.z, lo);
+            lo     = slim_dp4a(q[3], ya.w, lo);
+            int hi = slim_dp4a(q[4], yb.x, 0);
+            hi     = slim_dp4a(q[5], yb.y, hi);
+            hi     = slim_dp4a(q[6], yb.z, hi);
+            hi     = slim_dp4a(q[7], yb.w, hi);
+            sd[col] += ds.x * (float) (lo + (hi >> 4));
             sx[col] += ds.y;
         }
     }
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-#pragma unroll
-        for (int col = 0; col < ncols; ++col) {
-            acc[r][col] += d[r]*sd[r][col] + m[r]*sx[col];
-        }
+    for (int col = 0; col < ncols; ++col) {
+        acc[col] += d*sd[col] + m*sx[col];
     }
 }
 
@@ -530,7 +515,7 @@ static __device__ __forceinline__ void slim_cp_async_wait(const int nstages) {
 
 // Persistent blocks of SLIM_MMV_NWARPS warps. A tile is RB = NWARPS*R consecutive rows; tiles b, b + gridDim.x, ...
 // stream through a ring of `nstages` shared-memory buffers with cp.async (the codes are read once, coalesced, and
-// without registers held while in flight); warp w computes rows w*R .. w*R + R - 1 of each tile.
+// without registers held while in flight); warp w computes rows w*R .. w*R + R - 1 of each tile (R divides 32).
 // Shared memory: [3G table entries][nstages tile buffers of RB*row_bytes].
 template <ggml_type type, int ncols, int R, int align>
 static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat_vec(
@@ -618,36 +603,37 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         const int r0 = tile*RB + warp*R;            // this warp's first row
         const int nr = min(R, nrows - r0);          // rows of this warp in this tile (may be <= 0 in the last tile)
         if (nr > 0) {
-            // rows past the end read the warp's first row again and are not written
-            const char * xr = bufs + stage*tile_cap + warp*R*row_bytes;
-            float acc[R][ncols] = {{0.0f}};
+            // Work items t = slot*R + r over (width-sorted group slot, row): 32/R consecutive slots per warp step,
+            // so the lanes of a step share one bit-width except where the lists meet; lane keeps row r = lane % R.
+            const int r = lane % R;
+            const char * xr = bufs + stage*tile_cap + (warp*R + (r < nr ? r : 0))*row_bytes;
+            float acc[ncols] = {0.0f};
             if (s_ok) {
-                for (int kk = lane; kk < G; kk += WARP_SIZE) {
+                for (int t = lane; t < G*R; t += WARP_SIZE) {
+                    const int kk = t / R;
                     const slim_group e = tab[kk < n0 ? kk : kk < n01 ? G + kk - n0 : 2*G + kk - n01];
                     const int j = e.jb >> 3;
                     switch ((int) (e.jb & 7) - b) {
-                        case -1: slim_mmv_group<g, b - 1, ncols, R, align>(xr, row_bytes, nr, j, e.off, yq, yds, ne00, acc); break;
-                        case  0: slim_mmv_group<g, b    , ncols, R, align>(xr, row_bytes, nr, j, e.off, yq, yds, ne00, acc); break;
-                        default: slim_mmv_group<g, b + 1, ncols, R, align>(xr, row_bytes, nr, j, e.off, yq, yds, ne00, acc); break;
+                        case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
+                        case  0: slim_mmv_group<g, b    , ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
+                        default: slim_mmv_group<g, b + 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
                     }
                 }
             } else {
 #pragma unroll
-                for (int r = 0; r < R; ++r) {
-#pragma unroll
-                    for (int col = 0; col < ncols; ++col) {
-                        acc[r][col] = NAN;
-                    }
+                for (int col = 0; col < ncols; ++col) {
+                    acc[col] = NAN;
                 }
             }
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
+            for (int col = 0; col < ncols; ++col) {
+                float v = acc[col];
 #pragma unroll
-                for (int col = 0; col < ncols; ++col) {
-                    const float v = warp_reduce_sum(acc[r][col]);
-                    if (lane == 0 && r < nr) {
-                        dst[col*stride_col_dst + r0 + r] = v;
-                    }
+                for (int o = WARP_SIZE/2; o >= R; o >>= 1) { // sum over the lanes of one row
+                    v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+                }
+                if (lane < nr) {
+                    dst[col*stride_col_dst + r0 + lane] = v;
                 }
             }
         }
@@ -729,13 +715,13 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
                 default: slim_mmv_switch_align<type, 1, 4>(a, align, stream); break;
             }
             break;
-        case 2: slim_mmv_switch_align<type, 2, 1>(a, align, stream); break;
-        case 3: slim_mmv_switch_align<type, 3, 1>(a, align, stream); break;
-        case 4: slim_mmv_switch_align<type, 4, 1>(a, align, stream); break;
-        case 5: slim_mmv_switch_align<type, 5, 1>(a, align, stream); break;
-        case 6: slim_mmv_switch_align<type, 6, 1>(a, align, stream); break;
-        case 7: slim_mmv_switch_align<type, 7, 1>(a, align, stream); break;
-        case 8: slim_mmv_switch_align<type, 8, 1>(a, align, stream); break;
+        case 2: slim_mmv_switch_align<type, 2, 2>(a, align, stream); break;
+        case 3: slim_mmv_switch_align<type, 3, 2>(a, align, stream); break;
+        case 4: slim_mmv_switch_align<type, 4, 2>(a, align, stream); break;
+        case 5: slim_mmv_switch_align<type, 5, 2>(a, align, stream); break;
+        case 6: slim_mmv_switch_align<type, 6, 2>(a, align, stream); break;
+        case 7: slim_mmv_switch_align<type, 7, 2>(a, align, stream); break;
+        case 8: slim_mmv_switch_align<type, 8, 2>(a, align, stream); break;
         default: GGML_ABORT("%s: %d columns", __func__, ncols);
     }
 }
@@ -780,11 +766,12 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
 
     const int    G         = ne00/ggml_blck_size(src0->type);
     const size_t row_bytes = ggml_row_size(src0->type, ne00);
-    // rows per warp (tile = 4 warps x R rows): tiles of ~8-16 KB at batch 1, one row per warp for wider batches
-    int rows_per_warp = 1;
+    // rows per warp R (tile = 4 warps x R rows, lanes step over 32/R width-sorted groups x R rows): ~8-24 KB tiles
+    // at batch 1; R = 2 for wider batches
+    int rows_per_warp = 2;
     if (ne11 == 1) {
         rows_per_warp = env_rows == 1 || env_rows == 2 || env_rows == 4 ? env_rows :
-                        row_bytes <= 1024 ? 4 : row_bytes <= 2560 ? 2 : 1;
+                        row_bytes <= 1536 ? 4 : row_bytes <= 3200 ? 2 : 1;
     }
     const int nstages = std::max(1, std::min(3, env_stages));
 

@@ -1,0 +1,88 @@
+"""Stand-in SmolLM2 SLIM files for the GPU-vs-CPU check when `slim2gguf convert` output is not at hand:
+round-to-nearest of an F16 GGUF's linear weights into SLIM rows (g128 where the input width allows, else g64)
+with an SBA-shaped bit map from a weight-only salience proxy (sum of w^2 per column group: the quarter of the
+groups with the most get b+1 bits, the quarter with the least b-1), token_embd as Q4_0 and the output tied to it
+(SmolLM2 ties them), so a file fits the device tool's 64 MiB carry. No calibration, no GPTQ: the perplexity is that
+of RTN, the point is that GPU and CPU give the same number on real-model tags and shapes.
+
+    python scripts/smol_rtn_slim.py F16.gguf OUT.gguf --bits 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def rtn_slim(w: np.ndarray, st) -> np.ndarray:
+    from slim2gguf.format import pack_rows
+
+    rows, cols = w.shape
+    g, b = st.group_size, st.avg_bits
+    G = cols // g
+    wg = w.astype(np.float32).reshape(rows, G, g)
+    sal = (wg ** 2).sum(axis=(0, 2))
+    order = np.argsort(-sal)
+    k = G // 4
+    bits = np.full(G, b, dtype=np.int64)
+    bits[order[:k]] = b + 1
+    bits[order[G - k:]] = b - 1
+    lo, hi = wg.min(-1), wg.max(-1)
+    levels = ((1 << bits) - 1).astype(np.float32)[None, :]
+    d = ((hi - lo) / levels).astype(np.float16)
+    dh = d.view(np.uint16) & np.uint16(0xFFFE) | ((bits - 1) & 1).astype(np.uint16)[None, :]
+    d = dh.view(np.float16)
+    m = lo.astype(np.float16)
+    df = np.maximum(d.astype(np.float32), 1e-8)
+    q = np.clip(np.rint((wg - m.astype(np.float32)[..., None]) / df[..., None]), 0, levels[..., None])
+    return pack_rows(bits, q.astype(np.uint8).reshape(rows, cols), d, m, st)
+
+
+def main() -> None:
+    import gguf
+    from slim2gguf.format import slim_type
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("src")
+    ap.add_argument("out")
+    ap.add_argument("--bits", type=int, choices=(2, 3), required=True)
+    args = ap.parse_args()
+
+    r = gguf.GGUFReader(args.src)
+    arch = r.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(args.out, arch)
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name in ("general.architecture", "general.file_type"):
+            continue
+        vtype = f.types[0]
+        w.add_key_value(f.name, f.contents(), vtype, sub_type=f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
+    w.add_file_type(int(gguf.LlamaFileType.MOSTLY_SLIM2 if args.bits == 2 else gguf.LlamaFileType.MOSTLY_SLIM3))
+    w.add_string("slim.note", "RTN stand-in (scripts/smol_rtn_slim.py): weight-norm bit map, no calibration/GPTQ")
+    for t in r.tensors:
+        data = np.asarray(t.data)
+        if t.name == "output.weight":
+            continue  # tied to token_embd
+        if t.name == "token_embd.weight":
+            w.add_tensor(t.name, gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q4_0),
+                         raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+        elif any(t.name.endswith(f".{n}.weight") for n in LINEAR):
+            cols = int(t.shape[0])
+            st = slim_type(args.bits, 128 if cols % 128 == 0 else 64)
+            w.add_tensor(t.name, rtn_slim(data, st), raw_dtype=st.ggml_type)
+        else:
+            w.add_tensor(t.name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"{args.out}: {Path(args.out).stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
