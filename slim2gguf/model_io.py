@@ -92,6 +92,7 @@ def load_model(model: str, dtype=None):
     arch = check_architecture(folder, gguf_file)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()   # our own tqdm shows per-layer progress; keep stderr for errors
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # nothing may come from a hub
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **kw)

@@ -103,4 +103,5 @@ def test_eval_rejects_nan_weights(capsys, tmp_path, tiny_text_file):
     capsys.readouterr()
     rc = main(["eval", str(tmp_path / "nan"), "--eval-text", str(tiny_text_file)])
     err = capsys.readouterr().err
-    assert rc == 2 and "NaN" in err and err.count("\n") == 1
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith("slim2gguf: error:") and "NaN" in last
