@@ -122,6 +122,7 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
 
     layers = decoder_layers(model)
     results = QuantizationResult()
+    sba_k = {}   # weight name -> SBA's chosen k (number of b+1-bit groups = number of b-1-bit groups)
     need_acts = method != "rtn"
     batches = capture_layer0_inputs(model, calib_input_ids, batch_size, device) if need_acts else []
     kl_gen = torch.Generator().manual_seed(seed)
@@ -159,9 +160,11 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
             for n, mod in mods.items():
                 W = mod.weight.data.float()
                 g = pick_group_size(W.shape[1], group_pref)
-                ql, _info = quantize_linear(W, hess[n].H if need_acts else None, kl_rows.get(n), method=method,
+                ql, linfo = quantize_linear(W, hess[n].H if need_acts else None, kl_rows.get(n), method=method,
                                             bits=bits, group_size=g, sba=sba, sqc=sqc, opts=opts)
                 qls[prefix + n + ".weight"] = ql
+                if "k" in linfo:
+                    sba_k[prefix + n + ".weight"] = linfo["k"]
             del hess, kl_rows
         for n, mod in mods.items():
             ql = qls[prefix + n + ".weight"]
@@ -176,7 +179,7 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
     results.info = {
         "method": method, "bits": bits, "sba": bool(sba and method == "slim"), "sqc": bool(sqc and method == "slim"),
         "group_size": group_pref, "kl_tokens": kl_tokens, "seed": seed, "options": asdict(opts),
-        "calibration": calib_summary, "seconds": time.time() - t0,
+        "calibration": calib_summary, "seconds": time.time() - t0, "sba_k": sba_k,
     }
     return results
 

@@ -79,6 +79,10 @@ def run(args) -> int:
                              device=device, group_size=args.group_size, seed=args.seed)
         quant_seconds = time.time() - tq
         avg_bits, bpw = average_bits(res)
+        ks = list(res.info.get("sba_k", {}).values())
+        if ks:   # how often SBA actually mixed bit-widths, and how far
+            summary["sba_mixed_linears"] = f"{sum(k > 0 for k in ks)}/{len(ks)}"
+            summary["sba_mean_k"] = round(sum(ks) / len(ks), 2)
     model.to(device)
     pp = perplexity(model, eval_ids, ctx=args.ctx, max_tokens=args.max_tokens)
     print(f"perplexity {pp['ppl']:.4f} ({pp['windows']} windows of {args.ctx} tokens, "
