@@ -64,12 +64,16 @@ def main() -> None:
         w.add_key_value(f.name, f.contents(), vtype, sub_type=f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
     w.add_file_type(int(gguf.LlamaFileType.MOSTLY_SLIM2 if args.bits == 2 else gguf.LlamaFileType.MOSTLY_SLIM3))
     w.add_string("slim.note", "RTN stand-in (scripts/smol_rtn_slim.py): weight-norm bit map, no calibration/GPTQ")
+    names = {t.name for t in r.tensors}
     for t in r.tensors:
         data = np.asarray(t.data)
-        if t.name == "output.weight":
-            continue  # tied to token_embd
-        if t.name == "token_embd.weight":
-            w.add_tensor(t.name, gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q4_0),
+        name = t.name
+        if name == "output.weight":
+            if "token_embd.weight" in names:
+                continue  # tied to token_embd
+            name = "token_embd.weight"  # a file that kept only the (tied) output matrix
+        if name == "token_embd.weight":
+            w.add_tensor(name, gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q4_0),
                          raw_dtype=gguf.GGMLQuantizationType.Q4_0)
         elif any(t.name.endswith(f".{n}.weight") for n in LINEAR):
             cols = int(t.shape[0])

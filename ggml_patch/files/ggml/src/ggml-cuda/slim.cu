@@ -378,7 +378,13 @@ void ggml_cuda_get_rows_slim(
 // so the activations of each 32-block are stored permuted to match: word s holds x[s + 8k], word 4 + s holds
 // x[s + 4 + 8k] (k = 0..3), and sum_i q_i*x_i = sum_s dp4a(lo_s, xw_s) + (sum_s dp4a(hi_s, xw_{4+s}) >> 4).
 
-#define SLIM_MMV_NWARPS 4
+#define SLIM_MMV_NWARPS 8
+
+// shared-memory row stride: the row rounded up to 16 bytes, made an odd multiple of 16 (distinct banks per row)
+static __host__ __device__ __forceinline__ int slim_smem_row_stride(const int row_bytes) {
+    const int s = (row_bytes + 15) & ~15;
+    return (s/16) % 2 ? s : s + 16;
+}
 
 // position of value e (0..31) of a 32-block in the permuted activation layout
 static __device__ __forceinline__ int slim_act_pos(const int e) {
@@ -508,16 +514,22 @@ static __device__ __forceinline__ void slim_cp_async_wait(const int nstages) {
         asm volatile("cp.async.wait_group 0;" ::: "memory");
     } else if (nstages == 2) {
         asm volatile("cp.async.wait_group 1;" ::: "memory");
-    } else {
+    } else if (nstages == 3) {
         asm volatile("cp.async.wait_group 2;" ::: "memory");
+    } else {
+        asm volatile("cp.async.wait_group 3;" ::: "memory");
     }
 }
 
-// Persistent blocks of SLIM_MMV_NWARPS warps. A tile is RB = NWARPS*R consecutive rows; tiles b, b + gridDim.x, ...
-// stream through a ring of `nstages` shared-memory buffers with cp.async (the codes are read once, coalesced, and
-// without registers held while in flight); warp w computes rows w*R .. w*R + R - 1 of each tile (R divides 32).
-// Shared memory: [3G table entries][nstages tile buffers of RB*row_bytes].
-template <ggml_type type, int ncols, int R, int align>
+// Persistent blocks of SLIM_MMV_NWARPS warps; a tile is RB consecutive rows (RB divides 32). Tiles b, b + gridDim.x, ...
+// stream through a ring of `nstages` shared-memory buffers with cp.async (codes read once, coalesced, no registers
+// held while in flight), so the copies of later tiles overlap the arithmetic on the current one.
+// The whole block shares a tile's work items t = slot*RB + r over (width-sorted group slot, row): a warp step covers
+// 32/RB consecutive slots of RB rows, so its lanes share one bit-width except where the width lists meet, and lane l
+// always works on row l % RB. Rows sit in shared memory at a stride of an odd multiple of 16 bytes, so the RB lanes
+// reading one group from RB rows hit distinct banks.
+// Shared memory: [3G table entries][nstages tiles of RB rows][2 x NWARPS x RB x ncols partial sums].
+template <ggml_type type, int ncols, int RB, int align>
 static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat_vec(
         const char * x_ptr, const int8_t * yq_ptr, const float2 * yds_ptr, float * dst_ptr,
         const int ne00, const int nrows, const int64_t stride_row,
@@ -526,14 +538,16 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         const int nstages) {
     constexpr int g  = slim_traits<type>::g;
     constexpr int b  = slim_traits<type>::b;
-    constexpr int RB = SLIM_MMV_NWARPS*R;
+    constexpr int NW = SLIM_MMV_NWARPS;
+    static_assert(WARP_SIZE % RB == 0, "RB must divide the warp size");
     extern __shared__ __align__(16) char s_mem[];
     __shared__ int s_n[3];
     __shared__ int s_ok;
 
     const int G         = ne00/g;
     const int row_bytes = G*slim_type_size<type>;
-    const int tile_cap  = RB*row_bytes;
+    const int rstride   = slim_smem_row_stride(row_bytes);
+    const int tile_cap  = RB*rstride;
     const int warp = threadIdx.x / WARP_SIZE;
     const int lane = threadIdx.x % WARP_SIZE;
     const int ch   = blockIdx.y;
@@ -544,27 +558,20 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
 
     slim_group * tab = (slim_group *) s_mem;
     char * bufs = s_mem + ((3*G*sizeof(slim_group) + 15) & ~15);
+    float * red = (float *) (bufs + nstages*tile_cap); // [2][NW][RB][ncols]
     const uint32_t bufs_s = (uint32_t) __cvta_generic_to_shared(bufs);
 
     // tile -> stage buffer, one commit group per tile (an empty group past the last tile keeps the count uniform)
+    const int chunks_per_row = row_bytes/align;
     auto issue = [&](const int tile, const int stage) {
         if (tile < ntiles) {
             const int r0 = tile*RB;
             const int nr = min(RB, nrows - r0);
             const uint32_t dst = bufs_s + stage*tile_cap;
-            if (stride_row == row_bytes) { // contiguous rows: one range
-                const char * src = x + (int64_t) r0*row_bytes;
-                const int n = nr*row_bytes;
-                for (int o = align*threadIdx.x; o < n; o += align*blockDim.x) {
-                    slim_cp_async(dst + o, src + o, align);
-                }
-            } else {
-                for (int r = 0; r < nr; ++r) {
-                    const char * src = x + (int64_t) (r0 + r)*stride_row;
-                    for (int o = align*threadIdx.x; o < row_bytes; o += align*blockDim.x) {
-                        slim_cp_async(dst + r*row_bytes + o, src + o, align);
-                    }
-                }
+            for (int c = threadIdx.x; c < nr*chunks_per_row; c += blockDim.x) {
+                const int r = c / chunks_per_row;
+                const int o = (c - r*chunks_per_row)*align;
+                slim_cp_async(dst + r*rstride + o, x + (int64_t) (r0 + r)*stride_row + o, align);
             }
         }
         asm volatile("cp.async.commit_group;");
@@ -573,9 +580,6 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     // weights only until ggml_cuda_pdl_sync: this part overlaps the previous kernel
     for (int s = 0; s < nstages; ++s) {
         issue(blockIdx.x + s*gridDim.x, s);
-    }
-    if (blockIdx.x >= ntiles) {
-        return;
     }
     slim_cp_async_wait(nstages);
     __syncthreads();
@@ -593,6 +597,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     const int8_t * yq  = yq_ptr  + (int64_t) ch*ncols*ne00;
     const float2 * yds = yds_ptr + (int64_t) ch*ncols*(ne00/32);
     float * dst = dst_ptr + i12*stride_ch2_dst + i13*stride_ch3_dst;
+    const int r = lane % RB; // this lane's row in every tile
 
     for (int k = 0, tile = blockIdx.x; tile < ntiles; ++k, tile += gridDim.x) {
         const int stage = k % nstages;
@@ -600,45 +605,54 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
             slim_cp_async_wait(nstages);
             __syncthreads();
         }
-        const int r0 = tile*RB + warp*R;            // this warp's first row
-        const int nr = min(R, nrows - r0);          // rows of this warp in this tile (may be <= 0 in the last tile)
-        if (nr > 0) {
-            // Work items t = slot*R + r over (width-sorted group slot, row): 32/R consecutive slots per warp step,
-            // so the lanes of a step share one bit-width except where the lists meet; lane keeps row r = lane % R.
-            const int r = lane % R;
-            const char * xr = bufs + stage*tile_cap + (warp*R + (r < nr ? r : 0))*row_bytes;
-            float acc[ncols] = {0.0f};
-            if (s_ok) {
-                for (int t = lane; t < G*R; t += WARP_SIZE) {
-                    const int kk = t / R;
-                    const slim_group e = tab[kk < n0 ? kk : kk < n01 ? G + kk - n0 : 2*G + kk - n01];
-                    const int j = e.jb >> 3;
-                    switch ((int) (e.jb & 7) - b) {
-                        case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
-                        case  0: slim_mmv_group<g, b    , ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
-                        default: slim_mmv_group<g, b + 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
-                    }
-                }
-            } else {
-#pragma unroll
-                for (int col = 0; col < ncols; ++col) {
-                    acc[col] = NAN;
+        const int r0 = tile*RB;
+        const int nr = min(RB, nrows - r0);
+        const char * xr = bufs + stage*tile_cap + (r < nr ? r : 0)*rstride; // rows past the end: row 0, not written
+        float acc[ncols] = {0.0f};
+        if (s_ok) {
+            for (int t = warp*WARP_SIZE + lane; t < G*RB; t += NW*WARP_SIZE) {
+                const int kk = t / RB;
+                const slim_group e = tab[kk < n0 ? kk : kk < n01 ? G + kk - n0 : 2*G + kk - n01];
+                const int j = e.jb >> 3;
+                switch ((int) (e.jb & 7) - b) {
+                    case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
+                    case  0: slim_mmv_group<g, b    , ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
+                    default: slim_mmv_group<g, b + 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
                 }
             }
+        } else {
 #pragma unroll
             for (int col = 0; col < ncols; ++col) {
-                float v = acc[col];
-#pragma unroll
-                for (int o = WARP_SIZE/2; o >= R; o >>= 1) { // sum over the lanes of one row
-                    v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-                }
-                if (lane < nr) {
-                    dst[col*stride_col_dst + r0 + lane] = v;
-                }
+                acc[col] = NAN;
             }
         }
-        __syncthreads(); // the stage is free again
+        // lanes of one row -> lane r; warps -> shared memory; fixed summation order (deterministic)
+        float * red_k = red + (k % 2)*NW*RB*ncols;
+#pragma unroll
+        for (int col = 0; col < ncols; ++col) {
+            float v = acc[col];
+#pragma unroll
+            for (int o = WARP_SIZE/2; o >= RB; o >>= 1) {
+                v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+            }
+            if (lane < RB) {
+                red_k[(warp*RB + lane)*ncols + col] = v;
+            }
+        }
+        __syncthreads(); // partial sums are in, and the stage is free again
         issue(tile + nstages*gridDim.x, stage);
+        if (threadIdx.x < RB*ncols) {
+            const int rr  = threadIdx.x / ncols;
+            const int col = threadIdx.x - rr*ncols;
+            float v = 0.0f;
+#pragma unroll
+            for (int w = 0; w < NW; ++w) {
+                v += red_k[(w*RB + rr)*ncols + col];
+            }
+            if (rr < nr) {
+                dst[col*stride_col_dst + r0 + rr] = v;
+            }
+        }
     }
     ggml_cuda_pdl_lc();
 }
@@ -651,17 +665,26 @@ struct slim_mmv_args {
     int nch; int nstages;
 };
 
-template <ggml_type type, int ncols, int R, int align>
+template <ggml_type type, int ncols, int RB, int align>
 static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
-    constexpr int RB = SLIM_MMV_NWARPS*R;
-    const int    G         = a.ne00/slim_traits<type>::g;
-    const int    row_bytes = G*slim_type_size<type>;
-    const size_t shmem     = ((3*G*sizeof(slim_group) + 15) & ~15) + (size_t) a.nstages*RB*row_bytes;
-    const int    ntiles    = (a.nrows + RB - 1)/RB;
+    const int G         = a.ne00/slim_traits<type>::g;
+    const int row_bytes = G*slim_type_size<type>;
+    const int tile_cap  = RB*slim_smem_row_stride(row_bytes);
+    const int ntiles    = (a.nrows + RB - 1)/RB;
+    // fewer stages if the ring would not fit next to the table
+    int nstages = a.nstages;
+    auto shmem_for = [&](const int ns) {
+        return ((3*G*sizeof(slim_group) + 15) & ~15) + (size_t) ns*tile_cap + 2*SLIM_MMV_NWARPS*RB*ncols*sizeof(float);
+    };
+    while (nstages > 1 && shmem_for(nstages) > 200*1024) {
+        --nstages;
+    }
+    const size_t shmem = shmem_for(nstages);
+    GGML_ASSERT(shmem <= 220*1024);
 
     const int id  = ggml_cuda_get_device();
     const int nsm = ggml_cuda_info().devices[id].nsm;
-    auto kernel = slim_mul_mat_vec<type, ncols, R, align>;
+    auto kernel = slim_mul_mat_vec<type, ncols, RB, align>;
 
     // resident blocks per SM for this shared-memory size (the grid is persistent), cached
     static std::mutex mutex;
@@ -672,9 +695,7 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
         const uint64_t key = (uint64_t) shmem << 8 | (uint64_t) id;
         auto it = blocks_per_sm.find(key);
         if (it == blocks_per_sm.end()) {
-            if (shmem > 48*1024) {
-                CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) shmem));
-            }
+            CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) shmem));
             CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, SLIM_MMV_NWARPS*WARP_SIZE, shmem));
             GGML_ASSERT(bps > 0);
             it = blocks_per_sm.emplace(key, bps).first;
@@ -686,48 +707,48 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
     const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
     ggml_cuda_kernel_launch(kernel, params,
         a.x, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
-        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, a.nstages);
+        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages);
 }
 
-template <ggml_type type, int ncols, int R>
+template <ggml_type type, int ncols, int RB>
 static void slim_mmv_switch_align(const slim_mmv_args & a, const int align, cudaStream_t stream) {
     if constexpr (slim_traits<type>::g == 128) {
         if (align >= 16) {
-            slim_mmv_launch<type, ncols, R, 16>(a, stream);
+            slim_mmv_launch<type, ncols, RB, 16>(a, stream);
             return;
         }
     }
     if (align >= 8) {
-        slim_mmv_launch<type, ncols, R, 8>(a, stream);
+        slim_mmv_launch<type, ncols, RB, 8>(a, stream);
     } else {
-        slim_mmv_launch<type, ncols, R, 4>(a, stream);
+        slim_mmv_launch<type, ncols, RB, 4>(a, stream);
     }
 }
 
 template <ggml_type type>
-static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, const int rows_per_warp, const int align,
+static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, const int rows_per_tile, const int align,
         cudaStream_t stream) {
     switch (ncols) {
         case 1:
-            switch (rows_per_warp) {
-                case 1:  slim_mmv_switch_align<type, 1, 1>(a, align, stream); break;
-                case 2:  slim_mmv_switch_align<type, 1, 2>(a, align, stream); break;
-                default: slim_mmv_switch_align<type, 1, 4>(a, align, stream); break;
+            switch (rows_per_tile) {
+                case 16: slim_mmv_switch_align<type, 1, 16>(a, align, stream); break;
+                case 32: slim_mmv_switch_align<type, 1, 32>(a, align, stream); break;
+                default: slim_mmv_switch_align<type, 1,  8>(a, align, stream); break;
             }
             break;
-        case 2: slim_mmv_switch_align<type, 2, 2>(a, align, stream); break;
-        case 3: slim_mmv_switch_align<type, 3, 2>(a, align, stream); break;
-        case 4: slim_mmv_switch_align<type, 4, 2>(a, align, stream); break;
-        case 5: slim_mmv_switch_align<type, 5, 2>(a, align, stream); break;
-        case 6: slim_mmv_switch_align<type, 6, 2>(a, align, stream); break;
-        case 7: slim_mmv_switch_align<type, 7, 2>(a, align, stream); break;
-        case 8: slim_mmv_switch_align<type, 8, 2>(a, align, stream); break;
+        case 2: slim_mmv_switch_align<type, 2, 8>(a, align, stream); break;
+        case 3: slim_mmv_switch_align<type, 3, 8>(a, align, stream); break;
+        case 4: slim_mmv_switch_align<type, 4, 8>(a, align, stream); break;
+        case 5: slim_mmv_switch_align<type, 5, 8>(a, align, stream); break;
+        case 6: slim_mmv_switch_align<type, 6, 8>(a, align, stream); break;
+        case 7: slim_mmv_switch_align<type, 7, 8>(a, align, stream); break;
+        case 8: slim_mmv_switch_align<type, 8, 8>(a, align, stream); break;
         default: GGML_ABORT("%s: %d columns", __func__, ncols);
     }
 }
 
-// tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per warp at batch 1: 1, 2 or 4; default by row size),
-// GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..3; default 2)
+// tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per tile at batch 1: 8, 16 or 32; default 8),
+// GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..4; default 4)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
@@ -745,8 +766,8 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
     GGML_ASSERT(ne12 % ne02 == 0 && ne13 % ne03 == 0);
     GGML_ASSERT(ne10 % 32 == 0);
 
-    static const int env_rows   = slim_env_int("GGML_CUDA_SLIM_ROWS", 0);   // 0: by row size
-    static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 2);
+    static const int env_rows   = slim_env_int("GGML_CUDA_SLIM_ROWS", 8);
+    static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 4);
 
     cudaStream_t stream = ctx.stream();
     const int64_t nch = ne12*ne13;
@@ -766,14 +787,12 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
 
     const int    G         = ne00/ggml_blck_size(src0->type);
     const size_t row_bytes = ggml_row_size(src0->type, ne00);
-    // rows per warp R (tile = 4 warps x R rows, lanes step over 32/R width-sorted groups x R rows): ~8-24 KB tiles
-    // at batch 1; R = 2 for wider batches
-    int rows_per_warp = 2;
-    if (ne11 == 1) {
-        rows_per_warp = env_rows == 1 || env_rows == 2 || env_rows == 4 ? env_rows :
-                        row_bytes <= 1536 ? 4 : row_bytes <= 3200 ? 2 : 1;
+    // rows per tile RB (8, 16 or 32): 8 keeps several tiles per block in flight on LLaMA-sized matrices
+    int rows_per_tile = 8;
+    if (ne11 == 1 && (env_rows == 16 || env_rows == 32)) {
+        rows_per_tile = env_rows;
     }
-    const int nstages = std::max(1, std::min(3, env_stages));
+    const int nstages = std::max(1, std::min(4, env_stages));
 
     const uintptr_t base = (uintptr_t) src0->data;
     auto aligned = [&](const size_t n) {
@@ -790,10 +809,10 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
     a.nch = nch; a.nstages = nstages;
 
     switch (src0->type) {
-        case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_warp, align, stream); break;
-        case GGML_TYPE_SLIM2_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G128>(a, ne11, rows_per_warp, align, stream); break;
-        case GGML_TYPE_SLIM3_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G64> (a, ne11, rows_per_warp, align, stream); break;
-        case GGML_TYPE_SLIM3_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G128>(a, ne11, rows_per_warp, align, stream); break;
+        case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
+        case GGML_TYPE_SLIM2_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G128>(a, ne11, rows_per_tile, align, stream); break;
+        case GGML_TYPE_SLIM3_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G64> (a, ne11, rows_per_tile, align, stream); break;
+        case GGML_TYPE_SLIM3_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G128>(a, ne11, rows_per_tile, align, stream); break;
         default: GGML_ABORT("%s: not a SLIM type", __func__);
     }
 }
