@@ -90,6 +90,15 @@ class GgmlLib:
         FROM_FLOAT(self.traits_cpu(GGML_TYPE_Q8_1).from_float)(x.ctypes.data, out.ctypes.data, x.size)
         return out
 
+    def vec_dot_2x2(self, t: int, rows: np.ndarray, ys: np.ndarray, n: int, fn=None) -> np.ndarray:
+        """nrc = 2 (what ggml-cpu's mul_mat does for even batches): out[c, r] = dot(rows[r], ys[c])."""
+        rows = np.ascontiguousarray(rows, dtype=np.uint8)
+        ys = np.ascontiguousarray(ys, dtype=np.uint8)
+        out = np.full((2, 2), np.nan, dtype=np.float32)  # s[r + c*bs] with bs = 2
+        f = VEC_DOT(self.traits_cpu(t).vec_dot) if fn is None else fn
+        f(n, out.ctypes.data, 2, rows.ctypes.data, rows.shape[1], ys.ctypes.data, ys.shape[1], 2)
+        return out
+
     def vec_dot(self, t: int, row: np.ndarray, y: np.ndarray, n: int, fn=None) -> float:
         row = np.ascontiguousarray(row, dtype=np.uint8)
         y = np.ascontiguousarray(y, dtype=np.uint8)

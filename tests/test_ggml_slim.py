@@ -138,6 +138,23 @@ def test_fast_equals_generic(st):
 
 
 @pytest.mark.parametrize("st", TYPES, ids=IDS)
+def test_vec_dot_two_rows_two_columns(st):
+    """nrc = 2 (type_traits_cpu.nrows = 2: mul_mat hands 2 rows x 2 columns for even prompt batches) gives the
+    same numbers as four nrc = 1 calls, on the AVX2 path and the scalar reference."""
+    assert LIB.traits_cpu(st.ggml_type).nrows == 2
+    generic = ggml_lib.VEC_DOT(ctypes_addr(f"ggml_vec_dot_{st.name.lower()}_q8_1_generic"))
+    rng = np.random.default_rng(9)
+    for ne0 in widths(st):
+        data, _ = make_rows(st, 2, ne0, seed=ne0 + 1)
+        ys = np.stack([LIB.quantize_q8_1(rng.standard_normal(ne0).astype(np.float32)) for _ in range(2)])
+        for fn in (None, generic):
+            got = LIB.vec_dot_2x2(st.ggml_type, data, ys, ne0, fn)
+            want = np.array([[LIB.vec_dot(st.ggml_type, data[r], ys[c], ne0, fn) for r in range(2)]
+                             for c in range(2)], dtype=np.float32)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("st", TYPES, ids=IDS)
 def test_validation_and_corrupt_tags(st):
     ne0 = 8 * st.group_size
     data, _ = make_rows(st, 3, ne0, seed=5, k=2)
@@ -155,6 +172,7 @@ def test_validation_and_corrupt_tags(st):
     assert np.isnan(y[-st.group_size:]).all()
     yq = LIB.quantize_q8_1(np.ones(ne0, dtype=np.float32))
     assert np.isnan(LIB.vec_dot(t, bad[0], yq, ne0))
+    assert np.isnan(LIB.vec_dot_2x2(t, bad[:2], np.stack([yq, yq]), ne0)).all()
     # rows whose tags differ
     other, _ = make_rows(st, 1, ne0, seed=6, k=1)
     mixed = np.concatenate([data[:1], other])

@@ -157,14 +157,88 @@ static inline __attribute__((always_inline)) void slim_vec_dot_q8_1_avx2(
     }
     *s = slim_hsum_avx2(acc) + summ;
 }
+
+// the codes of chunk c (32 weights) of a group with `bits` planes, as bytes
+static inline __attribute__((always_inline)) __m256i slim_unpack32_avx2(
+        const uint8_t * GGML_RESTRICT codes, const int pb, const int c, const int bits) {
+    __m256i q = slim_plane32_avx2(codes + 4*c, 0);
+    if (bits > 1) q = _mm256_or_si256(q, slim_plane32_avx2(codes + 1*pb + 4*c, 1));
+    if (bits > 2) q = _mm256_or_si256(q, slim_plane32_avx2(codes + 2*pb + 4*c, 2));
+    if (bits > 3) q = _mm256_or_si256(q, slim_plane32_avx2(codes + 3*pb + 4*c, 3));
+    return q;
+}
+
+static inline __m256 slim_dot32_avx2(__m256i q, __m256i a, float scale, __m256 acc) {
+    const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), _mm256_set1_epi16(1));
+    return slim_madd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(p32), acc);
+}
+
+// 2 rows x 2 columns (prompt processing): every unpacked weight chunk serves two activation columns
+static inline __attribute__((always_inline)) void slim_vec_dot_q8_1_avx2_2x2(
+        int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+        const void * GGML_RESTRICT vy, size_t by, const int b, const int g) {
+    assert(n % g == 0);
+    const int G  = n / g;
+    const int pb = g / 8;
+    const int nq = g / QK8_1;
+    const size_t row_size = (sizeof(block_slim_header) + (size_t) g*b/8) * G;
+    const uint8_t * x0 = (const uint8_t *) vx;
+    const uint8_t * x1 = (const uint8_t *) vx + bx;
+    const block_slim_header * h0 = (const block_slim_header *) x0;
+    const block_slim_header * h1 = (const block_slim_header *) x1;
+    const uint8_t * c0 = x0 + sizeof(block_slim_header) * G;
+    const uint8_t * c1 = x1 + sizeof(block_slim_header) * G;
+    const block_q8_1 * y0 = (const block_q8_1 *) vy;
+    const block_q8_1 * y1 = (const block_q8_1 *) ((const uint8_t *) vy + by);
+
+    __m256 a00 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+    float  m00 = 0.0f, m10 = 0.0f, m01 = 0.0f, m11 = 0.0f;
+    for (int j = 0; j < G; ++j) {
+        const int bits0 = ggml_slim_bits(h0[j].d);
+        const int bits1 = ggml_slim_bits(h1[j].d);
+        if (c0 + (size_t) bits0*pb > x0 + row_size || c1 + (size_t) bits1*pb > x1 + row_size) {
+            s[0] = s[1] = s[bs] = s[bs + 1] = NAN;
+            return;
+        }
+        const float d0 = GGML_CPU_FP16_TO_FP32(h0[j].d & GGML_SLIM_SCALE_MASK), mm0 = GGML_CPU_FP16_TO_FP32(h0[j].m);
+        const float d1 = GGML_CPU_FP16_TO_FP32(h1[j].d & GGML_SLIM_SCALE_MASK), mm1 = GGML_CPU_FP16_TO_FP32(h1[j].m);
+        for (int c = 0; c < nq; ++c) {
+            const __m256i q0 = slim_unpack32_avx2(c0, pb, c, bits0);
+            const __m256i q1 = slim_unpack32_avx2(c1, pb, c, bits1);
+            const block_q8_1 * yb0 = &y0[j*nq + c];
+            const block_q8_1 * yb1 = &y1[j*nq + c];
+            const __m256i av0 = _mm256_loadu_si256((const __m256i *) yb0->qs);
+            const __m256i av1 = _mm256_loadu_si256((const __m256i *) yb1->qs);
+            const float dy0 = GGML_CPU_FP16_TO_FP32(yb0->d), sy0 = GGML_CPU_FP16_TO_FP32(yb0->s);
+            const float dy1 = GGML_CPU_FP16_TO_FP32(yb1->d), sy1 = GGML_CPU_FP16_TO_FP32(yb1->s);
+            a00 = slim_dot32_avx2(q0, av0, d0*dy0, a00);
+            a10 = slim_dot32_avx2(q1, av0, d1*dy0, a10);
+            a01 = slim_dot32_avx2(q0, av1, d0*dy1, a01);
+            a11 = slim_dot32_avx2(q1, av1, d1*dy1, a11);
+            m00 += mm0*sy0; m10 += mm1*sy0; m01 += mm0*sy1; m11 += mm1*sy1;
+        }
+        c0 += (size_t) bits0*pb;
+        c1 += (size_t) bits1*pb;
+    }
+    s[0]      = slim_hsum_avx2(a00) + m00;
+    s[1]      = slim_hsum_avx2(a10) + m10;
+    s[bs]     = slim_hsum_avx2(a01) + m01;
+    s[bs + 1] = slim_hsum_avx2(a11) + m11;
+}
 #endif // __AVX2__
 
+// nrc == 2 (ggml-cpu mul_mat with type_traits_cpu.nrows = 2): rows vx, vx + bx times columns vy, vy + by,
+// s[r + c*bs] = dot(row r, column c)
 #define SLIM_DEFINE_VEC_DOT(B, G)                                                                            \
 void ggml_vec_dot_slim##B##_g##G##_q8_1_generic(int n, float * GGML_RESTRICT s, size_t bs,                 \
         const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {      \
-    assert(nrc == 1);                                                                                       \
-    UNUSED(nrc); UNUSED(bs); UNUSED(bx); UNUSED(by);                                                        \
-    slim_vec_dot_q8_1_generic(n, s, vx, vy, B, G);                                                          \
+    assert(nrc == 1 || nrc == 2);                                                                           \
+    for (int c = 0; c < nrc; ++c) {                                                                         \
+        for (int r = 0; r < nrc; ++r) {                                                                     \
+            slim_vec_dot_q8_1_generic(n, s + r + c*bs, (const char *) vx + r*bx,                            \
+                                      (const char *) vy + c*by, B, G);                                      \
+        }                                                                                                   \
+    }                                                                                                       \
 }                                                                                                           \
 void ggml_vec_dot_slim##B##_g##G##_q8_1(int n, float * GGML_RESTRICT s, size_t bs,                         \
         const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {      \
@@ -173,9 +247,12 @@ void ggml_vec_dot_slim##B##_g##G##_q8_1(int n, float * GGML_RESTRICT s, size_t b
 
 #if defined(__AVX2__)
 #define SLIM_VEC_DOT_FAST(B, G)                                                                              \
-    assert(nrc == 1);                                                                                       \
-    UNUSED(nrc); UNUSED(bs); UNUSED(bx); UNUSED(by);                                                        \
-    slim_vec_dot_q8_1_avx2(n, s, vx, vy, B, G)
+    assert(nrc == 1 || nrc == 2);                                                                           \
+    if (nrc == 2) {                                                                                         \
+        slim_vec_dot_q8_1_avx2_2x2(n, s, bs, vx, bx, vy, by, B, G);                                         \
+    } else {                                                                                                \
+        slim_vec_dot_q8_1_avx2(n, s, vx, vy, B, G);                                                         \
+    }
 #else
 #define SLIM_VEC_DOT_FAST(B, G) ggml_vec_dot_slim##B##_g##G##_q8_1_generic(n, s, bs, vx, bx, vy, by, nrc)
 #endif
