@@ -108,6 +108,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads): wall time is inflated on a shared machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _fmt_mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
@@ -186,6 +192,7 @@ def _convert(args, t0, out, stock, sba, sqc, device, ck) -> ConvertResult:
     from .model_io import load_model, tokenize_file
 
     torch.manual_seed(args.seed)
+    t_load = time.time()
     model, tok, desc = load_model(args.model)
     n_layers = int(model.config.num_hidden_layers)
     model_name = None
@@ -206,6 +213,7 @@ def _convert(args, t0, out, stock, sba, sqc, device, ck) -> ConvertResult:
         hf_dir = Path(desc["folder"])
 
     # calibration: from the checkpoint when resuming, so self-generated text is not sampled again
+    t_load = time.time() - t_load   # loading + (GGUF sources) exporting the HF folder for llama.cpp's converter
     t_cal = time.time()
     calib_ids, calib_summary = None, None
     if args.method != "rtn":
@@ -294,7 +302,8 @@ def _convert(args, t0, out, stock, sba, sqc, device, ck) -> ConvertResult:
         "slim_tensors": t["slim_tensors"], "slim_weights": t["slim_elements"], "weights": t["elements"],
         "groups": t["slim_groups"], "by_type": {k: v["tensors"] for k, v in t["by_type"].items()},
         "stock_tensors": stock_written, "not_slim": fallbacks,
-        "seconds": round(total, 1), "calibration_seconds": round(t_cal, 1), "quantize_seconds": round(t_q, 1),
+        "seconds": round(total, 1), "cpu_seconds": round(cpu_seconds(), 1),
+        "load_seconds": round(t_load, 1), "calibration_seconds": round(t_cal, 1), "quantize_seconds": round(t_q, 1),
         "write_seconds": round(t_w, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
         "peak_gpu_mib": round(gpu_peak, 1) if gpu_peak is not None else None, "device": device,
         "calibration": calib_summary,
@@ -314,8 +323,8 @@ def _convert(args, t0, out, stock, sba, sqc, device, ck) -> ConvertResult:
         lines.append(f"  not SLIM     {len(fallbacks)} linear weight(s) written as {args.fallback_type.upper()}"
                      f" (width not divisible by 64): {', '.join(fallbacks[:4])}{' ...' if len(fallbacks) > 4 else ''}")
     lines += [
-        f"  time         {total:.1f} s (calibration {t_cal:.1f} s, quantization {t_q:.1f} s for "
-        f"{n_layers - len(done)} of {n_layers} layers, writing {t_w:.1f} s)",
+        f"  time         {total:.1f} s (loading {t_load:.1f} s, calibration {t_cal:.1f} s, quantization {t_q:.1f} s for "
+        f"{n_layers - len(done)} of {n_layers} layers, writing {t_w:.1f} s); CPU time {cpu_seconds():.1f} s",
         f"  peak memory  {peak_rss_mib():.0f} MiB RSS" + (f", {gpu_peak:.0f} MiB GPU" if gpu_peak is not None else ""),
     ]
     return ConvertResult(summary, "\n".join(lines), model, dict(res), report, hf_dir, tok, model_name, general)

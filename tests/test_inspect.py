@@ -26,6 +26,7 @@ def slim_file(tmp_path_factory):
 
 
 def _cli(capsys, *argv):
+    capsys.readouterr()
     rc = cli.main([str(a) for a in argv])
     cap = capsys.readouterr()
     return rc, cap.out, cap.err.strip().splitlines()
