@@ -3,7 +3,8 @@
 # kernels, benchmark. Stages run in the order given; each leaves its log under $OUT (at most 8 files come back).
 #
 #   here:    bash scripts/device_pack.sh                      -> .devcarry/llama-src.tar.xz (patched tree, ~5 MB)
-#            (optional) SmolLM2 SLIM files + eval text in .devcarry/smol/ (carry limit 64 MiB per call)
+#            (optional) SmolLM2 SLIM files + eval text in .devcarry/smol/ (carry limit 64 MiB per call; a later
+#            call on the still-warm machine can carry another folder: SMOL_DIR=.devcarry3/smol ... smol)
 #   device:  bash scripts/device_cuda.sh build check          (carry .devcarry)   ~6 min
 #            bash scripts/device_cuda.sh smol                 (carry .devcarry)   GPU vs CPU perplexity, generation
 #            bash scripts/device_cuda.sh models bench         (machine still warm: the build is reused)
@@ -81,11 +82,11 @@ stage_check() {
 }
 
 stage_smol() {
-  local txt f chunks=${SMOL_CHUNKS:-40}
-  txt=$(ls .devcarry/smol/*.txt 2>/dev/null | head -1)
-  [ -n "$txt" ] || { echo "no eval text in .devcarry/smol"; return 1; }
-  for f in .devcarry/smol/*.gguf; do
-    [ -f "$f" ] || { echo "no SmolLM2 files in .devcarry/smol"; return 1; }
+  local txt f chunks=${SMOL_CHUNKS:-40} dir=${SMOL_DIR:-.devcarry/smol}
+  txt=$(ls "$dir"/*.txt 2>/dev/null | head -1)
+  [ -n "$txt" ] || { echo "no eval text in $dir"; return 1; }
+  for f in "$dir"/*.gguf; do
+    [ -f "$f" ] || { echo "no SmolLM2 files in $dir"; return 1; }
     local n; n=$(basename "$f" .gguf)
     stamp "$n: perplexity GPU"
     "$BIN/llama-perplexity" -m "$f" -f "$txt" -c 512 --chunks "$chunks" -ngl 99 > "$OUT/smol_$n.log" 2>&1

@@ -748,7 +748,7 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
 }
 
 // tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per tile at batch 1: 8, 16 or 32; default 8),
-// GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..4; default 4)
+// GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..4; default 2)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
@@ -767,7 +767,7 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
     GGML_ASSERT(ne10 % 32 == 0);
 
     static const int env_rows   = slim_env_int("GGML_CUDA_SLIM_ROWS", 8);
-    static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 4);
+    static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 2);
 
     cudaStream_t stream = ctx.stream();
     const int64_t nch = ne12*ne13;
