@@ -8,12 +8,14 @@ what `slim2gguf eval` evaluates in fake-quant):
 - llama.cpp's logits (llama-cpp-python) give the project's perplexity (quant/perplexity.py, as `eval` reports
   it) within 1 % of torch's, with top-1 next-token agreement >= 99 %.
 
-The converted files are cached in .cache/test-models/ (delete it to reconvert).
+The converted files are cached in .cache/test-models/ (delete it to reconvert); SLIM2GGUF_TEST_SMOLLM2_DIR points
+the test at files converted elsewhere (smollm2-slim{2,3}.gguf with their .ckpt/ from --keep-checkpoints).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -42,6 +44,12 @@ CONVERT_ARGS = ["--calib", str(CALIB), "--nsamples", "8", "--seqlen", "128", "--
 def converted(bits: int) -> Path:
     if not CALIB.exists() or not EVAL_TEXT.exists():
         pytest.skip(f"data files absent under {DATA}")
+    given = os.environ.get("SLIM2GGUF_TEST_SMOLLM2_DIR")  # files converted elsewhere (with --keep-checkpoints)
+    if given:
+        out = Path(given) / f"smollm2-slim{bits}.gguf"
+        if not (out.exists() and out.with_name(out.name + ".ckpt").is_dir()):
+            pytest.skip(f"{out} (+ .ckpt/) absent")
+        return out
     out = CACHE / f"smollm2-slim{bits}.gguf"
     settings = out.with_suffix(".args.json")
     if out.exists() and settings.exists() and json.loads(settings.read_text()) == CONVERT_ARGS:
