@@ -120,3 +120,24 @@ def q8_1_blocks(data: np.ndarray):
     blk = np.frombuffer(np.ascontiguousarray(data).tobytes(), dtype=np.dtype(
         [("d", "<f2"), ("s", "<f2"), ("qs", "i1", (32,))]))
     return blk["d"].astype(np.float32), blk["s"].astype(np.float32), blk["qs"].astype(np.int64)
+
+
+def assert_file_to_float_matches_reference(lib: GgmlLib, path) -> int:
+    """ggml's to_float of every row of every SLIM tensor of a GGUF == reference_decoder.decode, bit for bit.
+    Returns the number of SLIM tensors checked."""
+    from gguf import GGUFReader
+
+    from slim2gguf import reference_decoder
+    from slim2gguf.format import SLIM_TYPES
+
+    n = 0
+    for t in GGUFReader(str(path)).tensors:
+        if int(t.tensor_type) not in {int(k) for k in SLIM_TYPES}:
+            continue
+        ne0 = int(t.shape[0])
+        rows = np.ascontiguousarray(t.data).reshape(-1, SLIM_TYPES[int(t.tensor_type)].row_bytes(ne0))
+        ref = reference_decoder.decode(rows, ne0, int(t.tensor_type))
+        got = np.stack([lib.to_float(int(t.tensor_type), r, ne0) for r in rows])
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), t.name
+        n += 1
+    return n

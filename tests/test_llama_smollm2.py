@@ -2,6 +2,7 @@
 llama.cpp (CPU) against torch with the SAME quantized weights (the conversion's per-layer checkpoints, i.e.
 what `slim2gguf eval` evaluates in fake-quant):
 
+- ggml's to_float of every SLIM tensor equals the Numba reference decoder bit for bit;
 - the file loads in llama-cpp-python and generates text;
 - llama-perplexity on a fixed slice of Pride and Prejudice (ctx 512, 8 chunks) agrees within 1 % with torch
   scoring the same tokens the way llama-perplexity does (second half of each window, BOS rule);
@@ -107,6 +108,15 @@ def case(request, tmp_path_factory):
     path = converted(request.param)
     tmp = tmp_path_factory.mktemp(f"smollm2-{request.param}")
     return request.param, path, slice_file(tmp), perplexity_bin
+
+
+def test_to_float_of_every_tensor_equals_reference(case):
+    import ggml_lib
+
+    lib = ggml_lib.load()
+    if lib is None:
+        pytest.skip(llama_env.NOT_BUILT)
+    assert ggml_lib.assert_file_to_float_matches_reference(lib, case[1]) == 30 * 7
 
 
 def test_generates_text(case):

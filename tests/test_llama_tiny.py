@@ -79,6 +79,17 @@ def test_llama_cpp_python_matches_torch(tiny, bits):
     assert out["usage"]["completion_tokens"] > 0
 
 
+def test_to_float_of_every_tensor_equals_reference(tiny):
+    import ggml_lib
+
+    lib = ggml_lib.load()
+    if lib is None:
+        pytest.skip(llama_env.NOT_BUILT)
+    _, files = tiny
+    for bits in BITS:
+        assert ggml_lib.assert_file_to_float_matches_reference(lib, files[bits][0]) == 2 * 7
+
+
 def test_slim2gguf_run(tiny):
     llama_env.require_llama_cpp_python()
     _, files = tiny
