@@ -1,0 +1,109 @@
+"""CUDA SLIM kernels (ggml_patch/files/ggml/src/ggml-cuda/slim.cu).
+
+Without a GPU: the arithmetic the mat-vec kernel relies on, emulated in numpy exactly as slim.cu writes it
+(bit-plane expansion to code bytes, the permuted activation layout, unsigned x signed dp4a, the `hi >> 4`), and the
+case files of the device check. With a GPU and a CUDA build (build/cuda, `slim2gguf build-llama --cuda`): the
+exactness harness scripts/cuda_slim_check.cpp (CUDA == Numba == CPU bit for bit; mat-vec within Q8 rounding).
+The H100 runs of the same harness are in docs/bench/.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_BIN = ROOT / "build" / "cuda" / "bin"
+
+
+def act_pos(e: int) -> int:
+    """slim_act_pos: position of value e of a 32-block in the permuted activation layout."""
+    s8 = e & 7
+    return (s8 >> 2) * 16 + (s8 & 3) * 4 + (e >> 3)
+
+
+def expand(w: list[int], B: int) -> list[int]:
+    """slim_expand<B>: one 32-bit word of each plane -> 8 words of code bytes (lo_s, then hi_s)."""
+    q = [0] * 8
+    for s in range(4):
+        lo = hi = 0
+        for p in range(B):
+            t = (w[p] >> (s - p)) if s >= p else (w[p] << (p - s)) & 0xFFFFFFFF
+            lo |= t & (0x01010101 << p)
+            hi |= t & (0x10101010 << p)
+        q[s], q[4 + s] = lo, hi
+    return q
+
+
+def dp4a_us(a: int, b: int, c: int) -> int:
+    """dp4a.u32.s32: unsigned bytes of a times signed bytes of b, plus c."""
+    ab = np.frombuffer(np.uint32(a).tobytes(), dtype=np.uint8).astype(np.int64)
+    bb = np.frombuffer(np.uint32(b & 0xFFFFFFFF).tobytes(), dtype=np.int8).astype(np.int64)
+    return int(c + (ab * bb).sum())
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 4])
+def test_matvec_expansion_matches_direct_dot(B):
+    rng = np.random.default_rng(B)
+    assert sorted(act_pos(e) for e in range(32)) == list(range(32))
+    for _ in range(50):
+        q = rng.integers(0, 1 << B, 32)
+        x = rng.integers(-127, 128, 32)
+        planes = [int(sum(((int(q[i]) >> p) & 1) << i for i in range(32))) for p in range(B)]
+        xp = np.zeros(32, dtype=np.int8)
+        for e in range(32):
+            xp[act_pos(e)] = x[e]
+        xw = [int(v) for v in xp.view(np.uint32)]
+        qw = expand(planes, B)
+        lo = hi = 0
+        for k in range(4):
+            lo = dp4a_us(qw[k], xw[k], lo)
+            hi = dp4a_us(qw[4 + k], xw[4 + k], hi)
+        assert hi % 16 == 0
+        assert lo + (hi >> 4) == int((q * x).sum())
+
+
+def test_case_files(tmp_path):
+    """scripts/cuda_slim_cases.py writes rows + Numba decode that agree with the numpy unpacker."""
+    from slim2gguf.format import SLIM_TYPES, unpack_rows
+
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "cuda_slim_cases.py"), str(tmp_path)], check=True,
+                   cwd=ROOT, capture_output=True)
+    files = sorted(tmp_path.glob("*.bin"))
+    assert len(files) == 16
+    for f in files[:4]:
+        raw = f.read_bytes()
+        assert raw[:8] == b"SLIMCASE"
+        typ, ne00, nrows, nbytes = np.frombuffer(raw[8:40], dtype=np.int64)
+        st = SLIM_TYPES[int(typ)]
+        data = np.frombuffer(raw[40:40 + nbytes], dtype=np.uint8)
+        ref = np.frombuffer(raw[40 + nbytes:], dtype=np.float32).reshape(nrows, ne00)
+        bits, q, d, m = unpack_rows(data, int(ne00), st)
+        w = (np.repeat(d.astype(np.float32), st.group_size, axis=1) * q
+             + np.repeat(m.astype(np.float32), st.group_size, axis=1))
+        assert np.array_equal(w, ref)
+
+
+def _have_gpu() -> bool:
+    if not (CUDA_BIN / "libggml-cuda.so").exists() or shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _have_gpu(), reason="needs a GPU and a CUDA build (slim2gguf build-llama --cuda)")
+def test_cuda_exactness_harness(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "cuda_slim_cases.py"), str(tmp_path / "cases")], check=True,
+                   cwd=ROOT)
+    exe = tmp_path / "cuda_slim_check"
+    subprocess.run(["g++", "-O2", "-std=c++17", str(ROOT / "scripts" / "cuda_slim_check.cpp"),
+                    f"-I{ROOT / 'build' / 'llama.cpp' / 'ggml' / 'include'}", f"-L{CUDA_BIN}",
+                    f"-Wl,-rpath,{CUDA_BIN}", "-lggml", "-lggml-base", "-lggml-cpu", "-lggml-cuda", "-o", str(exe)],
+                   check=True)
+    res = subprocess.run([str(exe), *map(str, sorted((tmp_path / "cases").glob("*.bin")))],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "PASS" in res.stdout
