@@ -67,7 +67,8 @@ def converted(bits: int) -> Path:
 
 
 def fake_quant_model(gguf_path: Path):
-    """The demo model in torch (fp32) with every quantized linear replaced by its checkpointed d*q + m."""
+    """The demo model in torch (fp32) with every quantized linear replaced by its checkpointed d*q + m and the
+    embedding rounded to fp16 like the file's: torch runs exactly the file's weights."""
     from quant.result import QuantizedLinear
     from slim2gguf.model_io import load_model
 
@@ -84,6 +85,11 @@ def fake_quant_model(gguf_path: Path):
                 params[name].copy_(ql.dequantize())
                 n += 1
     assert n == 7 * model.config.num_hidden_layers
+    # the file holds token_embd (tied output) as F16 (CONVERT_ARGS): give torch the same values
+    with torch.no_grad():
+        for w in {id(p): p for p in (model.get_input_embeddings().weight,
+                                       model.get_output_embeddings().weight)}.values():
+            w.copy_(w.half().float())
     return model.eval()
 
 
@@ -189,6 +195,12 @@ def test_perplexity_and_top1_match_torch(case):
     print(f"SLIM{bits}: llama-perplexity {ppl_tool:.4f} | torch same scoring {ppl_torch_toolway:.4f} | "
           f"llama-cpp-python same scoring {ppl_cpp_toolway:.4f} | eval definition: torch {ppl_eval_torch:.4f} "
           f"llama.cpp {ppl_eval_cpp:.4f} | top-1 agreement {agreement:.4f}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / f"results-slim{bits}.json").write_text(json.dumps({
+        "file": str(path), "llama_perplexity": ppl_tool, "torch_llama_perplexity_scoring": ppl_torch_toolway,
+        "llama_cpp_python_llama_perplexity_scoring": ppl_cpp_toolway, "eval_definition_torch": ppl_eval_torch,
+        "eval_definition_llama_cpp": ppl_eval_cpp, "top1_agreement": agreement, "chunks": CHUNKS, "ctx": CTX},
+        indent=1))
     assert abs(ppl_tool / ppl_torch_toolway - 1) < 0.01
     assert abs(ppl_eval_cpp / ppl_eval_torch - 1) < 0.01
     assert agreement >= 0.99
