@@ -9,6 +9,7 @@ what `slim2gguf eval` evaluates in fake-quant):
 - llama.cpp's logits (llama-cpp-python) give the project's perplexity (quant/perplexity.py, as `eval` reports
   it) within 1 % of torch's, with top-1 next-token agreement >= 99 %.
 
+Conversion settings follow the convert tests' (8 x 128 calibration tokens, SQC off: cost on 2 cores).
 The converted files are cached in .cache/test-models/ (delete it to reconvert); SLIM2GGUF_TEST_SMOLLM2_DIR points
 the test at files converted elsewhere (smollm2-slim{2,3}.gguf with their .ckpt/ from --keep-checkpoints).
 """
@@ -38,7 +39,7 @@ CACHE = llama_build.REPO_ROOT / ".cache" / "test-models"
 CTX = 512
 CHUNKS = 8
 SLICE_CHARS = 60_000  # ~14k tokens: more than CHUNKS * CTX
-CONVERT_ARGS = ["--calib", str(CALIB), "--nsamples", "8", "--seqlen", "128", "--seed", "0",
+CONVERT_ARGS = ["--calib", str(CALIB), "--nsamples", "8", "--seqlen", "128", "--no-sqc", "--seed", "0",
                 "--embd-type", "f16", "--output-type", "f16", "--keep-checkpoints"]
 
 
