@@ -125,7 +125,6 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
     sba_k = {}   # weight name -> SBA's chosen k (number of b+1-bit groups = number of b-1-bit groups)
     need_acts = method != "rtn"
     batches = capture_layer0_inputs(model, calib_input_ids, batch_size, device) if need_acts else []
-    kl_gen = torch.Generator().manual_seed(seed)
     it = range(len(layers))
     if progress:
         from tqdm import tqdm
@@ -137,8 +136,11 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
         if li in done_layers:
             prev = done_layers[li]   # keyed by full HF name (short names accepted too)
             qls = {prefix + n + ".weight": prev.get(prefix + n + ".weight", prev.get(n)) for n in LINEAR_NAMES}
+            qls = {k: v for k, v in qls.items() if v is not None}
         else:
             hess, kl_rows, handles = {}, {}, []
+            # one generator per layer, seeded by (seed, layer): a resumed run samples the same KL rows
+            kl_gen = torch.Generator().manual_seed(seed * 1_000_003 + li)
             if need_acts:
                 for n, mod in mods.items():
                     hess[n] = HessianAccumulator(mod.in_features, device)
@@ -160,6 +162,8 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
             for n, mod in mods.items():
                 W = mod.weight.data.float()
                 g = pick_group_size(W.shape[1], group_pref)
+                if g is None:        # width not divisible by 64: left in full precision (stock type in the file)
+                    continue
                 ql, linfo = quantize_linear(W, hess[n].H if need_acts else None, kl_rows.get(n), method=method,
                                             bits=bits, group_size=g, sba=sba, sqc=sqc, opts=opts)
                 qls[prefix + n + ".weight"] = ql
@@ -167,7 +171,9 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
                     sba_k[prefix + n + ".weight"] = linfo["k"]
             del hess, kl_rows
         for n, mod in mods.items():
-            ql = qls[prefix + n + ".weight"]
+            ql = qls.get(prefix + n + ".weight")
+            if ql is None:
+                continue
             mod.weight.data.copy_(ql.dequantize().to(mod.weight.device, mod.weight.dtype))
         if need_acts and li + 1 < len(layers):
             with torch.no_grad():   # the next layer sees what the quantized model will compute

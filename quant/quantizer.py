@@ -79,9 +79,12 @@ def group_view(W: torch.Tensor, group_size: int) -> torch.Tensor:
     return W.reshape(rows, cols // group_size, group_size)
 
 
-def pick_group_size(cols: int, preferred: int = 128) -> int:
-    """128 by default, 64 where the input width is not divisible by 128 (SmolLM2: 576 = 9*64), per tensor."""
-    for g in (preferred, 64, 32):
+def pick_group_size(cols: int, preferred: int = 128) -> int | None:
+    """128 by default, 64 where the input width is not divisible by 128 (SmolLM2: 576 = 9*64), per tensor.
+
+    None when neither divides the width: such a weight stays unquantized (the storage types hold g64/g128
+    only, and a weight the file cannot hold must not be fake-quantized in torch either)."""
+    for g in (preferred, 64):
         if cols % g == 0:
             return g
-    raise ValueError(f"input width {cols} is not divisible by 128, 64 or 32")
+    return None

@@ -30,31 +30,36 @@ def salient_mask(s: torch.Tensor, z_threshold: float = DEFAULT_Z) -> torch.Tenso
     return (z > z_threshold) & (std > 0)
 
 
+# elements of one tau-batch tensor [taus, ..., g]; bounds memory on big layers (64M floats = 256 MiB)
+TAU_BATCH_ELEMENTS = 1 << 26
+
+
 def sqc_range(wg: torch.Tensor, mask: torch.Tensor, bits, taus=DEFAULT_TAUS, alpha: float = DEFAULT_ALPHA
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped (lo, hi) [...] for groups wg [..., g] with salient mask [..., g]; bits broadcasts to [...].
 
-    Returns exactly minmax_range(wg) where the mask is empty.
+    Returns exactly minmax_range(wg) where the mask is empty. The taus are scored in batches (one tensor op
+    for many taus instead of one per tau: this search runs once per group inside GPTQ, so op count matters);
+    the first tau with the lowest error wins, so ties keep plain min/max (tau = 1 comes first).
     """
     lo0, hi0 = minmax_range(wg)
     centre, half = (lo0 + hi0) / 2, (hi0 - lo0) / 2
-    bits_e = torch.as_tensor(bits, device=wg.device).expand_as(lo0).unsqueeze(-1)
+    bits_t = torch.as_tensor(bits, device=wg.device).expand_as(lo0)
     weight = 1.0 + (alpha - 1.0) * mask.float()
-    best_err = None
-    best_lo, best_hi = lo0.clone(), hi0.clone()
-    for tau in taus:
-        if tau == 1.0:
-            lo, hi = lo0, hi0        # exact min/max, not centre -+ half (which can differ in the last bit)
-        else:
-            lo, hi = centre - tau * half, centre + tau * half
-        d, m = affine_params(lo, hi, bits_e.squeeze(-1))
-        err = (weight * (fake_quant(wg, d.unsqueeze(-1), m.unsqueeze(-1), bits_e) - wg) ** 2).sum(dim=-1)
-        if best_err is None:
-            best_err = err
-            continue
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_lo = torch.where(better, lo, best_lo)
-        best_hi = torch.where(better, hi, best_hi)
+    taus_t = torch.tensor(taus, dtype=torch.float32, device=wg.device)
+    per_batch = max(1, TAU_BATCH_ELEMENTS // max(wg.numel(), 1))
+    errs, los, his = [], [], []
+    for i in range(0, len(taus), per_batch):
+        t = taus_t[i:i + per_batch].reshape(-1, *([1] * lo0.dim()))        # [T, 1, ...]
+        lo, hi = centre - t * half, centre + t * half                       # [T, ...]
+        exact = t == 1.0                 # exact min/max, not centre -+ half (which can differ in the last bit)
+        lo, hi = torch.where(exact, lo0, lo), torch.where(exact, hi0, hi)
+        d, m = affine_params(lo, hi, bits_t)
+        err = (weight * (fake_quant(wg, d.unsqueeze(-1), m.unsqueeze(-1), bits_t.unsqueeze(-1)) - wg) ** 2
+               ).sum(dim=-1)
+        errs.append(err), los.append(lo), his.append(hi)
+    err, lo, hi = torch.cat(errs), torch.cat(los), torch.cat(his)
+    best = err.argmin(dim=0, keepdim=True)                                  # first minimum: ties keep tau 1
+    best_lo, best_hi = lo.gather(0, best).squeeze(0), hi.gather(0, best).squeeze(0)
     has_salient = mask.any(dim=-1)
     return torch.where(has_salient, best_lo, lo0), torch.where(has_salient, best_hi, hi0)

@@ -88,6 +88,7 @@ def test_quantized_linear_dequantize_is_d_q_plus_m_in_fp32():
 
 def test_group_size_rule():
     assert pick_group_size(576) == 64 and pick_group_size(1536) == 128 and pick_group_size(256) == 128
+    assert pick_group_size(96) is None  # no SLIM type for g32: such a weight stays unquantized
 
 
 # ---------------------------------------------------------------- Hessian, salience
