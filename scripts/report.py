@@ -50,19 +50,19 @@ STOCK_TYPES = ["Q8_0", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "IQ3_XXS"
 ANCHOR_TYPES = {"Q8_0"}  # high-bit anchors: an imatrix changes next to nothing, made once
 QUICK_STOCK_TYPES = ["Q8_0", "Q4_0", "Q2_K"]
 
-# (label, slim2gguf convert arguments)
-SLIM_VARIANTS = [
-    ("RTN {b}-bit", ["--method", "rtn"]),
-    ("GPTQ {b}-bit", ["--method", "gptq"]),
-    ("SliM {b}-bit SBA only", ["--method", "slim", "--no-sqc"]),
-    ("SliM {b}-bit SQC only", ["--method", "slim", "--no-sba"]),
-    ("SliM {b}-bit", ["--method", "slim"]),
+# key -> (label, slim2gguf convert arguments)
+SLIM_VARIANTS = {
+    "rtn": ("RTN {b}-bit", ["--method", "rtn"]),
+    "gptq": ("GPTQ {b}-bit", ["--method", "gptq"]),
+    "slim": ("SliM {b}-bit", ["--method", "slim"]),
+    "sba": ("SliM {b}-bit SBA only", ["--method", "slim", "--no-sqc"]),
+    "sqc": ("SliM {b}-bit SQC only", ["--method", "slim", "--no-sba"]),
     # SmolLM2's tied embedding is a fifth of its weights: the same SliM blocks with a 4-bit embedding show what
     # the embedding's type costs on the whole-file axis (2-bit only, to keep the report's run time down)
-    ("SliM {b}-bit, embd Q4_0", ["--method", "slim", "--embd-type", "q4_0", "--output-type", "q4_0"]),
-]
+    "embd": ("SliM {b}-bit, embd Q4_0", ["--method", "slim", "--embd-type", "q4_0", "--output-type", "q4_0"]),
+}
 EMBD_VARIANT_BITS = {2}
-QUICK_SLIM_VARIANTS = [SLIM_VARIANTS[0], SLIM_VARIANTS[4]]
+QUICK_SLIM_VARIANTS = ["rtn", "slim"]
 
 
 @dataclass
@@ -224,7 +224,7 @@ class Report:
         f16 = self.f16()
         self.add("F16", "f16", f16, "f16", base=True, note="dequantized source")
         imatrix = None
-        stock_types = QUICK_STOCK_TYPES if a.quick else STOCK_TYPES
+        stock_types = a.stock_types or (QUICK_STOCK_TYPES if a.quick else STOCK_TYPES)
         for with_imatrix in (False, True):
             if with_imatrix:
                 try:
@@ -244,10 +244,11 @@ class Report:
                     self.failed(label, family, str(e))
                     continue
                 self.add(label, family, path, tag)
-        variants = QUICK_SLIM_VARIANTS if a.quick else SLIM_VARIANTS
+        keys = a.variants or (QUICK_SLIM_VARIANTS if a.quick else list(SLIM_VARIANTS))
         for bits in a.bits:
-            for label, extra in variants:
-                if "embd" in label and bits not in EMBD_VARIANT_BITS:
+            for key in keys:
+                label, extra = SLIM_VARIANTS[key]
+                if key == "embd" and bits not in EMBD_VARIANT_BITS:
                     continue
                 label = label.format(b=bits)
                 tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
@@ -384,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seqlen", type=int, default=512, help="SliM/GPTQ calibration sample length")
     ap.add_argument("--bits", type=int, nargs="+", default=[2, 3], choices=(2, 3))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--stock-types", nargs="*", default=None, metavar="TYPE",
+                    help=f"llama-quantize types (default: {' '.join(STOCK_TYPES)})")
+    ap.add_argument("--variants", nargs="*", default=None, choices=list(SLIM_VARIANTS),
+                    help=f"slim2gguf rows (default: all of {' '.join(SLIM_VARIANTS)})")
     ap.add_argument("--quick", action="store_true", help="a few rows only (tests)")
     args = ap.parse_args(argv)
     args.tag = args.tag or ("smollm2-135m" if args.model == "demo" else Path(args.model).name)
