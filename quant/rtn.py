@@ -7,25 +7,25 @@ from .quantizer import affine_params, dequant, group_view, minmax_range, quantiz
 from .result import QuantizedLinear
 
 
-def quantize_groups(W: torch.Tensor, bits: torch.Tensor, group_size: int, lo=None, hi=None) -> QuantizedLinear:
-    """Quantize every (row, group) of W [rows, cols] with bits [G] over the range [lo, hi] [rows, G]
-    (plain min/max when not given), rounding to nearest."""
+def _round_to_nearest(W: torch.Tensor, bits: torch.Tensor, group_size: int, lo=None, hi=None):
+    """Codes q [rows, G, g] and storage-grid d, m [rows, G] for W over [lo, hi] (plain min/max when not given)."""
     wg = group_view(W.float(), group_size)
     if lo is None:
         lo, hi = minmax_range(wg)
     bits = bits.to(W.device)
     d, m = affine_params(lo, hi, bits)
-    q = quantize_codes(wg, d.unsqueeze(-1), m.unsqueeze(-1), bits.unsqueeze(-1))
+    return quantize_codes(wg, d.unsqueeze(-1), m.unsqueeze(-1), bits.unsqueeze(-1)), d, m
+
+
+def quantize_groups(W: torch.Tensor, bits: torch.Tensor, group_size: int, lo=None, hi=None) -> QuantizedLinear:
+    """Quantize every (row, group) of W [rows, cols] with bits [G] over the range [lo, hi] [rows, G]
+    (plain min/max when not given), rounding to nearest."""
+    q, d, m = _round_to_nearest(W, bits, group_size, lo, hi)
     return QuantizedLinear(bits.to(torch.int8).cpu(), q.reshape(W.shape).to(torch.uint8).cpu(),
                            d.cpu(), m.cpu(), group_size)
 
 
 def rtn_fake_weight(W: torch.Tensor, bits: torch.Tensor, group_size: int, lo=None, hi=None) -> torch.Tensor:
     """fp32 d*q + m of `quantize_groups`, kept on W's device (used inside SBA's candidate loop)."""
-    wg = group_view(W.float(), group_size)
-    if lo is None:
-        lo, hi = minmax_range(wg)
-    bits = bits.to(W.device)
-    d, m = affine_params(lo, hi, bits)
-    q = quantize_codes(wg, d.unsqueeze(-1), m.unsqueeze(-1), bits.unsqueeze(-1))
+    q, d, m = _round_to_nearest(W, bits, group_size, lo, hi)
     return dequant(q, d.unsqueeze(-1), m.unsqueeze(-1)).reshape(W.shape)
