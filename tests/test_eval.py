@@ -7,13 +7,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The quantizer is many small ops: on a shared 2-core box one thread is several times faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from one_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from quant.calibration import self_generated, windows_from_ids
 from quant.pipeline import LINEAR_NAMES, average_bits, quantize_model

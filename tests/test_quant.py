@@ -5,13 +5,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The quantizer is many small ops: on a shared 2-core box one thread is several times faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from one_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from quant.gptq import gptq_quantize, minmax_range_fn
 from quant.hessian import HessianAccumulator, inverse_hessian_cholesky

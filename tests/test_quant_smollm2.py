@@ -12,12 +12,7 @@ pytestmark = pytest.mark.slow
 CALIB = "/work/shared/data/brown.txt"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from one_thread import one_torch_thread  # noqa: F401  (autouse)
 
 
 def _first_layers(model, n):
