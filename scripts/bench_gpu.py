@@ -237,8 +237,7 @@ def cmd_bench(args) -> None:
     print(text)
 
     if args.tune:  # knobs of the SLIM mat-vec kernel, tg only
-        for env in ({"GGML_CUDA_SLIM_ROWS": "16"}, {"GGML_CUDA_SLIM_ROWS": "32"},
-                    {"GGML_CUDA_SLIM_STAGES": "2"}, {"GGML_CUDA_SLIM_STAGES": "1"}):
+        for env in ({}, {"GGML_CUDA_SLIM_ROWS": "4"}, {"GGML_CUDA_SLIM_ROWS": "16"}):
             cmd = [bench, "-m", str(d / "llama7b-slim2.gguf"), "-m", str(d / "llama7b-slim3.gguf"),
                    "-ngl", "99", "-p", "0", "-n", "128", "-r", "3", "-o", "md"]
             r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **env))

@@ -15,7 +15,10 @@
 #         cases (CUDA == Numba == CPU bit for bit, mat-vec within Q8 rounding)
 # smol:   for each .devcarry/smol/*.gguf: llama-perplexity on GPU (-ngl 99) and CPU (no GPU visible), generation
 # models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, SLIM2/3 g128 of one random LLaMA-7B)
-# bench:  scripts/bench_gpu.py bench --tune (one llama-bench run) + ncu of the decode mat-vec kernels
+# bench:  scripts/bench_gpu.py bench --tune (one llama-bench run)
+# clocks: tg128 alone vs after pp512, with SM clock samples
+# order:  the six-file run in reverse order; SLIM2 with CUDA graphs off
+# profile: ncu of the decode mat-vec kernels
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/slim-out}
@@ -112,6 +115,35 @@ stage_bench() {
   stamp "bench"
   python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$W/models" --out "$OUT" --tune 2>&1 | tee "$OUT/bench.log"
   stamp "bench done"
+}
+
+stage_clocks() {
+  # Is a SLIM file's tg128 slower right after its own pp512 (dequantize + cuBLAS at full power) than alone?
+  # One llama-bench per line, SM clock / power sampled every 250 ms into clocks.csv.
+  local d=$W/models a
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv -lms 250 \
+    > "$OUT/clocks.csv" 2>/dev/null &
+  local smi=$!
+  for a in "-m $d/llama7b-slim2.gguf -p 0 -n 128" "-m $d/llama7b-slim2.gguf -p 512 -n 128" \
+           "-m $d/llama7b-slim2.gguf -p 512 -n 128 --delay 5" "-m $d/llama7b-q4_0.gguf -p 512 -n 128" \
+           "-m $d/llama7b-q4_0.gguf -p 0 -n 128"; do
+    stamp "llama-bench $a"
+    "$BIN/llama-bench" $a -ngl 99 -r 3 -o md 2>/dev/null | grep -E "pp512|tg128" | tee -a "$OUT/clocks.log"
+  done
+  kill $smi
+}
+
+stage_order() {
+  # Does a file's place in the one-run list matter? The issue's six-file run reversed, SLIM2 with CUDA graphs off
+  local d=$W/models m list="" a
+  for m in slim3 slim2 q2_k q3_k_s q4_0 f16; do list="$list -m $d/llama7b-$m.gguf"; done
+  for a in "$list -p 512 -n 128" "-m $d/llama7b-slim2.gguf -p 0 -n 128"; do
+    stamp "llama-bench $a"
+    "$BIN/llama-bench" $a -ngl 99 -r 3 -o md 2>/dev/null | grep -E "pp512|tg128" | tee -a "$OUT/order.log"
+  done
+  stamp "SLIM2 tg128, CUDA graphs off"
+  GGML_CUDA_DISABLE_GRAPHS=1 "$BIN/llama-bench" -m "$d/llama7b-slim2.gguf" -p 0 -n 128 -ngl 99 -r 3 -o md 2>/dev/null \
+    | grep tg128 | tee -a "$OUT/order.log"
 }
 
 stage_profile() {

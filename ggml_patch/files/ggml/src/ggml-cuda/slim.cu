@@ -9,8 +9,9 @@
 
 #include "slim.cuh"
 
+#include <map>
 #include <mutex>
-#include <unordered_map>
+#include <tuple>
 
 template <ggml_type type> struct slim_traits;
 template <> struct slim_traits<GGML_TYPE_SLIM2_G64>  { static constexpr int g =  64; static constexpr int b = 2; };
@@ -686,13 +687,14 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
     const int nsm = ggml_cuda_info().devices[id].nsm;
     auto kernel = slim_mul_mat_vec<type, ncols, RB, align>;
 
-    // resident blocks per SM for this shared-memory size (the grid is persistent), cached
+    // resident blocks per SM of this kernel at this shared-memory size (the grid is persistent), cached per
+    // (kernel, shmem, device): the kernel's attribute must be set before its first launch with > 48 KiB
     static std::mutex mutex;
-    static std::unordered_map<uint64_t, int> blocks_per_sm;
+    static std::map<std::tuple<const void *, size_t, int>, int> blocks_per_sm;
     int bps = 0;
     {
         std::lock_guard<std::mutex> lock(mutex);
-        const uint64_t key = (uint64_t) shmem << 8 | (uint64_t) id;
+        const auto key = std::make_tuple((const void *) kernel, shmem, id);
         auto it = blocks_per_sm.find(key);
         if (it == blocks_per_sm.end()) {
             CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) shmem));
@@ -731,6 +733,7 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
     switch (ncols) {
         case 1:
             switch (rows_per_tile) {
+                case  4: slim_mmv_switch_align<type, 1,  4>(a, align, stream); break;
                 case 16: slim_mmv_switch_align<type, 1, 16>(a, align, stream); break;
                 case 32: slim_mmv_switch_align<type, 1, 32>(a, align, stream); break;
                 default: slim_mmv_switch_align<type, 1,  8>(a, align, stream); break;
@@ -747,7 +750,7 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
     }
 }
 
-// tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per tile at batch 1: 8, 16 or 32; default 8),
+// tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per tile at batch 1: 4, 8, 16 or 32; default 8),
 // GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..4; default 2)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
@@ -787,9 +790,9 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
 
     const int    G         = ne00/ggml_blck_size(src0->type);
     const size_t row_bytes = ggml_row_size(src0->type, ne00);
-    // rows per tile RB (8, 16 or 32): 8 keeps several tiles per block in flight on LLaMA-sized matrices
+    // rows per tile RB (4, 8, 16 or 32): 8 keeps several tiles per block in flight on LLaMA-sized matrices
     int rows_per_tile = 8;
-    if (ne11 == 1 && (env_rows == 16 || env_rows == 32)) {
+    if (ne11 == 1 && (env_rows == 4 || env_rows == 16 || env_rows == 32)) {
         rows_per_tile = env_rows;
     }
     const int nstages = std::max(1, std::min(4, env_stages));
