@@ -1,4 +1,9 @@
-"""`slim2gguf eval`: quantize in memory (fake-quant, torch) and report perplexity; last line is JSON."""
+"""`slim2gguf eval`: quantize in memory (fake-quant, torch) and report perplexity; last line is JSON.
+
+With --weights FILE.gguf it quantizes nothing: MODEL gives the architecture and tokenizer, the file (a
+`slim2gguf convert` output or any GGUF of the same model) every weight, decoded exactly as llama.cpp decodes it;
+--ggml-activations adds the 8-bit rounding llama.cpp's CPU applies to matmul inputs, so the number is what
+llama.cpp should report, up to summation order."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +15,7 @@ from .errors import SlimError
 from .quant_options import add_quant_options, peak_rss_mib
 
 METHODS = ("fp", "rtn", "gptq", "slim")
+ACTIVATIONS = ("q8", "f16")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -21,6 +27,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=512, help="window length (default 512)")
     p.add_argument("--max-tokens", type=int, default=16384, help="first N tokens of the eval text (default 16384)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--weights", metavar="FILE.gguf",
+                   help="evaluate the weights this GGUF holds (SLIM types included) instead of quantizing MODEL")
+    p.add_argument("--ggml-activations", action="store_true",
+                   help="round matmul inputs as llama.cpp's CPU backend does (8-bit blocks; f16 for an F16 head)")
 
 
 def run(args) -> int:
@@ -41,6 +51,8 @@ def run(args) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model, tok, desc = load_model(args.model)
+    if args.weights:
+        return _run_file_weights(args, model, tok, desc, t0)
     eval_ids = tokenize_file(tok, args.eval_text, args.max_tokens)
     if eval_ids.numel() < args.ctx:
         raise SlimError(f"{args.eval_text}: {eval_ids.numel()} tokens, fewer than --ctx {args.ctx}")
@@ -85,5 +97,40 @@ def run(args) -> int:
         "eval_text": args.eval_text, "ppl_definition": pp["ppl_definition"],
     })
     print(json.dumps(summary))
+    sys.stdout.flush()
+    return 0
+
+
+def _run_file_weights(args, model, tok, desc, t0: float) -> int:
+    """eval --weights FILE.gguf: the file's weights in MODEL's torch architecture, no quantization."""
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from quant.perplexity import perplexity
+    from .gguf_torch import head_activation_kind, load_gguf_weights
+    from .ggml_numerics import ggml_cpu_activations
+    from .model_io import tokenize_file
+
+    path = Path(args.weights)
+    if not path.is_file():
+        raise SlimError(f"{path}: no such file")
+    n = load_gguf_weights(model, path)
+    eval_ids = tokenize_file(tok, args.eval_text, args.max_tokens)
+    if eval_ids.numel() < args.ctx:
+        raise SlimError(f"{args.eval_text}: {eval_ids.numel()} tokens, fewer than --ctx {args.ctx}")
+    head = head_activation_kind(path)
+    rounding = ggml_cpu_activations(model, layers="q8", output=head) if args.ggml_activations else nullcontext()
+    with rounding:
+        pp = perplexity(model.eval(), eval_ids, ctx=args.ctx, max_tokens=args.max_tokens)
+    print(f"perplexity {pp['ppl']:.4f} ({pp['windows']} windows of {args.ctx} tokens, "
+          f"{pp['predicted_tokens']} predicted tokens)")
+    print(json.dumps({
+        "weights": str(path), "tensors": n, "ggml_activations": bool(args.ggml_activations),
+        "head_activations": head if args.ggml_activations else None,
+        "ppl": round(pp["ppl"], 4), "nll": round(pp["nll"], 6), "ctx": args.ctx, "tokens": pp["tokens"],
+        "predicted_tokens": pp["predicted_tokens"], "windows": pp["windows"], "model": desc["model"],
+        "eval_text": args.eval_text, "ppl_definition": pp["ppl_definition"],
+        "seconds": round(time.time() - t0, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
+    }))
     sys.stdout.flush()
     return 0

@@ -36,7 +36,11 @@ def f16_round(x: torch.Tensor) -> torch.Tensor:
     return x.half().to(x.dtype)
 
 
-ROUNDERS = {"q8": q8_round, "f16": f16_round}
+def bf16_round(x: torch.Tensor) -> torch.Tensor:
+    return x.bfloat16().to(x.dtype)
+
+
+ROUNDERS = {"q8": q8_round, "f16": f16_round, "bf16": bf16_round}
 
 
 @contextmanager

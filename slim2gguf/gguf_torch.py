@@ -69,3 +69,15 @@ def load_gguf_weights(model: torch.nn.Module, path: str | Path) -> int:
     if missing:
         raise SlimError(f"{path}: no tensor for {missing[0]} (and {len(missing) - 1} more)")
     return len(copied)
+
+
+def head_activation_kind(path: str | Path) -> str | None:
+    """How llama.cpp's CPU rounds the input of the file's output head: None for F32 (no rounding), 'f16' / 'bf16'
+    for F16 / BF16 (their vec_dot_type), else 'q8' (the 8-bit block types the quantized types multiply against)."""
+    import gguf
+
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(path)).tensors}
+    head = types.get("output.weight", types.get("token_embd.weight"))
+    if head == gguf.GGMLQuantizationType.F32:
+        return None
+    return {gguf.GGMLQuantizationType.F16: "f16", gguf.GGMLQuantizationType.BF16: "bf16"}.get(head, "q8")
