@@ -62,7 +62,7 @@ def load_gguf_weights(model: torch.nn.Module, path: str | Path) -> int:
             p = params[hf_name]
             if tuple(w.shape) != tuple(p.shape):
                 raise SlimError(f"{path}: {t.name} has shape {w.shape}, the model's {hf_name} {tuple(p.shape)}")
-            p.copy_(torch.from_numpy(np.ascontiguousarray(w)).to(p.dtype))
+            p.copy_(torch.tensor(w, dtype=p.dtype))
             copied.add(hf_name)
     tied = getattr(cfg, "tie_word_embeddings", False)
     missing = [n for n in params if n not in copied and not (tied and n == "lm_head.weight")]

@@ -5,8 +5,10 @@ then the patched llama.cpp (CPU) against torch running the SAME weights, decoded
 - ggml's to_float of every SLIM tensor equals the Numba reference decoder bit for bit;
 - the file loads in llama-cpp-python and generates text;
 - llama-perplexity on a fixed slice of Pride and Prejudice (ctx 512, 8 chunks) agrees within 1 % with torch
-  scoring the same tokens the way llama-perplexity does (second half of each window, BOS rule), and llama.cpp's
-  logits give the project's perplexity definition (quant/perplexity.py) within 1 % of torch's;
+  scoring the same tokens the way llama-perplexity does (second half of each window, BOS rule), with flash
+  attention off (the path llama-cpp-python takes; it then equals the binding's number) and on (the tool's CPU
+  default, whose f16 attention moves perplexity by ~0.5-0.9 % here), and llama.cpp's logits give the project's
+  perplexity definition (quant/perplexity.py) within 1 % of torch's;
 - top-1 next-token agreement with torch, next to the same measurement for the stock Q4_1 demo file in the same
   harness (llama.cpp rounds every matmul input to 8 bits; torch does the same here through
   slim2gguf.ggml_numerics, but summation order, softmax and norms still differ, and a 135M model has many
@@ -168,14 +170,19 @@ def test_perplexity_and_top1_match_torch(case):
     from slim2gguf.model_io import demo_model_path
 
     bits, path, text_file, perplexity_bin = case
-    # llama-perplexity (the tool) on the slice
-    res = subprocess.run([str(perplexity_bin), "-m", str(path), "-f", str(text_file), "-c", str(CTX),
-                          "--chunks", str(CHUNKS), "-b", str(CTX), "-t", "2"],
-                         capture_output=True, text=True, timeout=1800)
-    assert res.returncode == 0, res.stderr[-3000:]
-    m = re.search(r"Final estimate: PPL = ([0-9.]+)", res.stdout + res.stderr)
-    assert m, (res.stdout + res.stderr)[-3000:]
-    ppl_tool = float(m.group(1))
+
+    def llama_perplexity(flash_attn: str) -> float:   # the tool on the slice
+        res = subprocess.run([str(perplexity_bin), "-m", str(path), "-f", str(text_file), "-c", str(CTX),
+                              "--chunks", str(CHUNKS), "-b", str(CTX), "-t", "2", "-fa", flash_attn],
+                             capture_output=True, text=True, timeout=1800)
+        assert res.returncode == 0, res.stderr[-3000:]
+        m = re.search(r"Final estimate: PPL = ([0-9.]+)", res.stdout + res.stderr)
+        assert m, (res.stdout + res.stderr)[-3000:]
+        return float(m.group(1))
+
+    # the tool's default (flash attention on for CPU: its own f16 attention path) and the plain path that
+    # llama-cpp-python takes by default
+    ppl_tool, ppl_tool_fa = llama_perplexity("off"), llama_perplexity("auto")
 
     llm = Llama(model_path=str(path), n_ctx=CTX, n_batch=CTX, logits_all=True, verbose=False, seed=0)
     text = text_file.read_text(encoding="utf-8")
@@ -204,21 +211,23 @@ def test_perplexity_and_top1_match_torch(case):
     stock_windows = window_logits(stock_llm, torch_model_of(stock), stock, toks, 2)
     stock_agreement = top1_agreement(stock_windows)
 
-    print(f"SLIM{bits}: llama-perplexity {ppl_tool:.4f} | torch same scoring {ppl_torch_toolway:.4f} | "
+    print(f"SLIM{bits}: llama-perplexity {ppl_tool:.4f} (flash attention: {ppl_tool_fa:.4f}) | torch same scoring {ppl_torch_toolway:.4f} | "
           f"llama-cpp-python same scoring {ppl_cpp_toolway:.4f} | eval definition: torch {ppl_eval_torch:.4f} "
           f"llama.cpp {ppl_eval_cpp:.4f} | top-1 agreement {agreement:.4f} (stock Q4_1 demo file, same harness: "
           f"{stock_agreement:.4f}) | demeaned logit noise {noise:.4f}")
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / f"results-slim{bits}.json").write_text(json.dumps({
-        "file": str(path), "llama_perplexity": ppl_tool, "torch_llama_perplexity_scoring": ppl_torch_toolway,
+        "file": str(path), "llama_perplexity": ppl_tool, "llama_perplexity_flash_attn": ppl_tool_fa,
+        "torch_llama_perplexity_scoring": ppl_torch_toolway,
         "llama_cpp_python_llama_perplexity_scoring": ppl_cpp_toolway, "eval_definition_torch": ppl_eval_torch,
         "eval_definition_llama_cpp": ppl_eval_cpp, "top1_agreement": agreement,
         "top1_agreement_stock_q4_1": stock_agreement, "demeaned_logit_noise": noise,
         "chunks": CHUNKS, "ctx": CTX}, indent=1))
 
-    # issue #4: perplexity within 1 % of torch on the same weights, both definitions
+    # issue #4: perplexity within 1 % of torch on the same weights, both definitions, with either attention path
     assert abs(ppl_tool / ppl_torch_toolway - 1) < 0.01, (ppl_tool, ppl_torch_toolway)
-    assert abs(ppl_cpp_toolway / ppl_tool - 1) < 0.01, (ppl_cpp_toolway, ppl_tool)  # python binding == tool
+    assert abs(ppl_tool_fa / ppl_torch_toolway - 1) < 0.01, (ppl_tool_fa, ppl_torch_toolway)
+    assert abs(ppl_cpp_toolway / ppl_tool - 1) < 1e-3, (ppl_cpp_toolway, ppl_tool)  # python binding == tool
     assert abs(ppl_eval_cpp / ppl_eval_torch - 1) < 0.01, (ppl_eval_cpp, ppl_eval_torch)
     # issue #4 asks for >= 99 % top-1 agreement; the stock Q4_1 file in this harness is the yardstick
     assert agreement > 0.5, f"top-1 agreement {agreement:.3f}: llama.cpp and torch disagree wholesale"
