@@ -236,13 +236,14 @@ def cmd_bench(args) -> None:
     (out / "bench.md").write_text(text)
     print(text)
 
-    if args.tune:  # knobs of the SLIM mat-vec kernel, tg only
-        for env in ({}, {"GGML_CUDA_SLIM_ROWS": "4"}, {"GGML_CUDA_SLIM_ROWS": "16"}):
-            cmd = [bench, "-m", str(d / "llama7b-slim2.gguf"), "-m", str(d / "llama7b-slim3.gguf"),
-                   "-ngl", "99", "-p", "0", "-n", "128", "-r", "3", "-o", "md"]
+    if args.tune:  # gate/up fusion on and off (SLIM's own, and ggml-cuda's for Q4_0), tg only
+        tune_models = ["slim2", "slim3", "q4_0"]
+        for env in ({}, {"GGML_CUDA_SLIM_FUSE": "0"}, {"GGML_CUDA_DISABLE_FUSION": "1"}):
+            cmd = [bench] + [a for n in tune_models for a in ("-m", str(d / f"llama7b-{n}.gguf"))] + [
+                "-ngl", "99", "-p", "0", "-n", "128", "-r", "3", "-o", "md"]
             r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **env))
             tg = [ln.split("|")[-2].strip() for ln in r.stdout.splitlines() if "tg128" in ln]
-            print(f"tune {env}: tg128 slim2 / slim3 = {' / '.join(tg)}", flush=True)
+            print(f"tune {env or 'defaults'}: tg128 {' / '.join(tune_models)} = {' / '.join(tg)}", flush=True)
 
 
 def main() -> None:

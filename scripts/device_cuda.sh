@@ -11,7 +11,7 @@
 #
 # build:  cmake with slim2gguf.llama_build.cmake_args(cuda=True) (-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a
 #         -DGGML_CUDA_FA_QUANTS=f16-f16; SLIM2GGUF_CUDA_ARCH overrides), only the targets needed, -j$(nproc)
-# check:  test-backend-ops -b CUDA0 -o MUL_MAT,GET_ROWS -p slim; scripts/cuda_slim_check.cpp on Numba-decoded
+# check:  test-backend-ops -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION -p slim; scripts/cuda_slim_check.cpp on Numba-decoded
 #         cases (CUDA == Numba == CPU bit for bit, mat-vec within Q8 rounding)
 # smol:   for each .devcarry/smol/*.gguf: llama-perplexity on GPU (-ngl 99) and CPU (no GPU visible), generation
 # models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, SLIM2/3 g128 of one random LLaMA-7B)
@@ -72,7 +72,7 @@ PY
 stage_check() {
   local rc=0
   stamp "test-backend-ops (CUDA0 vs CPU, SLIM cases)"
-  "$BIN/test-backend-ops" -b CUDA0 -o MUL_MAT,GET_ROWS -p slim > "$OUT/check.log" 2>&1 || rc=1
+  "$BIN/test-backend-ops" -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION -p slim > "$OUT/check.log" 2>&1 || rc=1
   grep -E "tests passed|FAIL|not supported" "$OUT/check.log" | sort | uniq -c | head -20
   tail -3 "$OUT/check.log"
   stamp "exactness cases (Numba) + harness"

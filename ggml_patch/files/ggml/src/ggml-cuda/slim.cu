@@ -8,6 +8,7 @@
 // GET_ROWS, which picks arbitrary rows, builds the table from each row's own headers.
 
 #include "slim.cuh"
+#include "unary.cuh"
 
 #include <map>
 #include <mutex>
@@ -529,10 +530,13 @@ static __device__ __forceinline__ void slim_cp_async_wait(const int nstages) {
 // 32/RB consecutive slots of RB rows, so its lanes share one bit-width except where the width lists meet, and lane l
 // always works on row l % RB. Rows sit in shared memory at a stride of an odd multiple of 16 bytes, so the RB lanes
 // reading one group from RB rows hit distinct banks.
-// Shared memory: [3G table entries][nstages tiles of RB rows][2 x NWARPS x RB x ncols partial sums].
-template <ggml_type type, int ncols, int RB, int align>
+// NM = 2 fuses a SwiGLU FFN's gate and up projections (ncols = 1): matrix 0 is the gate, matrix 1 the up
+// projection, dst = silu(gate x) * (up x). A tile then holds the same RB rows of both matrices, each matrix has its
+// own table (SBA gives every tensor its own tags), and the activations are quantized once for both.
+// Shared memory: [NM x 3G table entries][nstages tiles of NM x RB rows][2 x NM x NWARPS x RB x ncols partial sums].
+template <ggml_type type, int ncols, int RB, int align, int NM>
 static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat_vec(
-        const char * x_ptr, const int8_t * yq_ptr, const float2 * yds_ptr, float * dst_ptr,
+        const char * x0_ptr, const char * x1_ptr, const int8_t * yq_ptr, const float2 * yds_ptr, float * dst_ptr,
         const int ne00, const int nrows, const int64_t stride_row,
         const int ne12, const int r2, const int r3, const int64_t nb02, const int64_t nb03,
         const int64_t stride_col_dst, const int64_t stride_ch2_dst, const int64_t stride_ch3_dst,
@@ -541,25 +545,32 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     constexpr int b  = slim_traits<type>::b;
     constexpr int NW = SLIM_MMV_NWARPS;
     static_assert(WARP_SIZE % RB == 0, "RB must divide the warp size");
+    static_assert(NM == 1 || (NM == 2 && ncols == 1), "gate/up fusion is for single columns");
     extern __shared__ __align__(16) char s_mem[];
-    __shared__ int s_n[3];
-    __shared__ int s_ok;
+    __shared__ int s_n[NM][3];
+    __shared__ int s_ok[NM];
 
     const int G         = ne00/g;
     const int row_bytes = G*slim_type_size<type>;
     const int rstride   = slim_smem_row_stride(row_bytes);
-    const int tile_cap  = RB*rstride;
+    const int mat_cap   = RB*rstride;   // one matrix's rows of a tile
+    const int tile_cap  = NM*mat_cap;
     const int warp = threadIdx.x / WARP_SIZE;
     const int lane = threadIdx.x % WARP_SIZE;
     const int ch   = blockIdx.y;
     const int i12  = ch % ne12;
     const int i13  = ch / ne12;
-    const char * x = x_ptr + (i12/r2)*nb02 + (i13/r3)*nb03;
+    const int64_t x_off = (i12/r2)*nb02 + (i13/r3)*nb03;
+    const char * xs[NM];
+    xs[0] = x0_ptr + x_off;
+    if constexpr (NM == 2) {
+        xs[1] = x1_ptr + x_off;
+    }
     const int ntiles = (nrows + RB - 1)/RB;
 
-    slim_group * tab = (slim_group *) s_mem;
-    char * bufs = s_mem + ((3*G*sizeof(slim_group) + 15) & ~15);
-    float * red = (float *) (bufs + nstages*tile_cap); // [2][NW][RB][ncols]
+    slim_group * tab = (slim_group *) s_mem; // matrix m's table at tab + 3*G*m
+    char * bufs = s_mem + ((NM*3*G*sizeof(slim_group) + 15) & ~15);
+    float * red = (float *) (bufs + nstages*tile_cap); // [2][NM][NW][RB][ncols]
     const uint32_t bufs_s = (uint32_t) __cvta_generic_to_shared(bufs);
 
     // tile -> stage buffer, one commit group per tile (an empty group past the last tile keeps the count uniform)
@@ -568,11 +579,14 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         if (tile < ntiles) {
             const int r0 = tile*RB;
             const int nr = min(RB, nrows - r0);
-            const uint32_t dst = bufs_s + stage*tile_cap;
-            for (int c = threadIdx.x; c < nr*chunks_per_row; c += blockDim.x) {
-                const int r = c / chunks_per_row;
-                const int o = (c - r*chunks_per_row)*align;
-                slim_cp_async(dst + r*rstride + o, x + (int64_t) (r0 + r)*stride_row + o, align);
+#pragma unroll
+            for (int m = 0; m < NM; ++m) {
+                const uint32_t dst = bufs_s + stage*tile_cap + m*mat_cap;
+                for (int c = threadIdx.x; c < nr*chunks_per_row; c += blockDim.x) {
+                    const int r = c / chunks_per_row;
+                    const int o = (c - r*chunks_per_row)*align;
+                    slim_cp_async(dst + r*rstride + o, xs[m] + (int64_t) (r0 + r)*stride_row + o, align);
+                }
             }
         }
         asm volatile("cp.async.commit_group;");
@@ -584,17 +598,20 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     }
     slim_cp_async_wait(nstages);
     __syncthreads();
-    if (warp == 0) {
-        const bool ok = slim_build_table<g, b>(bufs, G, true, tab, s_n); // every row carries the same tags
+    if (warp < NM) { // warp m: matrix m's table from its first row (every row of a tensor carries the same tags)
+        const bool ok = slim_build_table<g, b>(bufs + warp*mat_cap, G, true, tab + 3*G*warp, s_n[warp]);
         if (lane == 0) {
-            s_ok = ok;
+            s_ok[warp] = ok;
         }
     }
     __syncthreads();
     ggml_cuda_pdl_sync();
 
-    const int n0  = s_n[0];
-    const int n01 = s_n[0] + s_n[1];
+    bool ok = true;
+#pragma unroll
+    for (int m = 0; m < NM; ++m) {
+        ok = ok && s_ok[m];
+    }
     const int8_t * yq  = yq_ptr  + (int64_t) ch*ncols*ne00;
     const float2 * yds = yds_ptr + (int64_t) ch*ncols*(ne00/32);
     float * dst = dst_ptr + i12*stride_ch2_dst + i13*stride_ch3_dst;
@@ -608,36 +625,46 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         }
         const int r0 = tile*RB;
         const int nr = min(RB, nrows - r0);
-        const char * xr = bufs + stage*tile_cap + (r < nr ? r : 0)*rstride; // rows past the end: row 0, not written
-        float acc[ncols] = {0.0f};
-        if (s_ok) {
-            for (int t = warp*WARP_SIZE + lane; t < G*RB; t += NW*WARP_SIZE) {
-                const int kk = t / RB;
-                const slim_group e = tab[kk < n0 ? kk : kk < n01 ? G + kk - n0 : 2*G + kk - n01];
-                const int j = e.jb >> 3;
-                switch ((int) (e.jb & 7) - b) {
-                    case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
-                    case  0: slim_mmv_group<g, b    , ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
-                    default: slim_mmv_group<g, b + 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc); break;
-                }
-            }
-        } else {
+        float acc[NM][ncols] = {{0.0f}};
 #pragma unroll
-            for (int col = 0; col < ncols; ++col) {
-                acc[col] = NAN;
+        for (int m = 0; m < NM; ++m) {
+            // rows past the end: row 0, not written
+            const char * xr = bufs + stage*tile_cap + m*mat_cap + (r < nr ? r : 0)*rstride;
+            const slim_group * tm = tab + 3*G*m;
+            const int n0  = s_n[m][0];
+            const int n01 = s_n[m][0] + s_n[m][1];
+            if (ok) {
+                for (int t = warp*WARP_SIZE + lane; t < G*RB; t += NW*WARP_SIZE) {
+                    const int kk = t / RB;
+                    const slim_group e = tm[kk < n0 ? kk : kk < n01 ? G + kk - n0 : 2*G + kk - n01];
+                    const int j = e.jb >> 3;
+                    switch ((int) (e.jb & 7) - b) {
+                        case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
+                        case  0: slim_mmv_group<g, b    , ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
+                        default: slim_mmv_group<g, b + 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int col = 0; col < ncols; ++col) {
+                    acc[m][col] = NAN;
+                }
             }
         }
         // lanes of one row -> lane r; warps -> shared memory; fixed summation order (deterministic)
-        float * red_k = red + (k % 2)*NW*RB*ncols;
+        float * red_k = red + (k % 2)*NM*NW*RB*ncols;
 #pragma unroll
-        for (int col = 0; col < ncols; ++col) {
-            float v = acc[col];
+        for (int m = 0; m < NM; ++m) {
 #pragma unroll
-            for (int o = WARP_SIZE/2; o >= RB; o >>= 1) {
-                v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-            }
-            if (lane < RB) {
-                red_k[(warp*RB + lane)*ncols + col] = v;
+            for (int col = 0; col < ncols; ++col) {
+                float v = acc[m][col];
+#pragma unroll
+                for (int o = WARP_SIZE/2; o >= RB; o >>= 1) {
+                    v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+                }
+                if (lane < RB) {
+                    red_k[((m*NW + warp)*RB + lane)*ncols + col] = v;
+                }
             }
         }
         __syncthreads(); // partial sums are in, and the stage is free again
@@ -645,13 +672,18 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         if (threadIdx.x < RB*ncols) {
             const int rr  = threadIdx.x / ncols;
             const int col = threadIdx.x - rr*ncols;
-            float v = 0.0f;
+            float v[NM];
 #pragma unroll
-            for (int w = 0; w < NW; ++w) {
-                v += red_k[(w*RB + rr)*ncols + col];
+            for (int m = 0; m < NM; ++m) {
+                v[m] = 0.0f;
+#pragma unroll
+                for (int w = 0; w < NW; ++w) {
+                    v[m] += red_k[((m*NW + w)*RB + rr)*ncols + col];
+                }
             }
             if (rr < nr) {
-                dst[col*stride_col_dst + r0 + rr] = v;
+                // SwiGLU as ggml-cuda's own GLU kernel computes it
+                dst[col*stride_col_dst + r0 + rr] = NM == 2 ? ggml_cuda_op_silu_single(v[0])*v[NM - 1] : v[0];
             }
         }
     }
@@ -659,23 +691,23 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
 }
 
 struct slim_mmv_args {
-    const char * x; const int8_t * yq; const float2 * yds; float * dst;
+    const char * x; const char * x_up; const int8_t * yq; const float2 * yds; float * dst;
     int ne00; int nrows; int64_t stride_row;
     int ne12; int r2; int r3; int64_t nb02; int64_t nb03;
     int64_t stride_col_dst; int64_t stride_ch2_dst; int64_t stride_ch3_dst;
     int nch; int nstages;
 };
 
-template <ggml_type type, int ncols, int RB, int align>
+template <ggml_type type, int ncols, int RB, int align, int NM>
 static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
     const int G         = a.ne00/slim_traits<type>::g;
     const int row_bytes = G*slim_type_size<type>;
-    const int tile_cap  = RB*slim_smem_row_stride(row_bytes);
+    const int tile_cap  = NM*RB*slim_smem_row_stride(row_bytes);
     const int ntiles    = (a.nrows + RB - 1)/RB;
     // fewer stages if the ring would not fit next to the table
     int nstages = a.nstages;
     auto shmem_for = [&](const int ns) {
-        return ((3*G*sizeof(slim_group) + 15) & ~15) + (size_t) ns*tile_cap + 2*SLIM_MMV_NWARPS*RB*ncols*sizeof(float);
+        return ((NM*3*G*sizeof(slim_group) + 15) & ~15) + (size_t) ns*tile_cap + 2*NM*SLIM_MMV_NWARPS*RB*ncols*sizeof(float);
     };
     while (nstages > 1 && shmem_for(nstages) > 200*1024) {
         --nstages;
@@ -685,7 +717,7 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
 
     const int id  = ggml_cuda_get_device();
     const int nsm = ggml_cuda_info().devices[id].nsm;
-    auto kernel = slim_mul_mat_vec<type, ncols, RB, align>;
+    auto kernel = slim_mul_mat_vec<type, ncols, RB, align, NM>;
 
     // resident blocks per SM of this kernel at this shared-memory size (the grid is persistent), cached per
     // (kernel, shmem, device): the kernel's attribute must be set before its first launch with > 48 KiB
@@ -708,28 +740,33 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
     const dim3 grid(std::min(ntiles, bps*nsm), a.nch, 1);
     const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
     ggml_cuda_kernel_launch(kernel, params,
-        a.x, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
+        a.x, a.x_up, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
         a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages);
 }
 
-template <ggml_type type, int ncols, int RB>
+template <ggml_type type, int ncols, int RB, int NM = 1>
 static void slim_mmv_switch_align(const slim_mmv_args & a, const int align, cudaStream_t stream) {
     if constexpr (slim_traits<type>::g == 128) {
         if (align >= 16) {
-            slim_mmv_launch<type, ncols, RB, 16>(a, stream);
+            slim_mmv_launch<type, ncols, RB, 16, NM>(a, stream);
             return;
         }
     }
     if (align >= 8) {
-        slim_mmv_launch<type, ncols, RB, 8>(a, stream);
+        slim_mmv_launch<type, ncols, RB, 8, NM>(a, stream);
     } else {
-        slim_mmv_launch<type, ncols, RB, 4>(a, stream);
+        slim_mmv_launch<type, ncols, RB, 4, NM>(a, stream);
     }
 }
 
 template <ggml_type type>
 static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, const int rows_per_tile, const int align,
         cudaStream_t stream) {
+    if (a.x_up) { // gate/up fusion: one column, 8-row tiles of each matrix
+        GGML_ASSERT(ncols == 1);
+        slim_mmv_switch_align<type, 1, 8, 2>(a, align, stream);
+        return;
+    }
     switch (ncols) {
         case 1:
             switch (rows_per_tile) {
@@ -751,7 +788,8 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
 }
 
 // tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per tile at batch 1: 4, 8, 16 or 32; default 8),
-// GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..4; default 2)
+// GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..4; default 2),
+// GGML_CUDA_SLIM_FUSE (0: no gate/up fusion; default 1)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
@@ -763,7 +801,21 @@ bool ggml_cuda_slim_use_mmv(const ggml_tensor * src0, const ggml_tensor * src1, 
            src0->ne[1] <= INT_MAX && src0->ne[0] <= INT_MAX;
 }
 
-void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst) {
+bool ggml_cuda_slim_should_fuse_glu(const ggml_tensor * gate, const ggml_tensor * up, const ggml_tensor * glu) {
+    static const bool enabled = slim_env_int("GGML_CUDA_SLIM_FUSE", 1) != 0;
+    const ggml_tensor * w_gate = gate->src[0];
+    const ggml_tensor * w_up   = up->src[0];
+    return enabled && gate->op == GGML_OP_MUL_MAT && up->op == GGML_OP_MUL_MAT &&
+           ggml_cuda_type_is_slim(w_up->type) && w_gate->type == w_up->type &&
+           ggml_are_same_shape(w_gate, w_up) && ggml_are_same_stride(w_gate, w_up) && gate->src[1] == up->src[1] &&
+           glu->op == GGML_OP_GLU && ggml_get_glu_op(glu) == GGML_GLU_OP_SWIGLU && !ggml_get_op_params_i32(glu, 1) &&
+           glu->src[0] == gate && glu->src[1] == up && ggml_are_same_shape(glu, up) &&
+           ggml_cuda_slim_use_mmv(w_up, up->src[1], glu) && up->src[1]->ne[1] == 1;
+}
+
+// dst = src0 x, or with src0_up: dst = silu(src0 x) * (src0_up x) (src0 the gate)
+static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src0_up,
+        const ggml_tensor * src1, ggml_tensor * dst) {
     GGML_TENSOR_BINARY_OP_LOCALS;
     GGML_ASSERT(ggml_cuda_slim_use_mmv(src0, src1, dst));
     GGML_ASSERT(ne12 % ne02 == 0 && ne13 % ne03 == 0);
@@ -776,7 +828,7 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
     const int64_t nch = ne12*ne13;
     GGML_ASSERT(nch <= 65535);
 
-    // activations -> int8 (permuted) + per-32 (d, sum)
+    // activations -> int8 (permuted) + per-32 (d, sum), once for both matrices of a fused pair
     ggml_cuda_pool_alloc<int8_t> yq (ctx.pool(), nch*ne11*ne10);
     ggml_cuda_pool_alloc<float2> yds(ctx.pool(), nch*ne11*(ne10/32));
     {
@@ -797,15 +849,16 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
     }
     const int nstages = std::max(1, std::min(4, env_stages));
 
-    const uintptr_t base = (uintptr_t) src0->data;
     auto aligned = [&](const size_t n) {
-        return base % n == 0 && nb01 % n == 0 && nb02 % n == 0 && nb03 % n == 0 && row_bytes % n == 0 &&
+        const bool bases = (uintptr_t) src0->data % n == 0 && (!src0_up || (uintptr_t) src0_up->data % n == 0);
+        return bases && nb01 % n == 0 && nb02 % n == 0 && nb03 % n == 0 && row_bytes % n == 0 &&
                (4*(size_t) G) % n == 0;
     };
     const int align = aligned(16) ? 16 : aligned(8) ? 8 : 4;
 
     slim_mmv_args a;
-    a.x = (const char *) src0->data; a.yq = yq.get(); a.yds = yds.get(); a.dst = (float *) dst->data;
+    a.x = (const char *) src0->data; a.x_up = src0_up ? (const char *) src0_up->data : nullptr;
+    a.yq = yq.get(); a.yds = yds.get(); a.dst = (float *) dst->data;
     a.ne00 = ne00; a.nrows = ne01; a.stride_row = nb01;
     a.ne12 = ne12; a.r2 = ne12/ne02; a.r3 = ne13/ne03; a.nb02 = nb02; a.nb03 = nb03;
     a.stride_col_dst = nb1/sizeof(float); a.stride_ch2_dst = nb2/sizeof(float); a.stride_ch3_dst = nb3/sizeof(float);
@@ -818,4 +871,14 @@ void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tens
         case GGML_TYPE_SLIM3_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G128>(a, ne11, rows_per_tile, align, stream); break;
         default: GGML_ABORT("%s: not a SLIM type", __func__);
     }
+}
+
+void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst) {
+    slim_mul_mat_vec_cuda(ctx, src0, nullptr, src1, dst);
+}
+
+void ggml_cuda_mul_mat_vec_slim_glu(ggml_backend_cuda_context & ctx, const ggml_tensor * gate, const ggml_tensor * up,
+        ggml_tensor * glu) {
+    GGML_ASSERT(ggml_cuda_slim_should_fuse_glu(gate, up, glu));
+    slim_mul_mat_vec_cuda(ctx, gate->src[0], up->src[0], up->src[1], glu);
 }

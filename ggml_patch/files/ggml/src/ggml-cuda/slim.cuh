@@ -7,6 +7,7 @@
 // uses the _nc converters, which carry ne00.
 //
 //   ggml_cuda_mul_mat_vec_slim   MUL_MAT for src1 batches of 1..SLIM_MMV_MAX_COLS columns (decode)
+//   ggml_cuda_mul_mat_vec_slim_glu  ffn_gate + ffn_up + SwiGLU in one mat-vec launch (batch 1)
 //   ggml_cuda_slim_get_to_nc     dequantize to f32/f16/bf16 (larger batches: dequantize + cuBLAS)
 //   ggml_cuda_get_rows_slim      GET_ROWS
 // MUL_MAT_ID (MoE) is not implemented: supports_op says no.
@@ -25,6 +26,12 @@ static constexpr __host__ __device__ bool ggml_cuda_type_is_slim(const ggml_type
 bool ggml_cuda_slim_use_mmv(const ggml_tensor * src0, const ggml_tensor * src1, const ggml_tensor * dst);
 
 void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst);
+
+// gate/up fusion of a SwiGLU FFN at batch 1: gate and up are the two MUL_MAT nodes, glu the SWIGLU node that reads
+// them; one activation quantization and one launch instead of two of each plus the GLU kernel
+bool ggml_cuda_slim_should_fuse_glu(const ggml_tensor * gate, const ggml_tensor * up, const ggml_tensor * glu);
+void ggml_cuda_mul_mat_vec_slim_glu(ggml_backend_cuda_context & ctx, const ggml_tensor * gate, const ggml_tensor * up,
+        ggml_tensor * glu);
 
 // dequantize with strides (s01..s03 in blocks of the type, as ggml_cuda_mul_mat_cublas passes them); nullptr if not SLIM
 template <typename dst_t>
