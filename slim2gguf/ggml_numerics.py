@@ -44,14 +44,25 @@ ROUNDERS = {"q8": q8_round, "f16": f16_round, "bf16": bf16_round}
 
 
 @contextmanager
-def ggml_cpu_activations(model: torch.nn.Module, layers: str = "q8", output: str | None = "f16"):
+def ggml_cpu_activations(model: torch.nn.Module, layers: str = "q8", output: str | None = "f16",
+                         jitter: float = 0.0, seed: int = 0):
     """Within the block, every nn.Linear of the decoder layers rounds its input with ROUNDERS[layers], and the
     output head (lm_head) with ROUNDERS[output] (None: leave it fp32). `layers` is what the file's linear type
-    multiplies against (q8 for SLIM), `output` that of the output tensor (f16 for an F16 head)."""
+    multiplies against (q8 for SLIM), `output` that of the output tensor (f16 for an F16 head).
+
+    jitter > 0 multiplies every input by (1 + jitter * N(0, 1)) before rounding. With jitter ~1e-7 (float
+    summation-order noise) this measures how closely ANY other implementation of the same arithmetic can agree:
+    an input that moves by one ulp can land on the other side of an 8-bit rounding boundary, that element's error
+    jumps by a whole step, and the difference grows layer by layer (the square root of the perturbation per
+    rounding), so two exact emulations part at near-tied tokens all the same."""
     head = model.get_output_embeddings()
     handles = []
+    gen = torch.Generator().manual_seed(seed)
 
     def hook(rounder):
+        if jitter:
+            return lambda _module, args: (rounder(args[0] * (1 + jitter * torch.randn(
+                args[0].shape, generator=gen, dtype=args[0].dtype))), *args[1:])
         return lambda _module, args: (rounder(args[0]), *args[1:])
 
     try:

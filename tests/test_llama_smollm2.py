@@ -9,10 +9,12 @@ then the patched llama.cpp (CPU) against torch running the SAME weights, decoded
   attention off (the path llama-cpp-python takes; it then equals the binding's number) and on (the tool's CPU
   default, whose f16 attention moves perplexity by ~0.5-0.9 % here), and llama.cpp's logits give the project's
   perplexity definition (quant/perplexity.py) within 1 % of torch's;
-- top-1 next-token agreement with torch, next to the same measurement for the stock Q4_1 demo file in the same
-  harness (llama.cpp rounds every matmul input to 8 bits; torch does the same here through
-  slim2gguf.ggml_numerics, but summation order, softmax and norms still differ, and a 135M model has many
-  near-ties: the stock file itself does not reach the issue's 99 %, see the expected-failure message).
+- top-1 next-token agreement with torch, within FLOOR_MARGIN of torch's agreement with ITSELF when every
+  rounded matmul input is perturbed by 1e-7 (fp32 summation-order noise), and next to the stock Q4_1 demo file
+  in the same harness. llama.cpp rounds every matmul input to 8 bits and torch does the same here
+  (slim2gguf.ggml_numerics), but a one-ulp difference can cross a rounding boundary and the difference grows
+  through the layers: even torch against torch stays below the issue's 99 % on this 135M model (see the
+  expected-failure message).
 
 Conversion: 16 x 256 calibration tokens of brown.txt, SQC on (a near-degenerate SQC-off 2-bit model turns any
 1e-3 difference into a different prediction, which makes agreement meaningless). The converted files are cached
@@ -45,6 +47,8 @@ CACHE = llama_build.REPO_ROOT / ".cache" / "test-models"
 CTX = 512
 CHUNKS = 8
 SLICE_CHARS = 60_000  # ~14k tokens: more than CHUNKS * CTX
+JITTER = 1e-7       # relative input perturbation of torch_self_agreement (fp32 summation-order noise)
+FLOOR_MARGIN = 0.02  # llama.cpp may agree with torch this much less than torch agrees with itself
 CONVERT_ARGS = ["--calib", str(CALIB), "--nsamples", "16", "--seqlen", "256", "--seed", "0",
                 "--embd-type", "f16", "--output-type", "f16"]
 
@@ -104,6 +108,22 @@ def window_logits(llm, model, path: Path, tokens: list[int], nchunks: int):
                 ref = model(input_ids=torch.tensor([x])).logits[0].float().numpy()
             out.append((x, cpp, ref))
     return out
+
+
+def torch_self_agreement(model, path: Path, windows, jitter: float = JITTER) -> float:
+    """Top-1 agreement of torch with torch itself when every rounded matmul input is perturbed by `jitter`
+    (float summation-order noise): the agreement an exact re-implementation of llama.cpp's arithmetic could reach
+    on these windows (slim2gguf.ggml_numerics.ggml_cpu_activations)."""
+    from slim2gguf.ggml_numerics import ggml_cpu_activations
+    from slim2gguf.gguf_torch import head_activation_kind
+
+    agree = []
+    with ggml_cpu_activations(model, layers="q8", output=head_activation_kind(path), jitter=jitter):
+        for x, _, ref in windows:
+            with torch.no_grad():
+                other = model(input_ids=torch.tensor([x])).logits[0].float().numpy()
+            agree.append(other[:-1].argmax(-1) == ref[:-1].argmax(-1))
+    return float(np.concatenate(agree).mean())
 
 
 def top1_agreement(windows) -> float:
@@ -204,6 +224,7 @@ def test_perplexity_and_top1_match_torch(case):
     ppl_eval_cpp = math.exp(nll_eval_cpp.mean())
 
     agreement, noise = top1_agreement(windows), demeaned_logit_noise(windows)
+    floor = torch_self_agreement(model, path, windows)
     # the same harness on the stock Q4_1 demo file (2 windows): what llama.cpp-vs-torch agreement a stock
     # type reaches on this model
     stock = demo_model_path()
@@ -214,14 +235,16 @@ def test_perplexity_and_top1_match_torch(case):
     print(f"SLIM{bits}: llama-perplexity {ppl_tool:.4f} (flash attention: {ppl_tool_fa:.4f}) | torch same scoring {ppl_torch_toolway:.4f} | "
           f"llama-cpp-python same scoring {ppl_cpp_toolway:.4f} | eval definition: torch {ppl_eval_torch:.4f} "
           f"llama.cpp {ppl_eval_cpp:.4f} | top-1 agreement {agreement:.4f} (stock Q4_1 demo file, same harness: "
-          f"{stock_agreement:.4f}) | demeaned logit noise {noise:.4f}")
+          f"{stock_agreement:.4f}; torch against itself at {JITTER:g} input noise: {floor:.4f}) | "
+          f"demeaned logit noise {noise:.4f}")
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / f"results-slim{bits}.json").write_text(json.dumps({
         "file": str(path), "llama_perplexity": ppl_tool, "llama_perplexity_flash_attn": ppl_tool_fa,
         "torch_llama_perplexity_scoring": ppl_torch_toolway,
         "llama_cpp_python_llama_perplexity_scoring": ppl_cpp_toolway, "eval_definition_torch": ppl_eval_torch,
         "eval_definition_llama_cpp": ppl_eval_cpp, "top1_agreement": agreement,
-        "top1_agreement_stock_q4_1": stock_agreement, "demeaned_logit_noise": noise,
+        "top1_agreement_stock_q4_1": stock_agreement, "top1_agreement_torch_self_jitter": floor,
+        "jitter": JITTER, "demeaned_logit_noise": noise,
         "chunks": CHUNKS, "ctx": CTX}, indent=1))
 
     # issue #4: perplexity within 1 % of torch on the same weights, both definitions, with either attention path
@@ -229,8 +252,11 @@ def test_perplexity_and_top1_match_torch(case):
     assert abs(ppl_tool_fa / ppl_torch_toolway - 1) < 0.01, (ppl_tool_fa, ppl_torch_toolway)
     assert abs(ppl_cpp_toolway / ppl_tool - 1) < 1e-3, (ppl_cpp_toolway, ppl_tool)  # python binding == tool
     assert abs(ppl_eval_cpp / ppl_eval_torch - 1) < 0.01, (ppl_eval_cpp, ppl_eval_torch)
-    # issue #4 asks for >= 99 % top-1 agreement; the stock Q4_1 file in this harness is the yardstick
-    assert agreement > 0.5, f"top-1 agreement {agreement:.3f}: llama.cpp and torch disagree wholesale"
+    # issue #4 asks for >= 99 % top-1 agreement. What any implementation of 8-bit activation rounding can reach
+    # here is torch's agreement with itself under float-level input noise (`floor`); llama.cpp must come close
+    assert agreement >= floor - FLOOR_MARGIN, (
+        f"top-1 agreement {agreement:.4f} is more than {FLOOR_MARGIN} below torch's own {floor:.4f}")
     if agreement < 0.99:
-        pytest.xfail(f"SLIM{bits}: top-1 agreement with torch {agreement:.3f} < 0.99 (issue #4); the stock Q4_1 "
-                     f"demo file reaches {stock_agreement:.3f} in the same harness")
+        pytest.xfail(f"SLIM{bits}: top-1 agreement with torch {agreement:.4f} < 0.99 (issue #4); torch agrees with "
+                     f"itself only {floor:.4f} at {JITTER:g} relative input noise, the stock Q4_1 demo file "
+                     f"{stock_agreement:.4f} in the same harness")
