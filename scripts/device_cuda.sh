@@ -13,7 +13,8 @@
 #         -DGGML_CUDA_FA_QUANTS=f16-f16; SLIM2GGUF_CUDA_ARCH overrides), only the targets needed, -j$(nproc)
 # check:  test-backend-ops -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION -p slim; scripts/cuda_slim_check.cpp on Numba-decoded
 #         cases (CUDA == Numba == CPU bit for bit, mat-vec within Q8 rounding)
-# smol:   for each .devcarry/smol/*.gguf: llama-perplexity on GPU (-ngl 99) and CPU (no GPU visible), generation
+# smol:   for each .devcarry/smol/*.gguf: llama-perplexity on GPU (-ngl 99) and CPU (no GPU visible), greedy
+#         generation on both
 # models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, SLIM2/3 g128 of one random LLaMA-7B)
 # bench:  scripts/bench_gpu.py bench --tune (one llama-bench run)
 # clocks: tg128 alone vs after pp512, with SM clock samples
@@ -97,9 +98,13 @@ stage_smol() {
     CUDA_VISIBLE_DEVICES= "$BIN/llama-perplexity" -m "$f" -f "$txt" -c 512 --chunks "$chunks" -t "$NJ" \
       > "$OUT/smol_${n}_cpu.log" 2>&1
     grep -h "offloaded\|Final estimate" "$OUT/smol_$n.log" "$OUT/smol_${n}_cpu.log"
-    stamp "$n: generation (GPU, greedy)"
-    "$BIN/llama-completion" -m "$f" -p "The capital of France is" -n 48 -ngl 99 --temp 0 -no-cnv 2>/dev/null \
-      | tail -5 | tee -a "$OUT/smol_$n.log"
+    local prompt="The capital of France is"
+    stamp "$n: greedy generation, GPU then CPU (the same text expected)"
+    "$BIN/llama-completion" -m "$f" -p "$prompt" -n 48 -ngl 99 --temp 0 -no-cnv 2>/dev/null > "$W/gen_gpu.txt"
+    CUDA_VISIBLE_DEVICES= "$BIN/llama-completion" -m "$f" -p "$prompt" -n 48 -t "$NJ" --temp 0 -no-cnv 2>/dev/null \
+      > "$W/gen_cpu.txt"
+    { echo "GPU: $(tr '\n' ' ' < "$W/gen_gpu.txt")"; echo "CPU: $(tr '\n' ' ' < "$W/gen_cpu.txt")"; } | tee -a "$OUT/smol_$n.log"
+    cmp -s "$W/gen_gpu.txt" "$W/gen_cpu.txt" && echo "same text on GPU and CPU" || echo "GPU and CPU texts differ"
     echo
   done
 }
