@@ -15,6 +15,8 @@
 #         cases (CUDA == Numba == CPU bit for bit, mat-vec within Q8 rounding)
 # smol:   for each .devcarry/smol/*.gguf: llama-perplexity on GPU (-ngl 99) and CPU (no GPU visible), greedy
 #         generation on both
+# shapes: scripts/shape_sweep.py: a 4-layer SLIM model per common open model's shape (one SLIM type per layer),
+#         a few greedy tokens with llama-completion (fusion on, off) and llama-cpp-python; fails on any abort
 # models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, SLIM2/3 g128 of one random LLaMA-7B)
 # bench:  scripts/bench_gpu.py bench --tune (one llama-bench run)
 # clocks: tg128 alone vs after pp512, with SM clock samples
@@ -107,6 +109,18 @@ stage_smol() {
     cmp -s "$W/gen_gpu.txt" "$W/gen_cpu.txt" && echo "same text on GPU and CPU" || echo "GPU and CPU texts differ"
     echo
   done
+}
+
+stage_shapes() {
+  stamp "shape sweep: models"
+  python3 scripts/shape_sweep.py make --vocab "$SRC/models/ggml-vocab-llama-spm.gguf" --dir "$W/shapes" \
+    > "$OUT/shapes_make.log" 2>&1 || { tail "$OUT/shapes_make.log"; return 1; }
+  stamp "shape sweep: decode"
+  python3 scripts/shape_sweep.py run --bin "$BIN" --dir "$W/shapes" --out "$OUT" --pysrc "$SRC/pysrc" 2>&1 \
+    | tee "$OUT/shapes.log"
+  local rc=${PIPESTATUS[0]}
+  rm -rf "$W/shapes"
+  return "$rc"
 }
 
 stage_models() {

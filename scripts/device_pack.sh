@@ -26,6 +26,14 @@ list=$(mktemp)
   [ -f scripts/ui-assets.cmake ] && echo scripts/ui-assets.cmake
   find scripts -maxdepth 1 -name '*.cmake'
 ) | sort -u > "$list"
-tar -C "$src" -cJf .devcarry/llama-src.tar.xz --exclude='__pycache__' -T "$list"
+# llama-cpp-python's Python package (from the same sdist) and its one missing dependency, for GPU-side tests
+pysrc=build/pysrc
+rm -rf "$pysrc" && mkdir -p "$pysrc"
+cp -r "$("$PY" -c 'from slim2gguf.llama_build import pristine_tree; print(pristine_tree())')/llama_cpp" "$pysrc/"
+"$PY" -m pip download -q --no-deps --only-binary=:all: -d .cache/wheels diskcache==5.6.3
+"$PY" -m zipfile -e .cache/wheels/diskcache-5.6.3-py3-none-any.whl "$pysrc/"
+tar -C "$src" -cf .devcarry/llama-src.tar --exclude='__pycache__' -T "$list"
+tar -C build -rf .devcarry/llama-src.tar --exclude='__pycache__' pysrc   # unpacks as <tree>/pysrc
+xz -f .devcarry/llama-src.tar
 rm -f "$list"
 ls -la .devcarry/

@@ -240,7 +240,7 @@ static void slim_dequantize_cuda(const void * vx, dst_t * y, const int64_t ne00,
     constexpr int64_t ts = slim_type_size<type>;
     const int G = ne00/slim_traits<type>::g;
     const size_t shmem = G*sizeof(slim_group);
-    GGML_ASSERT(shmem <= 48*1024);
+    GGML_ASSERT(shmem <= 48*1024); // ggml_cuda_slim_supports_op() keeps wider rows on the CPU
     GGML_ASSERT(ne02 <= 65535 && ne03 <= 65535);
     const dim3 grid((ne01 + SLIM_DQ_ROWS - 1)/SLIM_DQ_ROWS, ne02, ne03);
     slim_dequantize<type, dst_t><<<grid, SLIM_DQ_THREADS, shmem, stream>>>(
@@ -318,7 +318,7 @@ static void slim_get_rows_cuda(
         size_t nb1, size_t nb2, size_t nb3, cudaStream_t stream) {
     const int G = ne00/slim_traits<type>::g;
     const size_t shmem = G*sizeof(slim_group);
-    GGML_ASSERT(shmem <= 48*1024);
+    GGML_ASSERT(shmem <= 48*1024); // ggml_cuda_slim_supports_op() keeps wider rows on the CPU
     GGML_ASSERT(nb1 % 16 == 0 && nb2 % 16 == 0 && nb3 % 16 == 0 && (uintptr_t) dst_d % 16 == 0);
     const dim3 grid(ne10, MIN(ne11*ne12, (int64_t) UINT16_MAX), 1);
     slim_get_rows<type, dst_t><<<grid, SLIM_GET_ROWS_THREADS, shmem, stream>>>(
@@ -698,29 +698,61 @@ struct slim_mmv_args {
     int nch; int nstages;
 };
 
+// dynamic shared memory of one mat-vec block: [NM x 3G table][nstages tiles of NM x RB rows][partial sums]
+static size_t slim_mmv_shmem(const int G, const int row_bytes, const int ncols, const int RB, const int NM,
+        const int nstages) {
+    const size_t table = ((size_t) NM*3*G*sizeof(slim_group) + 15) & ~(size_t) 15;
+    const size_t tiles = (size_t) nstages*NM*RB*slim_smem_row_stride(row_bytes);
+    return table + tiles + 2*(size_t) NM*SLIM_MMV_NWARPS*RB*ncols*sizeof(float);
+}
+
+// the most dynamic shared memory a SLIM kernel may ask for on this device (the opt-in limit less the kernels'
+// few static bytes; the dequantize/GET_ROWS kernels keep to the 48 KiB that needs no opt-in)
+static size_t slim_smem_limit() {
+    return ggml_cuda_info().devices[ggml_cuda_get_device()].smpbo - 256;
+}
+
+// Raise a kernel's dynamic shared-memory limit to the device's opt-in maximum, once per (kernel, device).
+// The limit is a property of the kernel, not of one launch: raising it to each launch's own size (as this file
+// once did) LOWERED it whenever a smaller matrix followed a larger one through the same kernel instance, and the
+// larger matrix's next launch then failed with "invalid argument" (issue 17: e.g. a model's ffn_down ran first at
+// batch 1 in the prompt's last layer, attn_q lowered the limit at the first decoded token). The limit reserves
+// nothing: occupancy follows each launch's own size.
+static void slim_raise_smem_limit(const void * kernel) {
+    static std::mutex mutex;
+    static std::map<std::pair<const void *, int>, bool> raised;
+    const int id = ggml_cuda_get_device();
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!raised[{kernel, id}]) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) slim_smem_limit()));
+        raised[{kernel, id}] = true;
+    }
+}
+
+// stages of the cp.async ring that fit next to the table (at most `wanted`), 0 if not even one does
+static int slim_mmv_stages(const int G, const int row_bytes, const int ncols, const int RB, const int NM, int wanted) {
+    const size_t budget = std::min<size_t>(200*1024, slim_smem_limit());
+    while (wanted > 1 && slim_mmv_shmem(G, row_bytes, ncols, RB, NM, wanted) > budget) {
+        --wanted;
+    }
+    return slim_mmv_shmem(G, row_bytes, ncols, RB, NM, wanted) <= slim_smem_limit() ? wanted : 0;
+}
+
 template <ggml_type type, int ncols, int RB, int align, int NM>
 static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
     const int G         = a.ne00/slim_traits<type>::g;
     const int row_bytes = G*slim_type_size<type>;
-    const int tile_cap  = NM*RB*slim_smem_row_stride(row_bytes);
     const int ntiles    = (a.nrows + RB - 1)/RB;
-    // fewer stages if the ring would not fit next to the table
-    int nstages = a.nstages;
-    auto shmem_for = [&](const int ns) {
-        return ((NM*3*G*sizeof(slim_group) + 15) & ~15) + (size_t) ns*tile_cap + 2*NM*SLIM_MMV_NWARPS*RB*ncols*sizeof(float);
-    };
-    while (nstages > 1 && shmem_for(nstages) > 200*1024) {
-        --nstages;
-    }
-    const size_t shmem = shmem_for(nstages);
-    GGML_ASSERT(shmem <= 220*1024);
+    const int nstages   = slim_mmv_stages(G, row_bytes, ncols, RB, NM, a.nstages);
+    GGML_ASSERT(nstages > 0); // ggml_cuda_slim_use_mmv() refused such rows
+    const size_t shmem = slim_mmv_shmem(G, row_bytes, ncols, RB, NM, nstages);
 
     const int id  = ggml_cuda_get_device();
     const int nsm = ggml_cuda_info().devices[id].nsm;
     auto kernel = slim_mul_mat_vec<type, ncols, RB, align, NM>;
+    slim_raise_smem_limit((const void *) kernel);
 
-    // resident blocks per SM of this kernel at this shared-memory size (the grid is persistent), cached per
-    // (kernel, shmem, device): the kernel's attribute must be set before its first launch with > 48 KiB
+    // resident blocks per SM of this kernel at this shared-memory size (the grid is persistent)
     static std::mutex mutex;
     static std::map<std::tuple<const void *, size_t, int>, int> blocks_per_sm;
     int bps = 0;
@@ -729,7 +761,6 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
         const auto key = std::make_tuple((const void *) kernel, shmem, id);
         auto it = blocks_per_sm.find(key);
         if (it == blocks_per_sm.end()) {
-            CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) shmem));
             CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, SLIM_MMV_NWARPS*WARP_SIZE, shmem));
             GGML_ASSERT(bps > 0);
             it = blocks_per_sm.emplace(key, bps).first;
@@ -795,10 +826,42 @@ static int slim_env_int(const char * name, const int def) {
     return v ? atoi(v) : def;
 }
 
+// rows per tile RB (4, 8, 16 or 32): 8 keeps several tiles per block in flight on LLaMA-sized matrices;
+// the fused gate/up pair always uses 8
+static int slim_mmv_rows_per_tile(const int64_t ncols, const int NM) {
+    static const int env_rows = slim_env_int("GGML_CUDA_SLIM_ROWS", 8);
+    return ncols == 1 && NM == 1 && (env_rows == 4 || env_rows == 16 || env_rows == 32) ? env_rows : 8;
+}
+
+// whether a launch over these operands fits in shared memory with at least one stage
+static bool slim_mmv_fits(const ggml_tensor * src0, const int64_t ncols, const int NM) {
+    const int G  = (int) (src0->ne[0]/ggml_blck_size(src0->type));
+    const int RB = slim_mmv_rows_per_tile(ncols, NM);
+    return slim_mmv_stages(G, (int) ggml_row_size(src0->type, src0->ne[0]), (int) ncols, RB, NM, 1) > 0;
+}
+
 bool ggml_cuda_slim_use_mmv(const ggml_tensor * src0, const ggml_tensor * src1, const ggml_tensor * dst) {
     return ggml_cuda_type_is_slim(src0->type) && src1->type == GGML_TYPE_F32 && dst->type == GGML_TYPE_F32 &&
            src1->ne[1] <= SLIM_MMV_MAX_COLS && src1->nb[0] == sizeof(float) && dst->nb[0] == sizeof(float) &&
-           src0->ne[1] <= INT_MAX && src0->ne[0] <= INT_MAX;
+           src0->ne[1] <= INT_MAX && src0->ne[0] <= INT_MAX && src1->ne[2]*src1->ne[3] <= 65535 &&
+           slim_mmv_fits(src0, src1->ne[1], 1);
+}
+
+bool ggml_cuda_slim_supports_op(const ggml_tensor * op) {
+    const ggml_tensor * src0 = op->src[0];
+    // the dequantize (cuBLAS path) and GET_ROWS kernels hold one group table in the 48 KiB of shared memory that
+    // needs no opt-in, and use 16-byte stores; wider rows or other layouts are left to the CPU backend
+    const bool table_fits = (size_t) (src0->ne[0]/ggml_blck_size(src0->type))*sizeof(slim_group) <= 48*1024;
+    switch (op->op) {
+        case GGML_OP_MUL_MAT:
+            return op->src[1]->type == GGML_TYPE_F32 && table_fits &&
+                   src0->ne[2] <= 65535 && src0->ne[3] <= 65535;
+        case GGML_OP_GET_ROWS:
+            return table_fits && op->nb[1] % 16 == 0 && op->nb[2] % 16 == 0 && op->nb[3] % 16 == 0 &&
+                   (op->type == GGML_TYPE_F32 || op->type == GGML_TYPE_F16 || op->type == GGML_TYPE_BF16);
+        default:
+            return false;
+    }
 }
 
 bool ggml_cuda_slim_should_fuse_glu(const ggml_tensor * gate, const ggml_tensor * up, const ggml_tensor * glu) {
@@ -810,7 +873,8 @@ bool ggml_cuda_slim_should_fuse_glu(const ggml_tensor * gate, const ggml_tensor 
            ggml_are_same_shape(w_gate, w_up) && ggml_are_same_stride(w_gate, w_up) && gate->src[1] == up->src[1] &&
            glu->op == GGML_OP_GLU && ggml_get_glu_op(glu) == GGML_GLU_OP_SWIGLU && !ggml_get_op_params_i32(glu, 1) &&
            glu->src[0] == gate && glu->src[1] == up && ggml_are_same_shape(glu, up) &&
-           ggml_cuda_slim_use_mmv(w_up, up->src[1], glu) && up->src[1]->ne[1] == 1;
+           ggml_cuda_slim_use_mmv(w_up, up->src[1], glu) && up->src[1]->ne[1] == 1 &&
+           slim_mmv_fits(w_up, 1, 2);
 }
 
 // dst = src0 x, or with src0_up: dst = silu(src0 x) * (src0_up x) (src0 the gate)
@@ -821,7 +885,6 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(ne12 % ne02 == 0 && ne13 % ne03 == 0);
     GGML_ASSERT(ne10 % 32 == 0);
 
-    static const int env_rows   = slim_env_int("GGML_CUDA_SLIM_ROWS", 8);
     static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 2);
 
     cudaStream_t stream = ctx.stream();
@@ -842,11 +905,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
 
     const int    G         = ne00/ggml_blck_size(src0->type);
     const size_t row_bytes = ggml_row_size(src0->type, ne00);
-    // rows per tile RB (4, 8, 16 or 32): 8 keeps several tiles per block in flight on LLaMA-sized matrices
-    int rows_per_tile = 8;
-    if (ne11 == 1 && (env_rows == 4 || env_rows == 16 || env_rows == 32)) {
-        rows_per_tile = env_rows;
-    }
+    const int rows_per_tile = slim_mmv_rows_per_tile(ne11, src0_up ? 2 : 1);
     const int nstages = std::max(1, std::min(4, env_stages));
 
     auto aligned = [&](const size_t n) {

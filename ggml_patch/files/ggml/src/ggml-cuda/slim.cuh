@@ -22,6 +22,10 @@ static constexpr __host__ __device__ bool ggml_cuda_type_is_slim(const ggml_type
            type == GGML_TYPE_SLIM3_G64 || type == GGML_TYPE_SLIM3_G128;
 }
 
+// supports_op for MUL_MAT and GET_ROWS of a SLIM src0: false for shapes no kernel here can hold (very wide rows),
+// which ggml then runs on the CPU backend instead of aborting
+bool ggml_cuda_slim_supports_op(const ggml_tensor * op);
+
 // MUL_MAT: true when the mat-vec kernel takes it (else dequantize + cuBLAS)
 bool ggml_cuda_slim_use_mmv(const ggml_tensor * src0, const ggml_tensor * src1, const ggml_tensor * dst);
 
