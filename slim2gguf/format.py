@@ -1,8 +1,11 @@
-"""The SLIM tensor types: constants, row layout and packing (docs/format.md). numpy in, numpy out.
+"""The SLIM tensor types: constants, row layout, tag decoding and packing (docs/format.md). numpy in, numpy out.
 
 A row of G groups is [G headers of 4 bytes][codes of group 0][codes of group 1]...; group j's codes are
 bits_j bit-planes of g/8 bytes. The header's fp16 d carries the tag t = bits - 1 in its sign bit (t >> 1)
 and its lowest mantissa bit (t & 1).
+
+This module is the one place for the format's constants (type ids, header layout, `slim.*` metadata keys) and
+for the tag rule (`group_bits`); the Numba reference decoder compiles the same `group_bits`.
 """
 from __future__ import annotations
 
@@ -24,6 +27,30 @@ TAG_HIGH_BIT = 0x8000      # sign bit of d: t >> 1 (d is never negative)
 TAG_LOW_BIT = 0x0001       # lowest mantissa bit of d: t & 1 (stays part of d's value)
 SCALE_MASK = 0x7FFF        # d = fp16(dh & SCALE_MASK)
 MAX_GROUP_BITS = 4         # the 2-bit tag holds widths 1..4
+FORMAT_VERSION = 1         # slim.format_version: the layout of docs/format.md
+
+
+class Keys:
+    """`slim.*` metadata keys (docs/format.md), in the style of gguf-py's Keys."""
+
+    PREFIX = "slim."
+    FORMAT_VERSION = "slim.format_version"
+    BITS = "slim.bits"
+    GROUP_SIZE = "slim.group_size"
+    GROUP_SIZES = "slim.group_sizes"
+    METHOD = "slim.method"
+    SBA = "slim.sba"
+    SQC = "slim.sqc"
+    SEED = "slim.seed"
+    SOURCE = "slim.source"
+
+    class Calibration:
+        PREFIX = "slim.calibration."
+        SOURCE = "slim.calibration.source"
+        NSAMPLES = "slim.calibration.nsamples"
+        SEQLEN = "slim.calibration.seqlen"
+        TOKENS = "slim.calibration.tokens"
+        SEED = "slim.calibration.seed"
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,7 @@ SLIM_TYPES: dict[GGMLQuantizationType, SlimType] = {
 }
 for _t in SLIM_TYPES.values():  # the patched gguf-py and this module must agree on the sizes
     assert GGML_QUANT_SIZES[_t.ggml_type] == (_t.group_size, _t.type_size), _t
+_SLIM_TYPE_IDS = frozenset(int(t) for t in SLIM_TYPES)
 
 
 def slim_type(avg_bits: int, group_size: int) -> SlimType:
@@ -71,7 +99,21 @@ def slim_type(avg_bits: int, group_size: int) -> SlimType:
 
 
 def is_slim(ggml_type: int) -> bool:
-    return int(ggml_type) in {int(t) for t in SLIM_TYPES}
+    """Whether a ggml type id (int or GGMLQuantizationType) is one of the SLIM types."""
+    return int(ggml_type) in _SLIM_TYPE_IDS
+
+
+def as_slim_type(st: SlimType | int) -> SlimType:
+    """A SlimType, or the SlimType of a ggml type id."""
+    return st if isinstance(st, SlimType) else SLIM_TYPES[int(st)]
+
+
+def group_bits(dh):
+    """The bit-width a header's d word carries: tag t = (sign bit << 1) | lowest mantissa bit, width t + 1.
+
+    Plain integer arithmetic, so this one definition serves Python ints, numpy integer arrays (pass a signed
+    dtype wider than 16 bits, e.g. int64) and the Numba reference decoder, which compiles this function."""
+    return (((dh >> 15) & 1) << 1 | (dh & TAG_LOW_BIT)) + 1
 
 
 def code_offsets(bits: np.ndarray, group_size: int) -> np.ndarray:
@@ -93,10 +135,14 @@ def encode_d(d: np.ndarray, bits: np.ndarray) -> np.ndarray:
     return dh | ((tag >> 1) << 15).astype(np.uint16)
 
 
-def decode_tags(dh: np.ndarray) -> np.ndarray:
-    """uint16 d words -> group bit-widths (same shape)."""
-    dh = np.asarray(dh, dtype=np.uint16)
-    return (((dh >> 15) << 1) | (dh & TAG_LOW_BIT)).astype(np.int64) + 1
+def row_bits(data: np.ndarray, ne0: int, st: SlimType | int) -> np.ndarray:
+    """The group bit-widths of a tensor, read from its first row's headers ([G] int64).
+
+    The other rows carry the same tags in a valid tensor; checking that is reference_decoder.validate's job."""
+    st = as_slim_type(st)
+    n_groups = ne0 // st.group_size
+    head = np.ascontiguousarray(np.asarray(data).view(np.uint8).reshape(-1)[: HEADER_BYTES * n_groups])
+    return group_bits(head.view("<u2")[0::2].astype(np.int64))
 
 
 def check_bits(bits: np.ndarray, st: SlimType) -> None:
@@ -140,6 +186,14 @@ def pack_rows(bits: np.ndarray, q: np.ndarray, d: np.ndarray, m: np.ndarray, st:
     return out
 
 
+def pack_quantized(ql, st: SlimType, row_order: np.ndarray | None = None) -> np.ndarray:
+    """pack_rows of a quant.result.QuantizedLinear (torch tensors), its rows taken in row_order when given."""
+    q, d, m = (t.cpu().numpy() for t in (ql.q, ql.d, ql.m))
+    if row_order is not None:
+        q, d, m = q[row_order], d[row_order], m[row_order]
+    return pack_rows(ql.bits.cpu().numpy(), q, d, m, st)
+
+
 def unpack_rows(data: np.ndarray, ne0: int, st: SlimType):
     """Inverse of pack_rows (numpy, vectorized per group): returns bits [G], q, d (fp16), m (fp16).
 
@@ -150,7 +204,7 @@ def unpack_rows(data: np.ndarray, ne0: int, st: SlimType):
     g = st.group_size
     n_groups = ne0 // g
     header = data[:, : HEADER_BYTES * n_groups].copy().view("<u2").reshape(rows, n_groups, 2)
-    bits = decode_tags(header[0, :, 0])
+    bits = group_bits(header[0, :, 0].astype(np.int64))
     d = (header[:, :, 0] & SCALE_MASK).view(np.float16)
     m = header[:, :, 1].view(np.float16)
     q = np.zeros((rows, n_groups, g), dtype=np.uint8)

@@ -14,6 +14,7 @@ import torch
 from . import reference_decoder
 from .errors import SlimError
 from .format import is_slim
+from .gguf_in import open_gguf
 
 
 def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -37,7 +38,7 @@ def load_gguf_weights(model: torch.nn.Module, path: str | Path) -> int:
     parameter, or a parameter the file lacks (other than a tied output), is an error."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    reader = open_gguf(path)
     cfg = model.config
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
     params = dict(model.named_parameters())
@@ -76,7 +77,7 @@ def head_activation_kind(path: str | Path) -> str | None:
     for F16 / BF16 (their vec_dot_type), else 'q8' (the 8-bit block types the quantized types multiply against)."""
     import gguf
 
-    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(path)).tensors}
+    types = {t.name: t.tensor_type for t in open_gguf(path).tensors}
     head = types.get("output.weight", types.get("token_embd.weight"))
     if head == gguf.GGMLQuantizationType.F32:
         return None

@@ -16,8 +16,9 @@ import math
 import numba
 import numpy as np
 
+from . import format as fmt
 from .errors import SlimError
-from .format import SLIM_TYPES, SlimType
+from .format import HEADER_BYTES, SCALE_MASK, SlimType, as_slim_type
 
 # validation codes (validate_rows' first result)
 OK = 0
@@ -62,10 +63,8 @@ def _u16(row, offset):
     return int(row[offset]) | (int(row[offset + 1]) << 8)
 
 
-@numba.njit(cache=True)
-def group_bits(dh):
-    """The bit-width a header's d word carries: tag t = (sign bit << 1) | lowest mantissa bit, bits = t + 1."""
-    return (((dh >> 15) & 1) << 1 | (dh & 1)) + 1
+# the format's one tag rule, compiled (Numba freezes the constants it reads)
+group_bits = numba.njit(cache=True)(fmt.group_bits)
 
 
 @numba.njit(cache=True)
@@ -73,12 +72,12 @@ def decode_row(row, ne0, g, out):
     """Decode one SLIM row (uint8[row_bytes]) of ne0 weights with group size g into out (float32[ne0])."""
     n_groups = ne0 // g
     plane_bytes = g // 8
-    codes = 4 * n_groups                   # the code plane starts after the G headers
+    codes = HEADER_BYTES * n_groups        # the code plane starts after the G headers
     for j in range(n_groups):
-        dh = _u16(row, 4 * j)
-        mh = _u16(row, 4 * j + 2)
+        dh = _u16(row, HEADER_BYTES * j)
+        mh = _u16(row, HEADER_BYTES * j + 2)
         bits = group_bits(dh)
-        d = half_to_float(dh & 0x7FFF)     # the tag's high bit is d's sign bit: mask it off
+        d = half_to_float(dh & SCALE_MASK)  # the tag's high bit is d's sign bit: mask it off
         m = half_to_float(mh)
         for i in range(g):
             q = 0
@@ -106,7 +105,7 @@ def _as_rows(data: np.ndarray, ne0: int, st: SlimType) -> np.ndarray:
 
 def decode(data: np.ndarray, ne0: int, st: SlimType | int) -> np.ndarray:
     """File bytes of a SLIM tensor -> fp32 [rows, ne0]. `st` is a SlimType or a ggml type id."""
-    st = st if isinstance(st, SlimType) else SLIM_TYPES[int(st)]
+    st = as_slim_type(st)
     rows = _as_rows(data, ne0, st)
     out = np.empty((rows.shape[0], ne0), dtype=np.float32)
     decode_rows(rows, ne0, st.group_size, out)
@@ -123,13 +122,13 @@ def validate_row(row, ne0, g, avg_bits):
     n_groups = ne0 // g
     total = 0
     for j in range(n_groups):
-        dh = _u16(row, 4 * j)
+        dh = _u16(row, HEADER_BYTES * j)
         bits = group_bits(dh)
         if bits < avg_bits - 1 or bits > avg_bits + 1:
             return BAD_TAG, j
-        if not math.isfinite(half_to_float(dh & 0x7FFF)):
+        if not math.isfinite(half_to_float(dh & SCALE_MASK)):
             return BAD_SCALE, j
-        if not math.isfinite(half_to_float(_u16(row, 4 * j + 2))):
+        if not math.isfinite(half_to_float(_u16(row, HEADER_BYTES * j + 2))):
             return BAD_OFFSET, j
         total += bits
     if total != n_groups * avg_bits:
@@ -147,14 +146,14 @@ def validate_rows(data, ne0, g, avg_bits):
             return code, r, j
         if r > 0:
             for k in range(n_groups):
-                if group_bits(_u16(data[r], 4 * k)) != group_bits(_u16(data[0], 4 * k)):
+                if group_bits(_u16(data[r], HEADER_BYTES * k)) != group_bits(_u16(data[0], HEADER_BYTES * k)):
                     return TAGS_DIFFER, r, k
     return OK, -1, -1
 
 
 def validate(data: np.ndarray, ne0: int, st: SlimType | int, name: str = "tensor") -> None:
     """Raise SlimError with a one-line reason if the bytes are not a valid SLIM tensor."""
-    st = st if isinstance(st, SlimType) else SLIM_TYPES[int(st)]
+    st = as_slim_type(st)
     rows = _as_rows(data, ne0, st)
     code, r, j = validate_rows(rows, ne0, st.group_size, st.avg_bits)
     if code == OK:
@@ -163,16 +162,8 @@ def validate(data: np.ndarray, ne0: int, st: SlimType | int, name: str = "tensor
     info = {"type": st.name, "allowed": list(st.allowed_bits), "avg": st.avg_bits,
             "expected": ne0 // st.group_size * st.avg_bits}
     if code == BAD_TAG:
-        info["bits"] = int(group_bits(_u16(rows[r], 4 * j)))
+        info["bits"] = int(fmt.row_bits(rows[r], ne0, st)[j])
     elif code == BAD_AVERAGE:
-        info["bits"] = int(sum(group_bits(_u16(rows[r], 4 * k)) for k in range(ne0 // st.group_size)))
+        info["bits"] = int(fmt.row_bits(rows[r], ne0, st).sum())
     raise SlimError(f"invalid SLIM data in {where}: " + _MESSAGES[code].format(**info))
 
-
-def row_bits(data: np.ndarray, ne0: int, st: SlimType | int) -> np.ndarray:
-    """The group bit-widths of a tensor, read from its first row ([G] int64)."""
-    st = st if isinstance(st, SlimType) else SLIM_TYPES[int(st)]
-    n_groups = ne0 // st.group_size
-    head = np.ascontiguousarray(np.asarray(data).view(np.uint8).reshape(-1)[: 4 * n_groups])
-    dh = head.view("<u2")[0::2].astype(np.int64)
-    return (((dh >> 15) & 1) << 1 | (dh & 1)) + 1

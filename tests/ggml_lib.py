@@ -128,11 +128,11 @@ def assert_file_to_float_matches_reference(lib: GgmlLib, path) -> int:
     from gguf import GGUFReader
 
     from slim2gguf import reference_decoder
-    from slim2gguf.format import SLIM_TYPES
+    from slim2gguf.format import SLIM_TYPES, is_slim
 
     n = 0
     for t in GGUFReader(str(path)).tensors:
-        if int(t.tensor_type) not in {int(k) for k in SLIM_TYPES}:
+        if not is_slim(t.tensor_type):
             continue
         ne0 = int(t.shape[0])
         rows = np.ascontiguousarray(t.data).reshape(-1, SLIM_TYPES[int(t.tensor_type)].row_bytes(ne0))

@@ -136,12 +136,12 @@ def rtn_folder(hf_dir: Path, avg_bits: int, group_size: int | None = None, seed:
 
 def assert_decode_equals_reference(slim_path: Path, ref_path: Path) -> int:
     """Every SLIM tensor of slim_path decodes to the F32 tensor of the same name in ref_path, bit for bit."""
-    from slim2gguf.cmd_inspect import open_gguf as _open_gguf
     from slim2gguf.format import is_slim
+    from slim2gguf.gguf_in import open_gguf
     from slim2gguf.reference_decoder import decode
 
-    slim = {t.name: t for t in _open_gguf(slim_path).tensors}
-    ref = {t.name: t for t in _open_gguf(ref_path).tensors}
+    slim = {t.name: t for t in open_gguf(slim_path).tensors}
+    ref = {t.name: t for t in open_gguf(ref_path).tensors}
     assert set(slim) == set(ref)
     n = 0
     for name, t in slim.items():

@@ -17,7 +17,8 @@ import pytest
 
 from slim2gguf import cli
 from slim2gguf.cmd_convert import KILL_ENV, convert
-from slim2gguf.cmd_inspect import analyze, metadata, open_gguf
+from slim2gguf.file_report import analyze
+from slim2gguf.gguf_in import metadata, open_gguf
 from slim2gguf.gguf_out import write_stock
 
 from slim_synth import assert_decode_equals_reference, demo_tokenizer_dir, make_tiny_llama

@@ -10,7 +10,8 @@ import pytest
 
 from slim2gguf import cli
 from slim2gguf.cmd_convert import convert
-from slim2gguf.cmd_inspect import analyze, metadata, open_gguf
+from slim2gguf.file_report import analyze
+from slim2gguf.gguf_in import metadata, open_gguf
 from slim2gguf.gguf_out import export_hf_folder, write_stock
 
 from slim_synth import assert_decode_equals_reference

@@ -6,7 +6,7 @@ import pytest
 
 from slim2gguf import reference_decoder as rd
 from slim2gguf.errors import SlimError
-from slim2gguf.format import SLIM_TYPES, pack_rows, slim_type, unpack_rows
+from slim2gguf.format import SLIM_TYPES, pack_rows, row_bits, slim_type, unpack_rows
 
 from slim_synth import random_quantized, scale_on_grid
 
@@ -36,7 +36,7 @@ def test_decode_matches_torch_bit_for_bit(st, rows, groups):
     assert got.dtype == np.float32
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     rd.validate(data, ql.shape[1], st)
-    assert np.array_equal(rd.row_bits(data, ql.shape[1], st), ql.bits.numpy())
+    assert np.array_equal(row_bits(data, ql.shape[1], st), ql.bits.numpy())
 
 
 @pytest.mark.parametrize("st", TYPES, ids=lambda t: t.name)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from slim2gguf import reference_decoder
-from slim2gguf.format import SLIM_TYPES, pack_rows
+from slim2gguf.format import SLIM_TYPES, pack_rows, row_bits
 import ggml_lib
 from slim_synth import rtn, sba_bits
 
@@ -66,7 +66,7 @@ def test_quantize_row_ref_is_valid(st):
         data = np.stack([LIB.from_float_ref(st.ggml_type, r) for r in x])
         assert data.shape[1] == st.row_bytes(ne0)
         reference_decoder.validate(data, ne0, st)
-        bits = reference_decoder.row_bits(data, ne0, st)
+        bits = row_bits(data, ne0, st)
         assert bits.sum() == len(bits) * st.avg_bits
         if len(bits) >= 4:
             assert set(bits.tolist()) == set(st.allowed_bits)

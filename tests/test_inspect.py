@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from slim2gguf import cli
-from slim2gguf.cmd_inspect import analyze, open_gguf
+from slim2gguf.file_report import analyze
+from slim2gguf.gguf_in import open_gguf
 from slim2gguf.gguf_out import write_slim_gguf
 
 from slim_synth import demo_tokenizer_dir, make_tiny_llama, rtn_folder

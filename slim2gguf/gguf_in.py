@@ -1,0 +1,57 @@
+"""Open a GGUF for reading: gguf-py's reader behind one-line errors, and metadata as plain Python values.
+
+A missing, unreadable, corrupt or truncated file is a SlimError with one line (the CLI prints it, exit 2);
+gguf-py's own exceptions (ValueError from numpy reshapes, IndexError, ...) never reach the user.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SlimError
+
+
+def open_gguf(path: Path):
+    """GGUFReader for path; SlimError (one line) for a missing, unreadable, corrupt or truncated file."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise SlimError(f"{path}: no such file")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise SlimError(f"{path}: cannot read: {e.strerror or e}") from None
+    if magic != b"GGUF":
+        raise SlimError(f"{path}: not a GGUF file (bad magic {magic!r})")
+    try:
+        reader = GGUFReader(path)
+    except ValueError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "cannot reshape" in msg or "exceeds remaining" in msg:
+            raise SlimError(f"{path}: truncated or corrupt GGUF ({msg})") from None
+        raise SlimError(f"{path}: corrupt GGUF ({msg})") from None
+    except (IndexError, KeyError, OverflowError, TypeError, UnicodeDecodeError) as e:
+        raise SlimError(f"{path}: truncated or corrupt GGUF ({type(e).__name__}: {e})") from None
+    for t in reader.tensors:
+        end = int(t.data_offset) + int(t.n_bytes)
+        if end > size:
+            raise SlimError(f"{path}: truncated GGUF: tensor {t.name} ends at byte {end}, file has {size}")
+    return reader
+
+
+def field_value(field) -> Any:
+    """A reader field as a plain Python value (str, number, bool or list)."""
+    v = field.contents()
+    if isinstance(v, np.generic):
+        v = v.item()
+    return v
+
+
+def metadata(reader) -> dict[str, Any]:
+    """Every key/value of the file except gguf-py's synthetic GGUF.* fields."""
+    return {k: field_value(f) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
