@@ -1,5 +1,6 @@
-"""GPU speed benchmark (DESIGN.md section 6): a LLaMA-7B-shaped model with random weights in F16, Q4_0, Q3_K_S,
-Q2_K and SLIM 2-bit / 3-bit (g128), all in ONE `llama-bench -ngl 99 -p 512 -n 128 -r 3` run.
+"""GPU speed benchmark (the fixed speed set-up the results in docs/bench/ use): a LLaMA-7B-shaped model with random
+weights in F16, Q4_0, Q3_K_S, Q2_K and SLIM 2-bit / 3-bit (g128), all in ONE `llama-bench -ngl 99 -p 512 -n 128
+-r 3` run.
 
     python scripts/bench_gpu.py make  --bin BIN --vocab ggml-vocab-llama-spm.gguf --dir MODELS
     python scripts/bench_gpu.py bench --bin BIN --dir MODELS --out OUT_DIR [--tune]
@@ -7,7 +8,7 @@ Q2_K and SLIM 2-bit / 3-bit (g128), all in ONE `llama-bench -ngl 99 -p 512 -n 12
 `make`: F16 via gguf-py (random N(0, 0.02) weights; one random matrix per shape, shared by the 32 layers: speed
 does not depend on values, and 13.5 GB of fresh randoms would cost minutes of device time), tokenizer copied from
 the vocab file; Q4_0 / Q3_K_S / Q2_K by llama-quantize; SLIM by round-to-nearest of the SAME random weights with a
-random SBA-shaped bit map per shape (exact average), packed by slim2gguf.format. The SLIM files take token_embd
+random SBA-shaped bit map per shape (a quarter of the groups up, a quarter down), by slim2gguf.rtn_rows. The SLIM files take token_embd
 (CPU-side) and output (Q6_K) from the Q4_0 file, as llama-quantize chose them, so only the linear layers differ.
 `bench`: the one llama-bench run; writes OUT_DIR/bench.md (the table, device and date) and bench.json.
 """
@@ -92,27 +93,11 @@ def make_f16(path: Path, vocab: Path) -> dict[tuple[int, int], np.ndarray]:
 
 def slim_rtn(wt: np.ndarray, st, rng: np.random.Generator) -> np.ndarray:
     """Round-to-nearest of a [rows, cols] weight with a random SBA-shaped bit map -> packed SLIM rows."""
-    from slim2gguf.format import pack_rows
+    from slim2gguf.rtn_rows import random_sba_bits, rtn_rows
 
-    rows, cols = wt.shape
-    g, b = st.group_size, st.avg_bits
-    G = cols // g
-    k = G // 4                                          # a quarter of the groups up, a quarter down
-    bits = np.full(G, b, dtype=np.int64)
-    order = rng.permutation(G)
-    bits[order[:k]] = b + 1
-    bits[order[k:2 * k]] = b - 1
-    w = wt.astype(np.float32).reshape(rows, G, g)
-    lo, hi = w.min(-1), w.max(-1)
-    levels = ((1 << bits) - 1).astype(np.float32)[None, :]
-    d = ((hi - lo) / levels).astype(np.float16)
-    dh = d.view(np.uint16) & np.uint16(0xFFFE) | ((bits - 1) & 1).astype(np.uint16)[None, :]  # tag's low bit
-    d = dh.view(np.float16)
-    m = lo.astype(np.float16)
-    df = np.maximum(d.astype(np.float32), 1e-8)
-    q = np.rint((w - m.astype(np.float32)[..., None]) / df[..., None])
-    q = np.clip(q, 0, levels[..., None]).astype(np.uint8).reshape(rows, cols)
-    return pack_rows(bits, q, d, m, st)
+    n_groups = wt.shape[1] // st.group_size
+    bits = random_sba_bits(n_groups, st.avg_bits, rng, k=n_groups // 4)   # a quarter of the groups up, a quarter down
+    return rtn_rows(wt, st, bits)
 
 
 def make_slim(path: Path, name: str, q4_path: Path, mats, vocab: Path) -> None:

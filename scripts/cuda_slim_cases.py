@@ -1,11 +1,12 @@
-"""Case files for scripts/cuda_slim_check.cpp: random valid SLIM rows (SBA-shaped random bit maps, codes, scales on
-the tag grid) packed by slim2gguf.format and decoded by the Numba reference decoder.
+"""Case files for scripts/cuda_slim_check.cpp: valid SLIM rows built by round-to-nearest (slim2gguf.rtn_rows, the
+library's RTN row builder) of random weights with SBA-shaped random bit maps, and their Numba reference decode.
 
     python scripts/cuda_slim_cases.py OUT_DIR
 
 Each file: b"SLIMCASE", int64 [type, ne00, nrows, nbytes], the row bytes, float32 [nrows, ne00] Numba decode.
 Shapes cover odd group counts (4-byte aligned rows), SmolLM2 widths (576, 1536), LLaMA-7B widths (4096, 11008)
-and a row count that is not a multiple of the kernels' rows per block.
+and a row count that is not a multiple of the kernels' rows per block. A few groups are flat (scale 0, or the
+smallest scale of the tag's parity) and a few nearly flat (subnormal scales): the kernels' edge cases.
 """
 from __future__ import annotations
 
@@ -16,31 +17,26 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slim2gguf.format import SLIM_TYPES, pack_rows  # noqa: E402
+from slim2gguf.format import SLIM_TYPES  # noqa: E402
 from slim2gguf.reference_decoder import decode  # noqa: E402
+from slim2gguf.rtn_rows import random_sba_bits, rtn_rows  # noqa: E402
 
 
-def sba_bits(n_groups: int, avg: int, rng: np.random.Generator) -> np.ndarray:
-    """k groups at avg+1, k at avg-1 (random positions), the rest avg: the average is exact."""
-    k = int(rng.integers(1, n_groups // 2 + 1)) if n_groups >= 2 else 0
-    bits = np.full(n_groups, avg, dtype=np.int64)
-    order = rng.permutation(n_groups)
-    bits[order[:k]] = avg + 1
-    bits[order[k:2 * k]] = avg - 1
-    return bits
+def random_weights(nrows: int, n_groups: int, g: int, rng: np.random.Generator) -> np.ndarray:
+    """Normal weights around a per-group offset, with ~2 % flat groups and ~2 % groups 1e-4 as wide."""
+    w = rng.normal(0, 0.02, size=(nrows, n_groups, 1)) + rng.normal(0, 0.01, size=(nrows, n_groups, g))
+    flat = rng.random((nrows, n_groups)) < 0.02
+    w[flat] = w[flat][:, :1]                                   # max == min: d rounds to 0 (or the least scale)
+    narrow = rng.random((nrows, n_groups)) < 0.02
+    w[narrow] = w[narrow][:, :1] + 1e-4 * (w[narrow] - w[narrow][:, :1])   # d ~ 1e-6: subnormal in fp16
+    return w.reshape(nrows, n_groups * g).astype(np.float32)
 
 
 def random_rows(st, ne00: int, nrows: int, rng: np.random.Generator) -> np.ndarray:
-    g = st.group_size
-    G = ne00 // g
-    bits = sba_bits(G, st.avg_bits, rng)
-    q = np.concatenate([rng.integers(0, 1 << int(b), size=(nrows, g)) for b in bits], axis=1).astype(np.uint8)
-    d = np.abs(rng.normal(0, 0.01, size=(nrows, G))).astype(np.float16)
-    d[rng.random((nrows, G)) < 0.02] = 0                      # a few all-zero scales
-    d[rng.random((nrows, G)) < 0.02] = np.float16(3e-7)       # and subnormal ones
-    dh = d.view(np.uint16) & np.uint16(0xFFFE) | ((bits - 1) & 1).astype(np.uint16)[None, :]
-    m = rng.normal(0, 0.02, size=(nrows, G)).astype(np.float16)
-    return pack_rows(bits, q, dh.view(np.float16), m, st)
+    G = ne00 // st.group_size
+    k = int(rng.integers(1, G // 2 + 1)) if G >= 2 else 0      # at least one pair of mixed widths
+    bits = random_sba_bits(G, st.avg_bits, rng, k)
+    return rtn_rows(random_weights(nrows, G, st.group_size, rng), st, bits)
 
 
 def main(out: Path) -> None:

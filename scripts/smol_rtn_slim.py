@@ -21,27 +21,18 @@ LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ff
 
 
 def rtn_slim(w: np.ndarray, st) -> np.ndarray:
-    from slim2gguf.format import pack_rows
+    """RTN SLIM rows with SBA's shape over a weight-only salience proxy: groups ordered by sum of w^2, the top
+    quarter at b+1 bits, the bottom quarter at b-1 (quant.sba.candidate_bits, as SBA builds its candidates)."""
+    import torch
+
+    from quant.sba import candidate_bits
+    from slim2gguf.rtn_rows import rtn_rows
 
     rows, cols = w.shape
-    g, b = st.group_size, st.avg_bits
-    G = cols // g
-    wg = w.astype(np.float32).reshape(rows, G, g)
-    sal = (wg ** 2).sum(axis=(0, 2))
-    order = np.argsort(-sal)
-    k = G // 4
-    bits = np.full(G, b, dtype=np.int64)
-    bits[order[:k]] = b + 1
-    bits[order[G - k:]] = b - 1
-    lo, hi = wg.min(-1), wg.max(-1)
-    levels = ((1 << bits) - 1).astype(np.float32)[None, :]
-    d = ((hi - lo) / levels).astype(np.float16)
-    dh = d.view(np.uint16) & np.uint16(0xFFFE) | ((bits - 1) & 1).astype(np.uint16)[None, :]
-    d = dh.view(np.float16)
-    m = lo.astype(np.float16)
-    df = np.maximum(d.astype(np.float32), 1e-8)
-    q = np.clip(np.rint((wg - m.astype(np.float32)[..., None]) / df[..., None]), 0, levels[..., None])
-    return pack_rows(bits, q.astype(np.uint8).reshape(rows, cols), d, m, st)
+    G = cols // st.group_size
+    sal = torch.from_numpy((w.astype(np.float32).reshape(rows, G, st.group_size) ** 2).sum(axis=(0, 2)))
+    bits = candidate_bits(torch.argsort(sal, descending=True, stable=True), G // 4, st.avg_bits)
+    return rtn_rows(w, st, bits.numpy())
 
 
 def main() -> None:

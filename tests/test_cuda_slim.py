@@ -1,10 +1,11 @@
 """CUDA SLIM kernels (ggml_patch/files/ggml/src/ggml-cuda/slim.cu).
 
-Without a GPU: the arithmetic the mat-vec kernel relies on, emulated in numpy exactly as slim.cu writes it
-(bit-plane expansion to code bytes, the permuted activation layout, unsigned x signed dp4a, the `hi >> 4`), and the
-case files of the device check. With a GPU and a CUDA build (build/cuda, `slim2gguf build-llama --cuda`): the
-exactness harness scripts/cuda_slim_check.cpp (CUDA == Numba == CPU bit for bit; mat-vec within Q8 rounding).
-The H100 runs of the same harness are in docs/bench/.
+Without a GPU: a derivation check of the identity the mat-vec kernel is built on (bit-plane expansion to code
+bytes, the permuted activation layout, unsigned x signed dp4a, the `hi >> 4`), written out in numpy: it shows the
+arithmetic is right, not that slim.cu implements it (nothing here runs slim.cu); and the case files of the device
+check. With a GPU and a CUDA build (build/cuda, `slim2gguf build-llama --cuda`): the exactness harness
+scripts/cuda_slim_check.cpp drives the real kernels (CUDA == Numba == CPU bit for bit; mat-vec within Q8
+rounding). The H100/H200 runs of the same harness are in docs/bench/.
 """
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def dp4a_us(a: int, b: int, c: int) -> int:
 
 
 @pytest.mark.parametrize("B", [1, 2, 3, 4])
-def test_matvec_expansion_matches_direct_dot(B):
+def test_matvec_derivation_expansion_equals_direct_dot(B):
+    """Derivation check (numpy model of the algorithm, not the kernel): expanding B bit-planes into code bytes and
+    dotting them with the permuted activations by dp4a (lo, and hi >> 4) gives the direct sum of q * x."""
     rng = np.random.default_rng(B)
     assert sorted(act_pos(e) for e in range(32)) == list(range(32))
     for _ in range(50):

@@ -3,14 +3,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from quant.quantizer import round_scale_fp16
 from slim2gguf import reference_decoder as rd
 from slim2gguf.errors import SlimError
 from slim2gguf.format import SLIM_TYPES, pack_rows, row_bits, slim_type, unpack_rows
 
-from slim_synth import random_quantized, scale_on_grid
+from slim_synth import random_quantized
 
 TYPES = list(SLIM_TYPES.values())
+
+
+def scale_on_grid(d, bits) -> np.ndarray:
+    """fp16 scales on the tag grid of bits, by the one scale-rounding rule (quant.quantizer.round_scale_fp16)."""
+    return round_scale_fp16(torch.from_numpy(np.asarray(d, dtype=np.float32)), torch.from_numpy(bits)).numpy()
 
 
 def pack(ql, st):

@@ -2,6 +2,8 @@
 
 - to_float of every row == reference_decoder.decode, bit for bit (rows from format.pack_rows and from ggml's own
   quantize_row_*_ref), SmolLM2's row widths included;
+- ggml's quantize_row_*_ref and slim2gguf's RTN row builder (rtn_rows) write the same bytes for the same input
+  and bit map: one scale-rounding rule (docs/format.md) in C and Python;
 - vec_dot (dispatched AVX2 path and the _generic scalar reference) against fp64 dots: tight against the dot with
   the Q8_1-rounded activations, and within the Q8 rounding bound against the exact activations;
 - ggml_validate_slim_rows / ggml_validate_row_data accept good rows and refuse bad tags, and corrupt tags never
@@ -15,7 +17,8 @@ import pytest
 from slim2gguf import reference_decoder
 from slim2gguf.format import SLIM_TYPES, pack_rows, row_bits
 import ggml_lib
-from slim_synth import rtn, sba_bits
+from slim2gguf.rtn_rows import random_sba_bits, rtn_rows
+from slim_synth import rtn
 
 import torch
 
@@ -40,7 +43,7 @@ def make_rows(st, rows, ne0, seed, k=None):
     w = torch.from_numpy((rng.standard_normal((rows, ne0)) * 0.05).astype(np.float32))
     # some outlier columns so groups differ in range, like real weights
     w[:, rng.integers(0, ne0, size=max(1, ne0 // 100))] *= 8
-    bits = sba_bits(ne0 // st.group_size, st.avg_bits, rng, k)
+    bits = random_sba_bits(ne0 // st.group_size, st.avg_bits, rng, k)
     ql = rtn(w, st.avg_bits, st.group_size, seed=seed, bits=bits)
     data = pack_rows(ql.bits.numpy(), ql.q.numpy(), ql.d.numpy(), ql.m.numpy(), st)
     return data, w.numpy()
@@ -76,6 +79,48 @@ def test_quantize_row_ref_is_valid(st):
         # min/max RTN: error within half a step of the coarsest group
         assert np.abs(got - x).max() < 0.5 * (x.max() - x.min())
         assert LIB.base.ggml_validate_slim_rows(int(st.ggml_type), data.ctypes.data, data.nbytes, ne0)
+
+
+def ggml_reference_bits(n_groups: int, b: int) -> np.ndarray:
+    """The fixed bit map of ggml's quantize_row_*_ref (ggml-slim.c: slim_ref_bits): j%4 == 0 -> b+1 (b for an
+    unpaired last group), j%4 == 1 -> b-1, else b."""
+    j = np.arange(n_groups)
+    bits = np.full(n_groups, b)
+    bits[j % 4 == 0] = b + 1
+    bits[j % 4 == 1] = b - 1
+    if (n_groups - 1) % 4 == 0:
+        bits[n_groups - 1] = b
+    return bits
+
+
+def rounding_edge_rows(st, ne0: int, rng) -> np.ndarray:
+    """Rows that hit the edges of the scale rule: flat groups (d 0, or the least scale of odd parity), tiny ranges
+    (subnormal d), and ranges whose d is exactly an fp16 of the wrong parity (a tie between its two neighbours)."""
+    g, G = st.group_size, ne0 // st.group_size
+    bits = ggml_reference_bits(G, st.avg_bits)
+    flat = np.repeat(rng.standard_normal(G).astype(np.float32), g)
+    tiny = flat + (rng.standard_normal(ne0) * 1e-6).astype(np.float32)
+    tie = np.zeros((G, g), dtype=np.float32)
+    for j, b in enumerate(bits):
+        h = (int(rng.integers(0x1000, 0x2C00)) & ~1) | (1 - ((b - 1) & 1))    # parity opposite to the tag's
+        d = np.uint16(h).view(np.float16).astype(np.float32)
+        tie[j] = rng.uniform(0, d * ((1 << b) - 1), g).astype(np.float32)
+        tie[j, 0], tie[j, 1] = 0.0, d * ((1 << b) - 1)                       # (max - min) / levels == d exactly
+    return np.stack([flat, tiny, tie.reshape(-1)])
+
+
+@pytest.mark.parametrize("st", TYPES, ids=IDS)
+def test_quantize_row_ref_bytes_equal_python_rtn(st):
+    """One scale-rounding rule in C and Python: ggml's reference quantizer and slim2gguf.rtn_rows (quant/'s RTN,
+    round_scale_fp16) give identical bytes for the same rows and bit map, ties and subnormal scales included."""
+    rng = np.random.default_rng(4)
+    for ne0 in widths(st):
+        x = (rng.standard_normal((6, ne0)) * 0.05).astype(np.float32)
+        x[:, rng.integers(0, ne0, size=max(1, ne0 // 100))] *= 8            # outlier columns
+        x = np.concatenate([x, rounding_edge_rows(st, ne0, rng)])
+        c_rows = np.stack([LIB.from_float_ref(st.ggml_type, r) for r in x])
+        py_rows = rtn_rows(x, st, ggml_reference_bits(ne0 // st.group_size, st.avg_bits))
+        assert np.array_equal(c_rows, py_rows), (st.name, ne0, np.argwhere(c_rows != py_rows)[:5].tolist())
 
 
 def _vec_dot_check(st, fn=None):

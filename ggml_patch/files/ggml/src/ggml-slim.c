@@ -56,6 +56,26 @@ static int slim_ref_bits(int64_t j, int64_t G, int b) {
     return b;
 }
 
+// The scale rule every SLIM writer follows (docs/format.md, "Scale rounding"; slim2gguf's
+// quant/quantizer.py: round_scale_fp16 is the same rule): d is clamped to [0, 60000] and rounded to the nearest
+// fp16 whose lowest mantissa bit is the tag's low bit; when plain fp16 rounding lands on the other parity, the
+// two neighbours h-1 and h+1 both have the right one and the nearer wins (a tie: the smaller). Returns fp16 bits.
+static uint16_t slim_round_scale(float d, int tag) {
+    d = d < 0.0f ? 0.0f : (d > 60000.0f ? 60000.0f : d); // comparisons, not fminf/fmaxf: a NaN stays NaN
+    const uint16_t h = GGML_FP32_TO_FP16(d);
+    if ((h & 1) == (tag & 1)) {
+        return h;
+    }
+    const uint16_t lo = h > 0 ? h - 1 : 0;         // h == 0 has parity 0: only "wrong" for tag 1, lo unusable
+    const uint16_t hi = h < 0x7BFF ? h + 1 : 0x7BFF; // 0x7BFF: the largest finite fp16
+    const bool lo_ok  = (lo & 1) == (tag & 1);
+    const bool pick_lo = lo_ok && fabsf(d - GGML_FP16_TO_FP32(lo)) <= fabsf(GGML_FP16_TO_FP32(hi) - d);
+    return pick_lo ? lo : hi;
+}
+
+// min/max round-to-nearest of one row, the arithmetic of slim2gguf's quant/rtn.py step by step (fp32, d and m
+// rounded to fp16 before use, q = round-half-even((x - m) / d), a divide and not a multiply by 1/d), so that for
+// the same bit allocation both write the same bytes (tests/test_ggml_slim.py checks it)
 static void slim_quantize_row_ref(const float * GGML_RESTRICT x, uint8_t * GGML_RESTRICT y, int64_t k, int b, int g) {
     assert(k % g == 0);
     const int64_t G  = k / g;
@@ -74,24 +94,19 @@ static void slim_quantize_row_ref(const float * GGML_RESTRICT x, uint8_t * GGML_
             mn = fminf(mn, xg[i]);
             mx = fmaxf(mx, xg[i]);
         }
-        // d on the tag grid: fp16 whose lowest mantissa bit is tag & 1 (round up to keep the range covered)
-        uint16_t dh = GGML_FP32_TO_FP16((mx - mn) / nl);
-        if ((dh & 1) != (tag & 1)) {
-            dh += 1;
-        }
-        dh &= GGML_SLIM_SCALE_MASK;
+        const uint16_t dh = slim_round_scale((mx - mn) / (float) nl, tag);
         const uint16_t mh = GGML_FP32_TO_FP16(mn);
         const float d = GGML_FP16_TO_FP32(dh);
         const float m = GGML_FP16_TO_FP32(mh);
-        const float id = d > 0.0f ? 1.0f/d : 0.0f;
 
         h[j].d = (ggml_half) (dh | ((tag >> 1) << 15));
         h[j].m = mh;
 
         memset(codes, 0, (size_t) bits * pb);
         for (int i = 0; i < g; ++i) {
-            int q = (int) nearbyintf((xg[i] - m) * id);
-            q = q < 0 ? 0 : (q > nl ? nl : q);
+            float qf = d > 0.0f ? nearbyintf((xg[i] - m) / d) : 0.0f; // a flat group (d == 0) codes all 0
+            qf = qf < 0.0f ? 0.0f : (qf > (float) nl ? (float) nl : qf);
+            const int q = (int) qf;
             for (int p = 0; p < bits; ++p) {
                 codes[p*pb + (i >> 3)] |= (uint8_t) (((q >> p) & 1) << (i & 7));
             }
