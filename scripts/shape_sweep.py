@@ -132,7 +132,8 @@ print(repr(out["choices"][0]["text"]))
 
 def run_one(cmd: list[str], env: dict) -> dict:
     t0 = time.time()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **env), timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=dict(os.environ, **env),
+                       timeout=300)  # random weights write random bytes
     tail = (r.stderr.strip().splitlines() or [""])[-1][:160]
     ok = r.returncode == 0 and bool(r.stdout.strip())
     return {"ok": ok, "rc": r.returncode, "s": round(time.time() - t0, 1), "text": r.stdout.strip()[-80:],
