@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # name: (hidden, FFN, heads, KV heads, head size); Mistral-7B and LLaMA-3-70B share LLaMA-3-8B's / LLaMA-2-70B's
@@ -51,13 +50,14 @@ def log(msg: str) -> None:
 
 def slim_tensor(rows: int, cols: int, avg_bits: int, group: int, rng: np.random.Generator):
     """Packed SLIM rows [rows, row bytes] and the type: BLOCK_ROWS random RTN rows, repeated."""
-    from bench_gpu import slim_rtn
     from slim2gguf.format import slim_type
+    from slim2gguf.rtn_rows import random_sba_bits, rtn_rows
 
     if cols % group:
         group = 64
     st = slim_type(avg_bits, group)
-    block = slim_rtn((rng.standard_normal((BLOCK_ROWS, cols)) * 0.02).astype(np.float32), st, rng)
+    bits = random_sba_bits(cols // group, avg_bits, rng)
+    block = rtn_rows((rng.standard_normal((BLOCK_ROWS, cols)) * 0.02).astype(np.float32), st, bits)
     reps = -(-rows // BLOCK_ROWS)
     return np.ascontiguousarray(np.tile(block, (reps, 1))[:rows]), st.ggml_type
 
