@@ -94,13 +94,18 @@ def run(cmd: list, log: Path, env: dict | None = None) -> str:
 
 
 def measure_file(path: Path) -> tuple[int, float, float, dict]:
-    """(bytes, whole-file bpw, transformer-block 2-D weight bpw, {type: params}) read from the GGUF."""
-    import gguf
+    """(bytes, whole-file bpw, transformer-block 2-D weight bpw, {type: params}) read from the GGUF.
+    Every SLIM tensor is validated first: a corrupt file is a one-line SlimError."""
+    from slim2gguf import reference_decoder
+    from slim2gguf.format import is_slim
+    from slim2gguf.gguf_in import open_gguf
 
-    reader = gguf.GGUFReader(path)
+    reader = open_gguf(path)
     bits = params = blk_bits = blk_params = 0
     types: dict[str, int] = {}
     for t in reader.tensors:
+        if is_slim(t.tensor_type):
+            reference_decoder.validate(t.data, int(t.shape[0]), int(t.tensor_type), t.name)
         n = int(t.n_elements)
         b = 8 * int(t.n_bytes)
         name = t.tensor_type.name

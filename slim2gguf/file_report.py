@@ -37,9 +37,9 @@ def analyze(path: Path, *, validate: bool = True) -> dict[str, Any]:
         if is_slim(ttype):
             st = SLIM_TYPES[int(ttype)]
             ne0 = shape[0]
-            rows = n // ne0
-            if validate:
+            if validate:  # first: also refuses degenerate shapes (ne0 = 0, no rows, partial rows)
                 reference_decoder.validate(t.data, ne0, st, t.name)
+            rows = n // ne0
             bits = row_bits(t.data, ne0, st)
             counts = Counter(int(b) for b in bits)
             entry.update({"group_size": st.group_size, "avg_bits": st.avg_bits, "rows": rows,

@@ -1,7 +1,10 @@
 """Open a GGUF for reading: gguf-py's reader behind one-line errors, and metadata as plain Python values.
 
 A missing, unreadable, corrupt or truncated file is a SlimError with one line (the CLI prints it, exit 2);
-gguf-py's own exceptions (ValueError from numpy reshapes, IndexError, ...) never reach the user.
+gguf-py's own exceptions (ValueError from numpy reshapes, IndexError, ...) never reach the user. The tensor data
+layout is checked as llama.cpp's gguf.cpp checks it (each tensor at the aligned end of the one before), so a
+changed shape or type id is refused here as it is there. The SLIM rows themselves are validated by their
+readers (reference_decoder.validate / decode).
 """
 from __future__ import annotations
 
@@ -37,10 +40,17 @@ def open_gguf(path: Path):
         raise SlimError(f"{path}: corrupt GGUF ({msg})") from None
     except (IndexError, KeyError, OverflowError, TypeError, UnicodeDecodeError) as e:
         raise SlimError(f"{path}: truncated or corrupt GGUF ({type(e).__name__}: {e})") from None
+    expected = 0  # relative to the data section; each tensor padded to the alignment (as gguf.cpp demands)
+    align = int(reader.alignment)
     for t in reader.tensors:
         end = int(t.data_offset) + int(t.n_bytes)
         if end > size:
             raise SlimError(f"{path}: truncated GGUF: tensor {t.name} ends at byte {end}, file has {size}")
+        offs = int(t.data_offset) - int(reader.data_offset)
+        if offs != expected:  # a changed shape or type changes a size: the layout llama.cpp checks breaks
+            raise SlimError(f"{path}: corrupt GGUF: tensor {t.name} has data at offset {offs}, expected "
+                            f"{expected} from the sizes of the tensors before it")
+        expected += -(-int(t.n_bytes) // align) * align
     return reader
 
 

@@ -28,7 +28,7 @@ def _tensor_as_float(t) -> np.ndarray:
 
     ne0 = int(t.shape[0])
     if is_slim(int(t.tensor_type)):
-        return reference_decoder.decode(np.asarray(t.data), ne0, int(t.tensor_type))
+        return reference_decoder.decode(np.asarray(t.data), ne0, int(t.tensor_type), t.name)  # validates first
     return np.asarray(gguf.quants.dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32)
 
 

@@ -4,10 +4,13 @@ This is the yardstick the other decoders (torch fake-quant, ggml CPU, ggml CUDA)
 written to be read against the format page: one row at a time, one group at a time, one weight at a time, with
 no tables or tricks. Parallelism is added on top (rows are independent) and changes nothing in the arithmetic.
 
-    decode_row(row, ne0, g, out)     bytes of one row -> fp32 weights
-    decode(data, ne0, st)            [rows, row_bytes] bytes -> fp32 [rows, ne0]   (parallel over rows)
-    validate(data, ne0, st, name)    raise SlimError (one line) on an illegal tag, an inexact average,
-                                     a non-finite scale/offset or rows whose tags differ
+    decode_row(row, ne0, g, out)     bytes of one row -> fp32 weights (NaN from a group whose codes would
+                                     run past the row's end: corrupt tags never read out of bounds)
+    decode(data, ne0, st, name)      [rows, row_bytes] bytes -> fp32 [rows, ne0]   (parallel over rows);
+                                     validates first (validate=False skips it, for data known to be valid)
+    validate(data, ne0, st, name)    raise SlimError (one line) on a degenerate shape (ne0 <= 0 or not a
+                                     multiple of g, no rows, partial rows), an illegal tag, an inexact
+                                     average, a non-finite scale/offset or rows whose tags differ
 """
 from __future__ import annotations
 
@@ -74,11 +77,19 @@ def decode_row(row, ne0, g, out):
     plane_bytes = g // 8
     codes = HEADER_BYTES * n_groups        # the code plane starts after the G headers
     for j in range(n_groups):
+        if codes > row.shape[0]:           # corrupt tags (or a short row): never read past the row's end
+            for i in range(j * g, ne0):
+                out[i] = np.float32(np.nan)
+            return
         dh = _u16(row, HEADER_BYTES * j)
         mh = _u16(row, HEADER_BYTES * j + 2)
         bits = group_bits(dh)
         d = half_to_float(dh & SCALE_MASK)  # the tag's high bit is d's sign bit: mask it off
         m = half_to_float(mh)
+        if codes + bits * plane_bytes > row.shape[0]:
+            for i in range(j * g, ne0):
+                out[i] = np.float32(np.nan)
+            return
         for i in range(g):
             q = 0
             for p in range(bits):          # bit-plane p holds bit p of every weight's code
@@ -95,18 +106,32 @@ def decode_rows(data, ne0, g, out):
         decode_row(data[r], ne0, g, out[r])
 
 
-def _as_rows(data: np.ndarray, ne0: int, st: SlimType) -> np.ndarray:
+def _as_rows(data: np.ndarray, ne0: int, st: SlimType, name: str = "tensor") -> np.ndarray:
+    """The bytes as [rows, row_bytes]; SlimError (one line) for a shape no SLIM tensor can have."""
+    ne0 = int(ne0)
+    if ne0 <= 0 or ne0 % st.group_size:
+        raise SlimError(f"invalid SLIM tensor {name} ({st.name}): row length ne0 = {ne0} is not a positive "
+                        f"multiple of the group size {st.group_size}")
     data = np.ascontiguousarray(np.asarray(data).view(np.uint8)).reshape(-1)
     row_bytes = st.row_bytes(ne0)
-    if ne0 % st.group_size or data.size % row_bytes:
-        raise SlimError(f"{st.name}: {data.size} bytes are not whole rows of {ne0} weights ({row_bytes} bytes)")
+    if data.size % row_bytes:
+        raise SlimError(f"invalid SLIM tensor {name} ({st.name}): {data.size} bytes are not whole rows of "
+                        f"{ne0} weights ({row_bytes} bytes)")
+    if data.size == 0:
+        raise SlimError(f"invalid SLIM tensor {name} ({st.name}): no rows (0 bytes)")
     return data.reshape(-1, row_bytes)
 
 
-def decode(data: np.ndarray, ne0: int, st: SlimType | int) -> np.ndarray:
-    """File bytes of a SLIM tensor -> fp32 [rows, ne0]. `st` is a SlimType or a ggml type id."""
+def decode(data: np.ndarray, ne0: int, st: SlimType | int, name: str = "tensor", *,
+           validate: bool = True) -> np.ndarray:
+    """File bytes of a SLIM tensor -> fp32 [rows, ne0]. `st` is a SlimType or a ggml type id.
+
+    The bytes are validated first (SlimError naming `name`, row and group); validate=False skips that for
+    bytes already validated (decode_row never reads past a row either way: corrupt tags give NaN)."""
     st = as_slim_type(st)
-    rows = _as_rows(data, ne0, st)
+    rows = _as_rows(data, ne0, st, name)
+    if validate:
+        _validate_rows(rows, ne0, st, name)
     out = np.empty((rows.shape[0], ne0), dtype=np.float32)
     decode_rows(rows, ne0, st.group_size, out)
     return out
@@ -154,7 +179,10 @@ def validate_rows(data, ne0, g, avg_bits):
 def validate(data: np.ndarray, ne0: int, st: SlimType | int, name: str = "tensor") -> None:
     """Raise SlimError with a one-line reason if the bytes are not a valid SLIM tensor."""
     st = as_slim_type(st)
-    rows = _as_rows(data, ne0, st)
+    _validate_rows(_as_rows(data, ne0, st, name), ne0, st, name)
+
+
+def _validate_rows(rows: np.ndarray, ne0: int, st: SlimType, name: str) -> None:
     code, r, j = validate_rows(rows, ne0, st.group_size, st.avg_bits)
     if code == OK:
         return

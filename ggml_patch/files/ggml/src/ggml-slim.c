@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -35,10 +36,6 @@ int ggml_slim_group_size(enum ggml_type type) {
 
 bool ggml_is_slim_type(enum ggml_type type) {
     return ggml_slim_avg_bits(type) != 0;
-}
-
-static inline bool slim_fp16_is_finite(uint16_t h) {
-    return (h & 0x7C00) != 0x7C00;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -176,78 +173,225 @@ SLIM_DEFINE_ROW_FUNCS(3, 64)
 SLIM_DEFINE_ROW_FUNCS(3, 128)
 
 // ---------------------------------------------------------------------------------------------------------
-// validation
+// validation: reads only the header plane of each row (4 bytes per group), never the codes
+//
+// A header is one little-endian 32-bit word w = dh | mh << 16. The tag bits are w & 0x8001 (bit 15 and bit 0
+// of dh); the scale's exponent is w & 0x7C00, the offset's w & 0x7C000000 (all ones: inf or nan).
 
-static bool slim_check_header(enum ggml_type type, const block_slim_header * h, size_t row, int64_t j) {
-    const int b = ggml_slim_avg_bits(type);
-    const uint16_t dh = h->d, mh = h->m;
-    const int bits = ggml_slim_bits(dh);
+#define SLIM_TAG_BITS  0x00008001u
+#define SLIM_D_EXP     0x00007C00u
+#define SLIM_M_EXP     0x7C000000u
+
+static inline uint32_t slim_load_word(const uint8_t * p) {
+    uint32_t w;
+    memcpy(&w, p, sizeof(w));
+    return w; // ggml is little-endian only
+}
+
+static void slim_set_err(char * err, size_t err_size, const char * fmt, ...) GGML_ATTRIBUTE_FORMAT(3, 4);
+static void slim_set_err(char * err, size_t err_size, const char * fmt, ...) {
+    if (err == NULL || err_size == 0) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_size, fmt, ap);
+    va_end(ap);
+}
+
+// the fault of header word w (of row r, group j): an illegal width, a width other than row 0's, inf/nan
+static void slim_header_fault(enum ggml_type type, uint32_t w, uint32_t w0, int64_t r, int64_t j,
+                              char * err, size_t err_size) {
+    const int b    = ggml_slim_avg_bits(type);
+    const int bits = ggml_slim_bits((uint16_t) w);
     if (bits < b - 1 || bits > b + 1) {
-        fprintf(stderr, "%s: %s row %zu group %" PRId64 ": bit-width %d outside %d..%d\n",
-                __func__, ggml_type_name(type), row, j, bits, b - 1, b + 1);
+        slim_set_err(err, err_size, "row %" PRId64 " group %" PRId64 ": bit-width %d outside %d..%d",
+                     r, j, bits, b - 1, b + 1);
+    } else if (r > 0 && ((w ^ w0) & SLIM_TAG_BITS) != 0) {
+        slim_set_err(err, err_size, "row %" PRId64 " group %" PRId64 ": bit-width %d differs from row 0's %d",
+                     r, j, bits, ggml_slim_bits((uint16_t) w0));
+    } else {
+        slim_set_err(err, err_size, "row %" PRId64 " group %" PRId64 ": %s is inf or nan", r, j,
+                     (w & SLIM_D_EXP) == SLIM_D_EXP ? "scale d" : "offset m");
+    }
+}
+
+// rows [0, nrows): row r's header plane (G words) starts at planes + r*stride. n_ok (if not NULL) gets the
+// number of headers that passed before the first fault (all of them when the rows are valid).
+static bool slim_check_planes(enum ggml_type type, const uint8_t * planes, size_t stride, int64_t nrows, int64_t G,
+                              int64_t * n_ok, char * err, size_t err_size) {
+    const int b = ggml_slim_avg_bits(type);
+    if (n_ok) {
+        *n_ok = 0;
+    }
+    if (nrows == 0) {
+        return true;
+    }
+    // row 0: every tag legal, widths summing to G*b, d and m finite
+    int64_t sum = 0;
+    for (int64_t j = 0; j < G; ++j) {
+        const uint32_t w    = slim_load_word(planes + 4*j);
+        const int      bits = ggml_slim_bits((uint16_t) w);
+        if (bits < b - 1 || bits > b + 1 || (w & SLIM_D_EXP) == SLIM_D_EXP || (w & SLIM_M_EXP) == SLIM_M_EXP) {
+            slim_header_fault(type, w, w, 0, j, err, err_size);
+            if (n_ok) {
+                *n_ok = j;
+            }
+            return false;
+        }
+        sum += bits;
+    }
+    if (sum != G*b) {
+        slim_set_err(err, err_size, "row 0: bit-widths sum to %" PRId64 ", not %" PRId64 " (%" PRId64 " groups x %d bits)",
+                     sum, G*b, G, b);
+        if (n_ok) {
+            *n_ok = 0;
+        }
         return false;
     }
-    if (!slim_fp16_is_finite(dh & GGML_SLIM_SCALE_MASK) || !slim_fp16_is_finite(mh)) {
-        fprintf(stderr, "%s: %s row %zu group %" PRId64 ": inf/nan scale or offset\n",
-                __func__, ggml_type_name(type), row, j);
+    // every row: the same tags as row 0 (so legal, with the exact sum), d and m finite. One branch-free pass
+    // per row; the fault is located only when the row has one.
+    for (int64_t r = 0; r < nrows; ++r) {
+        const uint8_t * h = planes + (size_t) r*stride;
+        uint32_t bad = 0;
+        for (int64_t j = 0; j < G; ++j) {
+            const uint32_t w  = slim_load_word(h + 4*j);
+            const uint32_t w0 = slim_load_word(planes + 4*j);
+            bad |= ((w ^ w0) & SLIM_TAG_BITS) | (uint32_t) ((w & SLIM_D_EXP) == SLIM_D_EXP)
+                 | (uint32_t) ((w & SLIM_M_EXP) == SLIM_M_EXP);
+        }
+        if (bad) {
+            for (int64_t j = 0; j < G; ++j) {
+                const uint32_t w  = slim_load_word(h + 4*j);
+                const uint32_t w0 = slim_load_word(planes + 4*j);
+                if (((w ^ w0) & SLIM_TAG_BITS) || (w & SLIM_D_EXP) == SLIM_D_EXP || (w & SLIM_M_EXP) == SLIM_M_EXP) {
+                    slim_header_fault(type, w, w0, r, j, err, err_size);
+                    if (n_ok) {
+                        *n_ok = r*G + j;
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+    if (n_ok) {
+        *n_ok = nrows*G;
+    }
+    return true;
+}
+
+static bool slim_check_ne0(enum ggml_type type, int64_t ne0, char * err, size_t err_size) {
+    const int g = ggml_slim_group_size(type);
+    if (g == 0) {
+        slim_set_err(err, err_size, "type %d is not a SLIM type", (int) type);
+        return false;
+    }
+    if (ne0 <= 0 || ne0 % g != 0) {
+        slim_set_err(err, err_size, "row length ne0 = %" PRId64 " is not a positive multiple of the group size %d",
+                     ne0, g);
         return false;
     }
     return true;
 }
 
+bool ggml_slim_check_rows(enum ggml_type type, const void * data, size_t nbytes, int64_t ne0,
+                          char * err, size_t err_size) {
+    if (!slim_check_ne0(type, ne0, err, err_size)) {
+        return false;
+    }
+    const size_t row_size = ggml_row_size(type, ne0);
+    if (nbytes == 0 || nbytes % row_size != 0) {
+        slim_set_err(err, err_size, "%zu bytes is not a positive whole number of %zu-byte rows", nbytes, row_size);
+        return false;
+    }
+    return slim_check_planes(type, (const uint8_t *) data, row_size, (int64_t) (nbytes / row_size),
+                             ne0 / ggml_slim_group_size(type), NULL, err, err_size);
+}
+
+bool ggml_slim_check_header_planes(enum ggml_type type, const void * planes, size_t stride, int64_t nrows,
+                                   int64_t ne0, char * err, size_t err_size) {
+    if (!slim_check_ne0(type, ne0, err, err_size)) {
+        return false;
+    }
+    if (nrows <= 0) {
+        slim_set_err(err, err_size, "no rows");
+        return false;
+    }
+    return slim_check_planes(type, (const uint8_t *) planes, stride, nrows, ne0 / ggml_slim_group_size(type),
+                             NULL, err, err_size);
+}
+
+size_t ggml_slim_header_plane_size(enum ggml_type type, int64_t ne0) {
+    const int g = ggml_slim_group_size(type);
+    return g > 0 && ne0 > 0 ? (size_t) (ne0 / g) * sizeof(block_slim_header) : 0;
+}
+
+void ggml_slim_gather_header_planes(enum ggml_type type, int64_t ne0, const void * chunk, size_t chunk_offs,
+                                    size_t chunk_size, void * planes) {
+    const size_t row_size = ggml_row_size(type, ne0);
+    const size_t hp       = ggml_slim_header_plane_size(type, ne0);
+    if (row_size == 0 || hp == 0 || chunk_size == 0) {
+        return;
+    }
+    const size_t end = chunk_offs + chunk_size;
+    for (size_t r = chunk_offs / row_size; r*row_size < end; ++r) {
+        const size_t lo = r*row_size > chunk_offs ? r*row_size : chunk_offs; // header plane [r*row_size, +hp)
+        const size_t hi = r*row_size + hp < end ? r*row_size + hp : end;     // intersected with the chunk
+        if (lo < hi) {
+            memcpy((uint8_t *) planes + r*hp + (lo - r*row_size), (const uint8_t *) chunk + (lo - chunk_offs), hi - lo);
+        }
+    }
+}
+
 bool ggml_slim_validate_span(enum ggml_type type, const void * data, size_t nbytes) {
-    // Only the element count is known here, not ne0, so row boundaries (and with them the other headers)
-    // cannot be located: check the size and the first header, which starts every span of whole rows.
-    // Full checks: ggml_validate_slim_rows (llama's loader calls it with ne0 when --check-tensors is on).
-    if (nbytes % ggml_type_size(type) != 0) {
+    // Only the byte count is known here, not ne0: the span is accepted if SOME row length makes every header
+    // of every row valid (ggml_slim_check_rows). The true ne0 always does for valid rows; a wrong one reads
+    // codes as headers and fails within a row or two. Candidates: every G dividing nbytes/type_size.
+    // With ne0 known (llama's loader), ggml_slim_check_rows is exact and cheaper.
+    const size_t ts = ggml_type_size(type);
+    const int    g  = ggml_slim_group_size(type);
+    if (nbytes % ts != 0) {
         fprintf(stderr, "%s: invalid size %zu for type %s\n", __func__, nbytes, ggml_type_name(type));
         return false;
     }
     if (nbytes == 0) {
         return true;
     }
-    return slim_check_header(type, (const block_slim_header *) data, 0, 0);
+    const int64_t N = (int64_t) (nbytes / ts); // groups in the span
+    int64_t best_ok = -1, best_G = 0;
+    char    best_err[256] = "";
+    for (int64_t a = 1; a*a <= N; ++a) {
+        if (N % a != 0) {
+            continue;
+        }
+        const int64_t cand[2] = { a, N / a };
+        for (int c = 0; c < (a*a == N ? 1 : 2); ++c) {
+            const int64_t G = cand[c];
+            char err[256];
+            int64_t n_ok = 0;
+            if (slim_check_planes(type, (const uint8_t *) data, (size_t) G*ts, N / G, G, &n_ok, err, sizeof(err))) {
+                return true;
+            }
+            if (n_ok > best_ok) {
+                best_ok = n_ok;
+                best_G  = G;
+                snprintf(best_err, sizeof(best_err), "%s", err);
+            }
+        }
+    }
+    fprintf(stderr, "%s: %s: no row length makes these %zu bytes valid rows; with ne0 = %" PRId64 ": %s\n",
+            __func__, ggml_type_name(type), nbytes, best_G*g, best_err);
+    return false;
 }
 
 bool ggml_validate_slim_rows(enum ggml_type type, const void * data, size_t nbytes, int64_t ne0) {
     if (!ggml_is_slim_type(type)) {
         return ggml_validate_row_data(type, data, nbytes);
     }
-    const int b = ggml_slim_avg_bits(type);
-    const int g = ggml_slim_group_size(type);
-    if (ne0 <= 0 || ne0 % g != 0) {
-        fprintf(stderr, "%s: %s: ne0 = %" PRId64 " is not a multiple of %d\n", __func__, ggml_type_name(type), ne0, g);
+    char err[256];
+    if (!ggml_slim_check_rows(type, data, nbytes, ne0, err, sizeof(err))) {
+        fprintf(stderr, "%s: %s: %s\n", __func__, ggml_type_name(type), err);
         return false;
-    }
-    const int64_t G = ne0 / g;
-    const size_t row_size = ggml_row_size(type, ne0);
-    if (nbytes % row_size != 0) {
-        fprintf(stderr, "%s: %s: %zu bytes is not a whole number of %zu-byte rows\n",
-                __func__, ggml_type_name(type), nbytes, row_size);
-        return false;
-    }
-    const size_t nrows = nbytes / row_size;
-    const block_slim_header * h0 = (const block_slim_header *) data;
-    for (size_t r = 0; r < nrows; ++r) {
-        const block_slim_header * h = (const block_slim_header *) ((const char *) data + r*row_size);
-        int64_t sum = 0;
-        for (int64_t j = 0; j < G; ++j) {
-            if (!slim_check_header(type, &h[j], r, j)) {
-                return false;
-            }
-            const int bits = ggml_slim_bits(h[j].d);
-            if (bits != ggml_slim_bits(h0[j].d)) {
-                fprintf(stderr, "%s: %s row %zu group %" PRId64 ": bit-width %d differs from row 0's %d\n",
-                        __func__, ggml_type_name(type), r, j, bits, ggml_slim_bits(h0[j].d));
-                return false;
-            }
-            sum += bits;
-        }
-        if (sum != G*b) {
-            fprintf(stderr, "%s: %s row %zu: bit-widths sum to %" PRId64 ", not %" PRId64 "\n",
-                    __func__, ggml_type_name(type), r, sum, G*b);
-            return false;
-        }
     }
     return true;
 }

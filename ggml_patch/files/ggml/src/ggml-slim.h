@@ -45,7 +45,8 @@ GGML_API void dequantize_row_slim3_g128(const void * GGML_RESTRICT x, float * GG
 GGML_API size_t quantize_slim(enum ggml_type type, const float * GGML_RESTRICT src, void * GGML_RESTRICT dst,
                               int64_t nrows, int64_t n_per_row, const float * imatrix);
 
-// ggml_validate_row_data's case: nbytes only, so it checks the size and the span's first header
+// ggml_validate_row_data's case: nbytes only, no ne0; accepts the span if some row length (a G dividing
+// nbytes/type_size) makes every header of every row valid. The exact checks with ne0 are in ggml.h.
 GGML_API bool ggml_slim_validate_span(enum ggml_type type, const void * data, size_t nbytes);
 
 #ifdef __cplusplus
