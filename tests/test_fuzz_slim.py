@@ -4,9 +4,11 @@ One tiny random llama is written with SLIM2_G64 tensors (2 and 3 groups per row,
 and 2 so tags can be swapped), then copies are damaged one way each: one row's tags, all rows' tags, widths
 outside the type's set, NaN/Inf scales and offsets, truncation, changed shapes and type ids. Each copy goes to
 
-- llama-cli (the patched CPU build) and llama-cpp-python: the load is refused with a message naming what is
-  wrong (for SLIM data: tensor, row and group), an exit code < 128 (an error, never a signal);
-- `slim2gguf inspect` and `slim2gguf eval --weights`: one line on stderr, exit code 2.
+- llama-cli (the patched CPU build; mmap, and `-lm none` for the damaged rows) and llama-cpp-python: the load is
+  refused with a message naming what is wrong (for SLIM data: tensor, row and group), an exit code < 128 (an
+  error, never a signal);
+- `slim2gguf inspect` and `slim2gguf eval --weights`: one line on stderr, exit code 2;
+- scripts/report.py's measure_file (a few classes): a one-line SlimError.
 
 The intact file is the control: every tool accepts it, so a refusal below is the damage's doing.
 """
@@ -221,14 +223,29 @@ def _check_llama_outcome(name: str, rc: int, output: str, tool: str) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # llama.cpp: llama-cli and llama-cpp-python (the patched CPU build)
 
+def _llama_cli(path: Path, *extra: str) -> subprocess.CompletedProcess:
+    cli = llama_env.tool("llama-cli")
+    return subprocess.run([str(cli), "-m", str(path), "-p", "the quick brown", "-n", "4", "-st", "-c", "128",
+                           "-t", "2", "--no-warmup", "--temp", "0", *extra], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, errors="replace", timeout=300)
+
+
 @pytest.mark.llama
 @pytest.mark.parametrize("name", list(CASES))
 def test_llama_cli(files, name):
-    cli = llama_env.tool("llama-cli")
-    res = subprocess.run([str(cli), "-m", str(files[name]), "-p", "the quick brown", "-n", "4", "-st", "-c", "128",
-                          "-t", "2", "--no-warmup", "--temp", "0"], stdin=subprocess.DEVNULL, capture_output=True,
-                         text=True, errors="replace", timeout=300)
+    res = _llama_cli(files[name])          # default load mode: mmap, the check reads the mapped header planes
     _check_llama_outcome(name, res.returncode, res.stdout + res.stderr, "llama-cli")
+
+
+# the damage to SLIM rows (the rest fails in gguf's parser, before any tensor data is read)
+ROW_CASES = [n for n, c in CASES.items() if c.damage is None or any(s.startswith("row ") for s in c.llama)]
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize("name", ROW_CASES)
+def test_llama_cli_without_mmap(files, name):
+    res = _llama_cli(files[name], "-lm", "none")   # the loader's other path: tensors read into buffers
+    _check_llama_outcome(name, res.returncode, res.stdout + res.stderr, "llama-cli -lm none")
 
 
 LLAMA_CPP_PROBE = r"""
