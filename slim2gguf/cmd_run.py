@@ -6,6 +6,8 @@ library folder, so nothing else needs configuring.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import sys
 import time
@@ -37,11 +39,43 @@ def load_llama(path: Path, *, n_ctx: int = 2048, n_threads: int | None = None, n
         from llama_cpp import Llama
     except (ImportError, FileNotFoundError, RuntimeError, OSError) as e:
         raise SlimError(f"llama-cpp-python is not usable ({e}); run `slim2gguf build-llama`") from e
+    errors: list[str] = []
+    with _llama_errors_captured(errors):
+        try:
+            return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+                         n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose, logits_all=False)
+        except ValueError as e:  # llama-cpp-python raises ValueError("Failed to load model from file: ...")
+            # llama.cpp's own reason (e.g. a corrupt SLIM tensor: tensor, row and group), which a quiet
+            # llama-cpp-python sends to /dev/null
+            reasons = [m.split("error loading model: ", 1)[1] for m in errors if "error loading model: " in m]
+            reasons = [r for r in reasons if not r.startswith("llama_model_loader: failed to load model")]
+            why = (reasons or errors or [f"{e} (rerun with --verbose for llama.cpp's log)"])[0]
+            raise SlimError(f"llama.cpp cannot load {path}: {why}") from e
+
+
+GGML_LOG_LEVEL_ERROR = 4  # ggml.h of the vendored llama.cpp (llama-cpp-python's _logger still maps 3 to errors)
+
+
+@contextlib.contextmanager
+def _llama_errors_captured(errors: list[str]):
+    """Collect llama.cpp's error-level log lines into `errors` (one line each) while passing every line on to
+    llama-cpp-python's own log callback, which prints them or not as it is told."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    @llama_cpp.llama_log_callback
+    def capture(level, text, user_data):
+        if level == GGML_LOG_LEVEL_ERROR:
+            line = text.decode("utf-8", errors="replace").strip()
+            if line:
+                errors.append(line)
+        _logger.llama_log_callback(level, text, user_data)
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
     try:
-        return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
-                     n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose, logits_all=False)
-    except ValueError as e:  # llama-cpp-python raises ValueError("Failed to load model from file: ...")
-        raise SlimError(f"llama.cpp cannot load {path}: {e} (rerun with --verbose for llama.cpp's log)") from e
+        yield
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -275,6 +275,22 @@ def test_llama_cpp_python(files, name):
         assert "LOADED" in res.stdout
 
 
+@pytest.mark.llama
+@pytest.mark.parametrize("name", ["intact", "tags_swapped_one_row", "nan_scale", "type_out_of_range"])
+def test_slim2gguf_run(files, name):
+    """`slim2gguf run` (llama-cpp-python, quiet): llama.cpp's reason in one line, exit 2."""
+    llama_env.require_llama_cpp_python()
+    res = subprocess.run([sys.executable, "-m", "slim2gguf.cli", "run", str(files[name]), "-p", "the quick", "-n",
+                          "2", "-c", "128", "-t", "2"], capture_output=True, text=True, errors="replace", timeout=300)
+    err = res.stderr.strip().splitlines()
+    if CASES[name].damage is None:
+        assert res.returncode == 0, res.stderr[-2000:]
+        return
+    assert res.returncode == 2 and len(err) == 1 and err[0].startswith("slim2gguf: error: llama.cpp cannot load")
+    for s in CASES[name].llama:
+        assert s in err[0], (name, err[0])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # slim2gguf's readers: inspect and eval --weights (in process: cli.main's return value is the exit code)
 
