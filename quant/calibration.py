@@ -12,9 +12,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-DEFAULT_NSAMPLES = 32   # 32 x 512 = 16k tokens: a few minutes for SmolLM2-135M on 2 CPU cores
-DEFAULT_SEQLEN = 512
-
 
 @dataclass
 class CalibrationSet:

@@ -10,14 +10,14 @@ plus the calibration activations.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from typing import Callable
 
 import torch
 
 from .calibration import CalibrationSet
+from .config import QuantConfig
 from .hessian import HessianAccumulator
-from .layer import METHODS, LayerOptions, quantize_linear
+from .layer import quantize_linear
 from .quantizer import pick_group_size
 from .result import QuantizedLinear
 
@@ -38,18 +38,6 @@ class _Stop(Exception):
 
 def decoder_layers(model) -> torch.nn.ModuleList:
     return model.model.layers
-
-
-def _to(obj, device):
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
 
 
 @torch.no_grad()
@@ -88,34 +76,23 @@ def _layer_forward(layer, hs, kw):
     return out[0] if isinstance(out, tuple) else out
 
 
-def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool = True, sqc: bool = True,
+def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, config: QuantConfig, *,
                    device=None, done_layers: dict[int, dict[str, QuantizedLinear]] | None = None,
                    on_layer_done: Callable[[int, dict[str, QuantizedLinear]], None] | None = None,
-                   **options) -> QuantizationResult:
+                   progress: bool = True) -> QuantizationResult:
     """Quantize every decoder-layer linear of `model` in place (fake-quant weights) and return the results.
 
-    calib_input_ids: LongTensor [nsamples, seqlen] or a CalibrationSet (its summary goes into `.info`).
-    method: rtn | gptq | slim (sba/sqc switch SliM's two parts; both off is GPTQ). bits: average, 2 or 3.
-    done_layers: {layer index: {name: QuantizedLinear}} from an earlier run (resume): written, not recomputed.
-    on_layer_done(i, {name: QuantizedLinear}) after each layer (checkpointing).
-    options: group_size (default: 128, or 64 per tensor where the width needs it), percdamp (0.01),
-             kl_tokens (512 rows for SBA's KL score), sqc_z, sqc_alpha, batch_size (8), seed (0), progress.
-    Deterministic for a given model, calibration and options.
+    calibration: a CalibrationSet (its summary goes into `.info`) or LongTensor [nsamples, seqlen]; None for
+    RTN, which needs none. done_layers: {layer index: {name: QuantizedLinear}} from an earlier run (resume):
+    written into the model, not recomputed. on_layer_done(i, {name: QuantizedLinear}) after each layer
+    (checkpointing). Deterministic for a given model, calibration, config and device.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if bits not in (2, 3):
-        raise ValueError("bits must be 2 or 3")
     calib_summary = None
-    if isinstance(calib_input_ids, CalibrationSet):
-        calib_summary = calib_input_ids.summary
-        calib_input_ids = calib_input_ids.input_ids
-    group_pref = options.pop("group_size", 128)
-    kl_tokens = options.pop("kl_tokens", 512)
-    batch_size = options.pop("batch_size", 8)
-    seed = options.pop("seed", 0)
-    progress = options.pop("progress", True)
-    opts = LayerOptions(**options)
+    if isinstance(calibration, CalibrationSet):
+        calib_summary = calibration.summary
+        calibration = calibration.input_ids
+    if config.needs_calibration and calibration is None:
+        raise ValueError(f"method {config.method!r} needs calibration tokens")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     done_layers = done_layers or {}
     t0 = time.time()
@@ -123,12 +100,12 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
     layers = decoder_layers(model)
     results = QuantizationResult()
     sba_k = {}   # weight name -> SBA's chosen k (number of b+1-bit groups = number of b-1-bit groups)
-    need_acts = method != "rtn"
-    batches = capture_layer0_inputs(model, calib_input_ids, batch_size, device) if need_acts else []
+    need_acts = config.needs_calibration
+    batches = capture_layer0_inputs(model, calibration, config.batch_size, device) if need_acts else []
     it = range(len(layers))
     if progress:
         from tqdm import tqdm
-        it = tqdm(it, desc=f"quantize {method} {bits}-bit", unit="layer")
+        it = tqdm(it, desc=f"quantize {config.method} {config.bits}-bit", unit="layer")
     for li in it:
         layer = layers[li].to(device)
         mods = {n: layer.get_submodule(n) for n in LINEAR_NAMES}
@@ -140,7 +117,7 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
         else:
             hess, kl_rows, handles = {}, {}, []
             # one generator per layer, seeded by (seed, layer): a resumed run samples the same KL rows
-            kl_gen = torch.Generator().manual_seed(seed * 1_000_003 + li)
+            kl_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + li)
             if need_acts:
                 for n, mod in mods.items():
                     hess[n] = HessianAccumulator(mod.in_features, device)
@@ -150,7 +127,7 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
                         hess[n].add_batch(x)
                         if n not in kl_rows:   # SBA's KL rows: a seeded sample of the first mini-batch
                             flat = x.reshape(-1, x.shape[-1]).float()
-                            kl_rows[n] = flat[torch.randperm(flat.shape[0], generator=kl_gen)[:kl_tokens]
+                            kl_rows[n] = flat[torch.randperm(flat.shape[0], generator=kl_gen)[:config.kl_tokens]
                                               .to(flat.device)]
                     handles.append(mod.register_forward_hook(hook))
                 with torch.no_grad():
@@ -161,11 +138,10 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
             qls = {}
             for n, mod in mods.items():
                 W = mod.weight.data.float()
-                g = pick_group_size(W.shape[1], group_pref)
+                g = pick_group_size(W.shape[1], config.group_size)
                 if g is None:        # width not divisible by 64: left in full precision (stock type in the file)
                     continue
-                ql, linfo = quantize_linear(W, hess[n].H if need_acts else None, kl_rows.get(n), method=method,
-                                            bits=bits, group_size=g, sba=sba, sqc=sqc, opts=opts)
+                ql, linfo = quantize_linear(W, hess[n].H if need_acts else None, kl_rows.get(n), config, g)
                 qls[prefix + n + ".weight"] = ql
                 if "k" in linfo:
                     sba_k[prefix + n + ".weight"] = linfo["k"]
@@ -182,11 +158,7 @@ def quantize_model(model, calib_input_ids, *, method: str, bits: int, sba: bool 
         results.update(qls)
         if on_layer_done is not None:
             on_layer_done(li, qls)
-    results.info = {
-        "method": method, "bits": bits, "sba": bool(sba and method == "slim"), "sqc": bool(sqc and method == "slim"),
-        "group_size": group_pref, "kl_tokens": kl_tokens, "seed": seed, "options": asdict(opts),
-        "calibration": calib_summary, "seconds": time.time() - t0, "sba_k": sba_k,
-    }
+    results.info = {**config.key(), "calibration": calib_summary, "seconds": time.time() - t0, "sba_k": sba_k}
     return results
 
 

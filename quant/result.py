@@ -43,3 +43,13 @@ class QuantizedLinear:
     def to(self, device) -> "QuantizedLinear":
         return QuantizedLinear(self.bits.to(device), self.q.to(device), self.d.to(device),
                                self.m.to(device), self.group_size)
+
+    # ------------------------------------------------------------------------------------------- persistence
+    def state(self) -> dict:
+        """Plain tensors and ints (CPU), what torch.save(weights_only) stores and `from_state` reads back."""
+        return {"bits": self.bits.cpu(), "q": self.q.cpu(), "d": self.d.cpu(), "m": self.m.cpu(),
+                "group_size": int(self.group_size)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "QuantizedLinear":
+        return cls(state["bits"], state["q"], state["d"], state["m"], int(state["group_size"]))

@@ -71,7 +71,7 @@ class Row:
     family: str              # f16 | stock | stock+imatrix | slim
     file: str
     file_bytes: int = 0
-    bpw: float = 0.0         # whole file: 8 * tensor bytes / parameters
+    bpw: float = 0.0         # whole file, tensor bpw (slim2gguf.bpw): 8 * tensor bytes / parameters
     blk_bpw: float = 0.0     # 2-D weights of the transformer blocks only (what the quantizers differ in)
     types: dict = field(default_factory=dict)  # ggml type -> parameter count, as written
     ppl: float | None = None
@@ -94,26 +94,18 @@ def run(cmd: list, log: Path, env: dict | None = None) -> str:
 
 
 def measure_file(path: Path) -> tuple[int, float, float, dict]:
-    """(bytes, whole-file bpw, transformer-block 2-D weight bpw, {type: params}) read from the GGUF.
-    Every SLIM tensor is validated first: a corrupt file is a one-line SlimError."""
-    from slim2gguf import reference_decoder
+    """(bytes, whole-file tensor bpw, transformer-block 2-D weight bpw, {type: params}) read from the GGUF,
+    by slim2gguf.bpw's definitions. Every SLIM tensor is validated first: a corrupt file is a one-line SlimError."""
+    from slim2gguf import bpw, reference_decoder
     from slim2gguf.format import is_slim
     from slim2gguf.gguf_in import open_gguf
 
     reader = open_gguf(path)
-    bits = params = blk_bits = blk_params = 0
-    types: dict[str, int] = {}
-    for t in reader.tensors:
-        if is_slim(t.tensor_type):
-            reference_decoder.validate(t.data, int(t.shape[0]), int(t.tensor_type), t.name)
-        n = int(t.n_elements)
-        b = 8 * int(t.n_bytes)
-        name = t.tensor_type.name
-        bits, params = bits + b, params + n
-        types[name] = types.get(name, 0) + n
-        if t.name.startswith("blk.") and len(t.shape) == 2 and int(min(t.shape)) > 1:
-            blk_bits, blk_params = blk_bits + b, blk_params + n
-    return path.stat().st_size, bits / params, blk_bits / max(blk_params, 1), types
+    for tensor in reader.tensors:
+        if is_slim(tensor.tensor_type):
+            reference_decoder.validate(tensor.data, int(tensor.shape[0]), int(tensor.tensor_type), tensor.name)
+    t = bpw.measure(reader, path.stat().st_size)
+    return t.file_bytes, t.bpw_tensors, t.bpw_blocks, t.weights_by_type
 
 
 def parse_perplexity(out: str) -> dict:
@@ -149,11 +141,11 @@ class Report:
     def f16(self) -> Path:
         out = self.work / "f16.gguf"
         if not out.exists():
-            from slim2gguf import gguf_out, model_io
+            from slim2gguf import gguf_out, hf_export, model_io
 
             print("[report] F16 GGUF of the source model", flush=True)
             model, tok, _ = model_io.load_model(self.args.model)
-            hf_dir = gguf_out.export_hf_folder(model, tok, self.work / "hf")
+            hf_dir = hf_export.export_hf_folder(model, tok, self.work / "hf")
             gguf_out.write_stock(hf_dir, out, "f16")
             shutil.rmtree(self.work / "hf", ignore_errors=True)
         return out

@@ -1,9 +1,10 @@
 """Per-layer checkpoints of a conversion, so an interrupted `convert` can `--resume` without redoing layers.
 
 Layout of OUT.ckpt/ (next to the output file):
-    manifest.json        {"version": 1, "settings": {...}}: everything that decides the quantized numbers
+    manifest.json        {"version": 2, "settings": {...}}: everything that decides the quantized numbers
+                         (the QuantConfig, the calibration, the source model's files, the device)
     calibration.pt       the calibration token ids and their summary (self-generated text is not re-sampled)
-    layer_00012.pt       {hf name: {"bits", "q", "d", "m", "group_size"}} of one finished decoder layer
+    layer_00012.pt       {hf name: QuantizedLinear.state()} of one finished decoder layer
     hf/                  the HF folder exported from a GGUF source (llama.cpp's converter reads it)
 Every file is written to a temporary name and renamed, so a kill leaves either the old or the new file.
 Resuming with different settings is refused (one line naming the first differing setting).
@@ -18,7 +19,34 @@ from typing import Any
 
 from .errors import SlimError
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2   # 2: settings keyed by QuantConfig.key()
+
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """A file's resolved path, and its name, size and mtime: changes when the file does."""
+    path = Path(path)
+    return {"path": str(path.resolve()), "files": _fingerprint([path])}
+
+
+def model_fingerprint(folder: Path, gguf_file: str | None) -> dict[str, Any]:
+    """The source model's files (a GGUF file, or a folder's config/weights/tokenizer model) as file_fingerprint."""
+    folder = Path(folder)
+    if gguf_file:
+        files = [folder / gguf_file]
+    else:
+        files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model")]
+    return {"path": str(folder.resolve() / (gguf_file or "")), "files": _fingerprint(files)}
+
+
+def _fingerprint(paths: list[Path]) -> list[list]:
+    out = []
+    for p in sorted(paths):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        out.append([p.name, st.st_size, st.st_mtime_ns])
+    return out
 
 
 def checkpoint_dir(out_path: Path) -> Path:
@@ -84,17 +112,21 @@ class Checkpoints:
         shutil.rmtree(self.path, ignore_errors=True)
 
     # ---------------------------------------------------------------------------------------------- calibration
-    def save_calibration(self, input_ids, summary: dict[str, Any]) -> None:
-        _torch_save_atomic({"input_ids": input_ids.cpu(), "summary": summary}, self.path / "calibration.pt")
+    def save_calibration(self, calibration) -> None:
+        """calibration: a quant.calibration.CalibrationSet."""
+        _torch_save_atomic({"input_ids": calibration.input_ids.cpu(), "summary": dict(calibration.summary)},
+                           self.path / "calibration.pt")
 
     def load_calibration(self):
-        """(input_ids, summary) or None."""
+        """The CalibrationSet saved by save_calibration, or None."""
         import torch
+
+        from quant.calibration import CalibrationSet
         p = self.path / "calibration.pt"
         if not p.is_file():
             return None
         obj = torch.load(p, weights_only=True)
-        return obj["input_ids"], obj["summary"]
+        return CalibrationSet(obj["input_ids"], obj["summary"])
 
     # ---------------------------------------------------------------------------------------------- layers
     def _layer_path(self, index: int) -> Path:
@@ -105,9 +137,7 @@ class Checkpoints:
 
     def save_layer(self, index: int, layer: dict[str, Any]) -> None:
         """layer: {hf name: QuantizedLinear}."""
-        obj = {name: {"bits": ql.bits.cpu(), "q": ql.q.cpu(), "d": ql.d.cpu(), "m": ql.m.cpu(),
-                      "group_size": int(ql.group_size)} for name, ql in layer.items()}
-        _torch_save_atomic(obj, self._layer_path(index))
+        _torch_save_atomic({name: ql.state() for name, ql in layer.items()}, self._layer_path(index))
 
     def load_layer(self, index: int) -> dict[str, Any]:
         import torch
@@ -118,8 +148,7 @@ class Checkpoints:
         except Exception as e:  # noqa: BLE001 - a damaged checkpoint is the user's to delete
             raise SlimError(f"checkpoint {self._layer_path(index)} is unreadable ({type(e).__name__}); "
                             f"run without --resume") from None
-        return {name: QuantizedLinear(v["bits"], v["q"], v["d"], v["m"], int(v["group_size"]))
-                for name, v in obj.items()}
+        return {name: QuantizedLinear.from_state(v) for name, v in obj.items()}
 
     def load_layers(self) -> dict[int, dict[str, Any]]:
         return {i: self.load_layer(i) for i in self.finished_layers()}
@@ -127,10 +156,5 @@ class Checkpoints:
     # ---------------------------------------------------------------------------------------------- hf export
     @property
     def hf_dir(self) -> Path:
+        """Where a GGUF source's HF folder is exported (hf_export.converter_input), so a resume reuses it."""
         return self.path / "hf"
-
-    def hf_dir_complete(self) -> bool:
-        return (self.hf_dir / ".complete").is_file()
-
-    def mark_hf_dir_complete(self) -> None:
-        (self.hf_dir / ".complete").write_text("ok\n")

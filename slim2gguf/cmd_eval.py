@@ -11,17 +11,20 @@ import json
 import sys
 import time
 
-from .errors import SlimError
-from .quant_options import add_quant_options, peak_rss_mib
+from quant.config import AVERAGE_BITS, METHODS
 
-METHODS = ("fp", "rtn", "gptq", "slim")
-ACTIVATIONS = ("q8", "f16")
+from .errors import SlimError
+from .quant_options import add_quant_options, calibration_spec, quant_config
+from .resources import peak_rss_mib
+
+NO_QUANTIZATION = "fp"   # eval's own method: the model as loaded (fp32)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="Hugging Face folder, GGUF file of higher precision, or 'demo'")
-    p.add_argument("--method", choices=METHODS, default="slim", help="fp = no quantization (default: slim)")
-    p.add_argument("--bits", type=int, choices=(2, 3), default=2, help="average bits per weight (default 2)")
+    p.add_argument("--method", choices=(NO_QUANTIZATION, *METHODS), default="slim",
+                   help=f"{NO_QUANTIZATION} = no quantization (default: slim)")
+    p.add_argument("--bits", type=int, choices=AVERAGE_BITS, default=2, help="average bits per weight (default 2)")
     add_quant_options(p)
     p.add_argument("--eval-text", metavar="FILE", required=True, help="text to measure perplexity on")
     p.add_argument("--ctx", type=int, default=512, help="window length (default 512)")
@@ -36,17 +39,17 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
-    from quant.calibration import self_generated, windows_from_ids
     from quant.perplexity import perplexity
     from quant.pipeline import average_bits, quantize_model
+    from .calibration import calibration_set
     from .model_io import load_model, tokenize_file
 
     t0 = time.time()
-    for name in ("nsamples", "seqlen", "ctx", "max_tokens"):
+    spec = calibration_spec(args)   # checks --nsamples / --seqlen / --calib
+    for name in ("ctx", "max_tokens"):
         if getattr(args, name) <= 0:
             raise SlimError(f"--{name.replace('_', '-')} must be positive")
-    if args.group_size not in (32, 64, 128, 256):
-        raise SlimError("--group-size must be 32, 64, 128 or 256")
+    config = quant_config(args) if args.method != NO_QUANTIZATION else None
     torch.manual_seed(args.seed)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -57,26 +60,17 @@ def run(args) -> int:
     if eval_ids.numel() < args.ctx:
         raise SlimError(f"{args.eval_text}: {eval_ids.numel()} tokens, fewer than --ctx {args.ctx}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    summary = {"method": args.method, "bits": args.bits if args.method != "fp" else None,
-               "sba": args.method == "slim" and not args.no_sba, "sqc": args.method == "slim" and not args.no_sqc}
+    summary = {"method": args.method, "bits": config.bits if config else None,
+               "sba": config.sba if config else False, "sqc": config.sqc if config else False}
     quant_seconds = 0.0
-    if args.method == "fp":
+    calib = None
+    if config is None:
         avg_bits = bpw = 32.0   # the torch model runs in fp32
-        calib = None
     else:
-        if args.method == "rtn":
-            calib = None
-        elif args.calib:
-            ids = tokenize_file(tok, args.calib)
-            if ids.numel() <= args.seqlen:
-                raise SlimError(f"{args.calib}: {ids.numel()} tokens, not more than --seqlen {args.seqlen}")
-            calib = windows_from_ids(ids, args.nsamples, args.seqlen, args.seed, source=args.calib)
-        else:
-            calib = self_generated(model, args.nsamples, args.seqlen, args.seed, tok.bos_token_id)
+        if config.needs_calibration:
+            calib = calibration_set(spec, model, tok)
         tq = time.time()
-        res = quantize_model(model, calib if calib is not None else torch.zeros(0, 1, dtype=torch.long),
-                             method=args.method, bits=args.bits, sba=not args.no_sba, sqc=not args.no_sqc,
-                             device=device, group_size=args.group_size, seed=args.seed)
+        res = quantize_model(model, calib, config, device=device)
         quant_seconds = time.time() - tq
         avg_bits, bpw = average_bits(res)
         ks = list(res.info.get("sba_k", {}).values())

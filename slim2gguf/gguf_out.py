@@ -7,27 +7,28 @@ hooks on a subclass of the architecture's converter class change only what SLIM 
 - modify_tensors: for a quantized weight, a row-index tensor goes through the converter's own modify_tensors
   instead of the weight, which tells the GGUF name and the row order it writes (the llama q/k RoPE permutation
   reorders rows only; SLIM tags are per column group, so permuting q/d/m rows is exact). The SLIM rows are
-  packed (format.pack_rows) and validated (reference_decoder.validate), and a 1x1 placeholder goes on.
+  packed (format.pack_quantized) and validated (reference_decoder.validate), and a 1x1 placeholder goes on.
 - gguf_writer.add_tensor: the placeholder is swapped for the packed bytes with raw_dtype = the SLIM type.
 - tensor_force_quant: stock types for what SLIM does not hold (token_embd / output / unquantized linears);
   norms and other 1-D tensors stay F32 through the converter's own rule.
-general.file_type becomes MOSTLY_SLIM2 / MOSTLY_SLIM3 and `slim.*` keys carry the settings.
+general.file_type becomes MOSTLY_SLIM2 / MOSTLY_SLIM3 and `slim.*` keys carry the settings (`slim_metadata`).
+`write_slim_gguf_atomic` writes OUT.partial and renames it, so OUT is never a half-written file.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
 from .errors import SlimError
-from .format import slim_type
-from .llama_build import SOURCE_DIR
+from .format import FORMAT_VERSION, Keys, pack_quantized, slim_type
+from .llama_converter import converter_class, quiet_converter
+
+if TYPE_CHECKING:
+    from quant.config import QuantConfig
 
 # stock types the converter (gguf-py) can write; llama-quantize's Q6_K/Q4_K are not in gguf-py's quantizer
 STOCK_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")
@@ -75,45 +76,7 @@ class WriteReport:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# the vendored converter
-
-
-def _import_conversion():
-    """Import the `conversion` package of the patched llama.cpp tree (needs the patched gguf-py installed)."""
-    if not (SOURCE_DIR / "conversion" / "__init__.py").exists():
-        raise SlimError(f"llama.cpp's converter not found in {SOURCE_DIR}; run `bash scripts/setup.sh`")
-    if str(SOURCE_DIR) not in sys.path:
-        sys.path.insert(1, str(SOURCE_DIR))
-    import conversion
-    return conversion
-
-
-@contextlib.contextmanager
-def _quiet_converter(verbose: bool):
-    conversion = _import_conversion()
-    logger = conversion.logger
-    old = logger.level
-    logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
-    if verbose and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO)
-    try:
-        yield conversion
-    finally:
-        logger.setLevel(old)
-
-
-def converter_class(hf_dir: Path):
-    """The vendored converter's class for the HF folder's architecture (SlimError if unsupported)."""
-    conversion = _import_conversion()
-    try:
-        hparams = conversion.ModelBase.load_hparams(Path(hf_dir), False)
-        arch = conversion.get_model_architecture(hparams, conversion.ModelType.TEXT)
-    except (OSError, ValueError, KeyError) as e:
-        raise SlimError(f"cannot read the model config in {hf_dir}: {e}") from None
-    try:
-        return conversion.get_model_class(arch)
-    except NotImplementedError:
-        raise SlimError(f"unsupported architecture {arch!r}: llama.cpp's converter does not know it") from None
+# a stock file (the reference for comparisons)
 
 
 def write_stock(hf_dir: Path, out_path: Path, outtype: str = "f16", *, model_name: str | None = None,
@@ -124,7 +87,7 @@ def write_stock(hf_dir: Path, out_path: Path, outtype: str = "f16", *, model_nam
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
              "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
     cls = converter_class(hf_dir)
-    with _quiet_converter(verbose), torch.inference_mode():
+    with quiet_converter(verbose), torch.inference_mode():
         model = cls(Path(hf_dir), ftype, Path(out_path), model_name=model_name,
                     metadata_override=metadata_override)
         model.write()
@@ -135,8 +98,33 @@ def write_stock(hf_dir: Path, out_path: Path, outtype: str = "f16", *, model_nam
 # the SLIM writer
 
 
+def slim_metadata(config: QuantConfig, calibration: Mapping[str, Any] | None, source_name: str,
+                  group_sizes: Iterable[int]) -> dict[str, Any]:
+    """The `slim.*` keys of a file (docs/format.md), in the order they are written.
+
+    calibration: the calibration summary (source, nsamples, seqlen, tokens, seed); None when RTN needed none.
+    group_sizes: the group sizes the file's SLIM tensors use."""
+    meta: dict[str, Any] = {
+        Keys.FORMAT_VERSION: FORMAT_VERSION,
+        Keys.BITS: config.bits,
+        Keys.GROUP_SIZE: config.group_size,
+        Keys.GROUP_SIZES: sorted(set(int(g) for g in group_sizes)),
+        Keys.METHOD: config.method,
+        Keys.SBA: config.sba,
+        Keys.SQC: config.sqc,
+        Keys.SEED: config.seed,
+        Keys.SOURCE: source_name,
+    }
+    if calibration:
+        for key in ("source", "nsamples", "seqlen", "tokens", "seed"):
+            if key in calibration:
+                meta[Keys.Calibration.PREFIX + key] = calibration[key]
+    else:
+        meta[Keys.Calibration.SOURCE] = "none (rtn)"
+    return meta
+
+
 def _metadata_adder(writer, key: str, value: Any):
-    import gguf
     if isinstance(value, bool):
         writer.add_bool(key, value)
     elif isinstance(value, int):
@@ -149,7 +137,6 @@ def _metadata_adder(writer, key: str, value: Any):
         writer.add_array(key, list(value))
     else:
         raise TypeError(f"metadata {key}: cannot store {type(value).__name__}")
-    del gguf
 
 
 def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: StockTypes,
@@ -159,7 +146,6 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
     import torch
 
     from . import reference_decoder
-    from .format import pack_rows
 
     target_ftype = gguf.LlamaFileType.MOSTLY_SLIM2 if avg_bits == 2 else gguf.LlamaFileType.MOSTLY_SLIM3
     placeholder = torch.zeros(1, 1, dtype=torch.float16)
@@ -207,8 +193,7 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
                 raise SlimError(f"{name}: llama.cpp's converter does more than reorder rows; SLIM cannot follow it")
             st = slim_type(avg_bits, ql.group_size)
             p = perm.numpy()
-            packed = pack_rows(ql.bits.cpu().numpy(), ql.q.cpu().numpy()[p], ql.d.cpu().numpy()[p],
-                               ql.m.cpu().numpy()[p], st)
+            packed = pack_quantized(ql, st, row_order=p)
             reference_decoder.validate(packed, cols, st, new_name)
             self._slim_pending[new_name] = (packed, st.ggml_type)
             self._slim_hf_names[new_name] = name
@@ -252,7 +237,7 @@ def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], 
     stock = stock or StockTypes()
     report = WriteReport()
     cls = _hooked_class(converter_class(hf_dir), quantized, avg_bits, stock, dict(slim_meta or {}), report)
-    with _quiet_converter(verbose), torch.inference_mode():
+    with quiet_converter(verbose), torch.inference_mode():
         model = cls(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, Path(out_path), model_name=model_name,
                     metadata_override=metadata_override)
         model.prepare_tensors()
@@ -264,6 +249,22 @@ def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], 
         model.gguf_writer.write_kv_data_to_file()
         model.gguf_writer.write_tensors_to_file(progress=verbose)
         model.gguf_writer.close()
+    return report
+
+
+def write_slim_gguf_atomic(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], **kwargs) -> WriteReport:
+    """write_slim_gguf into OUT.partial, renamed to out_path when complete; SlimError when it cannot be written.
+    The partial file never outlives a failure."""
+    out_path = Path(out_path)
+    tmp = atomic_output(out_path)
+    try:
+        report = write_slim_gguf(hf_dir, tmp, quantized, **kwargs)
+        os.replace(tmp, out_path)
+    except OSError as e:
+        raise SlimError(f"cannot write {out_path}: {e.strerror or e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return report
 
 
@@ -290,32 +291,3 @@ def check_writable(out_path: Path) -> None:
         raise SlimError(f"output path {out_path} is not writable: {e.strerror or e}") from None
     if out_path.exists() and not os.access(out_path, os.W_OK):
         raise SlimError(f"output path {out_path} is not writable")
-
-
-def export_hf_folder(model, tokenizer, dest: Path) -> Path:
-    """Write a transformers model + tokenizer as an HF folder llama.cpp's converter reads (for GGUF sources).
-
-    save_pretrained refuses models loaded from GGUF, so: config.json without the GGUF quantization_config and
-    with `architectures`, model.safetensors of the (dequantized) weights, tokenizer files.
-    """
-    import json
-
-    from safetensors.torch import save_file, save_model
-
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    cfg = model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg["architectures"] = [type(model).__name__]
-    cfg = json.loads(json.dumps(cfg, default=str))
-    (dest / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    if getattr(model.config, "tie_word_embeddings", False):
-        # save_model keeps one name of a shared tensor, alphabetically the first: lm_head. llama.cpp needs the
-        # embedding (token_embd; output falls back to it), so keep embed_tokens and drop the tied lm_head.
-        sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        save_file({k: v.detach().contiguous() for k, v in sd.items()}, str(dest / "model.safetensors"),
-                  metadata={"format": "pt"})
-    else:
-        save_model(model, str(dest / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer.save_pretrained(str(dest))
-    return dest

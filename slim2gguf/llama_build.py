@@ -20,13 +20,9 @@ import time
 from pathlib import Path
 
 from .errors import SlimError
+from .paths import BUILD_DIR, CACHE_DIR, PATCH_DIR, REPO_ROOT, SOURCE_DIR
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PATCH_DIR = REPO_ROOT / "ggml_patch"
-CACHE_DIR = REPO_ROOT / ".cache"
-BUILD_DIR = REPO_ROOT / "build"
-SOURCE_DIR = BUILD_DIR / "llama.cpp"
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
 
 

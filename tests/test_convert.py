@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slim2gguf import cli
-from slim2gguf.cmd_convert import KILL_ENV, convert
+from slim2gguf import cli, cmd_convert
+from slim2gguf.convert import convert
 from slim2gguf.file_report import analyze
 from slim2gguf.gguf_in import metadata, open_gguf
 from slim2gguf.gguf_out import write_stock
@@ -41,10 +41,10 @@ def tiny_llama(tmp_path_factory, tokenizer_dir):
 
 
 def convert_args(model, out, bits, *extra):
+    """ConvertSettings as the command line makes them."""
     ap = cli.argparse.ArgumentParser()
-    from slim2gguf import cmd_convert
     cmd_convert.configure(ap)
-    return ap.parse_args([str(model), "--bits", str(bits), "-o", str(out), *FAST, *extra])
+    return cmd_convert.settings(ap.parse_args([str(model), "--bits", str(bits), "-o", str(out), *FAST, *extra]))
 
 
 def kv(path):
@@ -150,9 +150,11 @@ def test_error_output_not_writable(capsys, tiny_llama, tmp_path):
         ro.chmod(0o700)
 
 
-def _run_cli(args, env=None):
-    return subprocess.run([sys.executable, "-m", "slim2gguf.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=REPO)
+def _run_cli(args, kill_after_layer=None):
+    """The CLI in a fresh process; kill_after_layer=N: SIGKILLed right after layer N's checkpoint is written."""
+    entry = ["-m", "slim2gguf.cli"] if kill_after_layer is None else \
+        [str(REPO / "tests" / "kill_after_layer.py"), str(kill_after_layer)]
+    return subprocess.run([sys.executable, *entry, *map(str, args)], capture_output=True, text=True, cwd=REPO)
 
 
 def test_resume_after_kill_is_byte_identical(tiny_llama, tmp_path):
@@ -163,7 +165,7 @@ def test_resume_after_kill_is_byte_identical(tiny_llama, tmp_path):
     r = _run_cli([*args, "-o", ref])
     assert r.returncode == 0, r.stderr[-2000:]
     # killed (SIGKILL, no clean-up) right after layer 1's checkpoint was written
-    r = _run_cli([*args, "-o", out], env={KILL_ENV: "1"})
+    r = _run_cli([*args, "-o", out], kill_after_layer=1)
     assert r.returncode == -9, r.stderr[-2000:]
     ck = tmp_path / "m.gguf.ckpt"
     assert sorted(p.name for p in ck.glob("layer_*.pt")) == ["layer_00000.pt", "layer_00001.pt"]

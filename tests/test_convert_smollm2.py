@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from slim2gguf import cli
-from slim2gguf.cmd_convert import convert
+from slim2gguf import cli, cmd_convert
+from slim2gguf.convert import convert
 from slim2gguf.file_report import analyze
 from slim2gguf.gguf_in import metadata, open_gguf
-from slim2gguf.gguf_out import export_hf_folder, write_stock
+from slim2gguf.gguf_out import write_stock
+from slim2gguf.hf_export import export_hf_folder
 
 from slim_synth import assert_decode_equals_reference
 
@@ -28,14 +29,13 @@ def converted(request, tmp_path_factory):
     bits = request.param
     tmp = tmp_path_factory.mktemp(f"smol{bits}")
     ap = cli.argparse.ArgumentParser()
-    from slim2gguf import cmd_convert
     cmd_convert.configure(ap)
     calib = ["--calib", str(CALIB)] if CALIB.exists() else []
     out = tmp / f"smollm2-slim{bits}.gguf"
     # SBA on (mixed tags, the part the writer and decoder care about); SQC off: it is most of SliM's CPU time
     # and changes only the values of d and m, not how they are stored
-    res = convert(ap.parse_args(["demo", "--bits", str(bits), "-o", str(out), "--nsamples", "8",
-                                 "--seqlen", "128", "--no-sqc", *calib]))
+    res = convert(cmd_convert.settings(ap.parse_args(["demo", "--bits", str(bits), "-o", str(out),
+                                                      "--nsamples", "8", "--seqlen", "128", "--no-sqc", *calib])))
     fq = export_hf_folder(res.model, res.tokenizer, tmp / "fq")
     override = tmp / "general.json"
     override.write_text(json.dumps(res.general or {}))

@@ -10,6 +10,7 @@ import torch
 from one_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from quant.calibration import self_generated, windows_from_ids
+from quant.config import QuantConfig
 from quant.pipeline import LINEAR_NAMES, average_bits, quantize_model
 from slim2gguf.cli import main
 from slim2gguf.model_io import load_model, tokenize_file
@@ -48,7 +49,7 @@ def test_quantize_model_api_resume_and_fake_weights(tiny_llama_dir, tiny_text_fi
     calib = windows_from_ids(tokenize_file(tok, str(tiny_text_file)), 4, 64, seed=1)
     emb = model.model.embed_tokens.weight.clone()
     seen = {}
-    res = quantize_model(model, calib, method="slim", bits=2, progress=False,
+    res = quantize_model(model, calib, QuantConfig(method="slim", bits=2), progress=False,
                          on_layer_done=lambda i, q: seen.setdefault(i, q))
     assert sorted(seen) == [0, 1]
     assert set(res) == {f"model.layers.{i}.{n}.weight" for i in range(2) for n in LINEAR_NAMES}
@@ -62,7 +63,8 @@ def test_quantize_model_api_resume_and_fake_weights(tiny_llama_dir, tiny_text_fi
 
     # resume: layer 0 given from the first run -> identical results for layer 1
     model2, _, _ = load_model(str(tiny_llama_dir))
-    res2 = quantize_model(model2, calib, method="slim", bits=2, progress=False, done_layers={0: seen[0]})
+    res2 = quantize_model(model2, calib, QuantConfig(method="slim", bits=2), progress=False,
+                          done_layers={0: seen[0]})
     for name in res:
         assert torch.equal(res[name].q, res2[name].q) and torch.equal(res[name].d, res2[name].d)
 

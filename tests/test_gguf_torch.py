@@ -77,7 +77,7 @@ def test_slim_file_loads_the_fake_quant_weights(tiny, tmp_path):
 
 
 def cli_convert(model_dir, out):
-    from slim2gguf.cmd_convert import convert
+    from slim2gguf.convert import convert
 
     return convert(convert_args(model_dir, out, 2, "--method", "rtn"))
 

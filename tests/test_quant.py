@@ -7,6 +7,7 @@ import torch
 
 from one_thread import one_torch_thread  # noqa: F401  (autouse)
 
+from quant.config import QuantConfig
 from quant.gptq import gptq_quantize, minmax_range_fn
 from quant.hessian import HessianAccumulator, inverse_hessian_cholesky
 from quant.layer import quantize_linear
@@ -216,8 +217,8 @@ def test_quantize_linear_methods(bits):
     errs = {}
     for name, method, sba, sqc in [("rtn", "rtn", 1, 1), ("gptq", "gptq", 1, 1), ("slim", "slim", 1, 1),
                                    ("slim-none", "slim", 0, 0)]:
-        ql, _ = quantize_linear(W, acc.H, X[:256], method=method, bits=bits, group_size=64,
-                                sba=bool(sba), sqc=bool(sqc))
+        ql, _ = quantize_linear(W, acc.H, X[:256], QuantConfig(method=method, bits=bits, sba=bool(sba),
+                                                               sqc=bool(sqc)), group_size=64)
         assert ql.bits.float().mean() == bits and ql.bits.min() >= bits - 1 and ql.bits.max() <= bits + 1
         errs[name] = float(((X @ (ql.dequantize() - W).t()) ** 2).mean())
     assert errs["slim-none"] == errs["gptq"]       # both switches off is GPTQ

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from quant.calibration import windows_from_ids
+from quant.config import QuantConfig
 from quant.pipeline import quantize_model
 from slim2gguf.model_io import load_model, tokenize_file
 
@@ -39,7 +40,7 @@ def test_demo_two_layers_slim_beats_gptq(demo_model_path, tmp_path):
     errs = {}
     for method in ("gptq", "slim"):
         model.load_state_dict(state)
-        res = quantize_model(model, calib, method=method, bits=2, progress=False)
+        res = quantize_model(model, calib, QuantConfig(method=method, bits=2), progress=False)
         for name, ql in res.items():
             assert ql.group_size == (64 if ql.shape[1] == 576 else 128)
             assert int(ql.bits.sum()) == 2 * ql.bits.numel()

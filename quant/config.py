@@ -1,0 +1,55 @@
+"""The quantizer's settings: one frozen dataclass that goes from the command line to every layer.
+
+Everything that decides the quantized numbers is a field here (plus the calibration tokens and the device), so
+`convert` also uses `QuantConfig.key()` as the key of its per-layer checkpoints: a resumed run with any other
+value is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .sqc import DEFAULT_ALPHA, DEFAULT_TAUS, DEFAULT_Z
+
+METHODS = ("slim", "gptq", "rtn")   # SliM-LLM (SBA + SQC + GPTQ), GPTQ with uniform bits, round-to-nearest
+AVERAGE_BITS = (2, 3)               # group widths b-1..b+1 must fit the 2-bit tag (1..4)
+GROUP_SIZES = (64, 128)             # the SLIM storage types' group sizes
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    method: str = "slim"
+    bits: int = 2                       # average bits per weight
+    group_size: int = 128               # preferred; 64 per tensor where the input width needs it
+    sba: bool = True                    # salience-determined bit allocation (SliM only)
+    sqc: bool = True                    # salience-weighted quantizer calibration (SliM only)
+    seed: int = 0                       # SBA's KL rows: layer i samples with seed * 1_000_003 + i
+    kl_tokens: int = 512                # calibration rows SBA scores its candidates on
+    percdamp: float = 0.01              # GPTQ's damping, fraction of mean(diag H)
+    sqc_z: float = DEFAULT_Z            # |z-score| of salience that marks a weight locally salient
+    sqc_alpha: float = DEFAULT_ALPHA    # weight of the salient weights' error in SQC's search
+    sqc_taus: tuple = DEFAULT_TAUS      # clipping factors SQC tries (1.0 first: ties keep min/max)
+    batch_size: int = 8                 # calibration sequences per forward pass (fixes the Hessian's summation)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.bits not in AVERAGE_BITS:
+            raise ValueError(f"bits must be one of {AVERAGE_BITS}, got {self.bits!r}")
+        if self.group_size not in GROUP_SIZES:
+            raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {self.group_size!r}")
+        # SBA and SQC are parts of SliM: RTN and GPTQ have neither, and the settings (and the file) say so
+        if self.method != "slim":
+            object.__setattr__(self, "sba", False)
+            object.__setattr__(self, "sqc", False)
+        object.__setattr__(self, "sqc_taus", tuple(self.sqc_taus))
+
+    @property
+    def needs_calibration(self) -> bool:
+        """RTN looks at the weights only; GPTQ and SliM need calibration activations."""
+        return self.method != "rtn"
+
+    def key(self) -> dict:
+        """The settings as plain JSON values (checkpoint manifest, result info)."""
+        d = asdict(self)
+        d["sqc_taus"] = list(self.sqc_taus)
+        return d

@@ -1,0 +1,148 @@
+"""A conversion, start to end: MODEL -> calibration tokens -> quant.pipeline, one decoder layer at a time, each
+finished layer checkpointed to OUT.ckpt/ -> llama.cpp's own converter writes OUT.partial with SLIM rows for the
+quantized linears (gguf_out) -> renamed to OUT -> summary measured from the file (convert_summary).
+
+`resume` continues from OUT.ckpt/ after an interruption and gives a byte-identical file. The CLI front end is
+cmd_convert; this module is the library entry point (`convert(ConvertSettings(...))`).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quant.config import QuantConfig
+
+from .calibration import CalibrationSpec, calibration_set, log_stderr
+from .checkpoint import Checkpoints, checkpoint_dir, model_fingerprint
+from .convert_summary import StageTimes, build_summary, format_summary
+from .errors import SlimError
+from .gguf_out import StockTypes, check_writable, slim_metadata, write_slim_gguf_atomic
+
+# suffixes of a GGUF source's stem that name its type: dropped from the default output name
+_TYPE_SUFFIXES = (".F16", ".F32", ".BF16", ".Q8_0", ".Q4_1", ".Q4_0", ".Q5_0", ".Q5_1", ".Q6_K", ".Q4_K", ".Q5_K")
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """Everything a conversion is told: what to read, how to quantize, what to write."""
+
+    model: str                                   # HF folder, GGUF file of higher precision, or "demo"
+    quant: QuantConfig
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    output: Path | None = None                   # None: <model name>-SLIM<bits>.gguf in the current directory
+    stock: StockTypes = field(default_factory=StockTypes)
+    device: str | None = None                    # None: cuda when torch sees a GPU
+    resume: bool = False
+    keep_checkpoints: bool = False
+    verbose: bool = False                        # llama.cpp converter's log
+
+
+@dataclass
+class ConvertResult:
+    summary: dict[str, Any]      # what the last (JSON) line prints
+    text: str                    # the human-readable summary
+    model: Any                   # the torch model, its quantized linears holding the fake-quant weights
+    results: dict[str, Any]      # hf name -> QuantizedLinear
+    report: Any                  # gguf_out.WriteReport (names, types, row permutations)
+    hf_dir: Path                 # the HF folder llama.cpp's converter read (gone for GGUF sources: it lived in
+                                 # OUT.ckpt/ unless keep_checkpoints)
+    tokenizer: Any = None
+    model_name: str | None = None          # converter's --model-name (GGUF sources)
+    general: dict[str, Any] | None = None  # converter's --metadata override (GGUF sources: their general.*)
+
+
+def default_output(model: str, bits: int) -> Path:
+    from .model_io import resolve_model
+
+    folder, gguf_file = resolve_model(model)
+    stem = Path(gguf_file).stem if gguf_file else folder.resolve().name
+    for suffix in _TYPE_SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    return Path(f"{stem}-SLIM{bits}.gguf")
+
+
+def checkpoint_key(s: ConvertSettings, device: str) -> dict[str, Any]:
+    """Everything that decides the quantized numbers: a resume with any other value is refused."""
+    import torch
+
+    from .model_io import resolve_model
+
+    return {"model": model_fingerprint(*resolve_model(s.model)), **s.quant.key(), "device": torch.device(device).type,
+            "calibration": s.calibration.key() if s.quant.needs_calibration else None}
+
+
+def convert(s: ConvertSettings) -> ConvertResult:
+    """The whole conversion (see the module docstring); raises SlimError for user errors."""
+    import torch
+
+    from .model_io import check_architecture, resolve_model
+
+    times = StageTimes()
+    check_architecture(*resolve_model(s.model))   # missing model / architecture: fail before anything else
+    out = s.output or default_output(s.model, s.quant.bits)
+    check_writable(out)
+    device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ck = Checkpoints(checkpoint_dir(out), checkpoint_key(s, device))
+    n_done = ck.open(s.resume)
+    if s.resume:
+        log_stderr(f"resume: {n_done} finished layer(s) in {ck.path}")
+    try:
+        return _convert(s, out, device, ck, times)
+    except SlimError:
+        if not ck.finished_layers():   # nothing worth resuming: leave no OUT.ckpt/ behind
+            ck.remove()
+        raise
+
+
+def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times: StageTimes) -> ConvertResult:
+    import torch
+
+    from quant.pipeline import quantize_model
+
+    from .file_report import analyze
+    from .hf_export import converter_input
+    from .model_io import load_model
+
+    torch.manual_seed(s.calibration.seed)
+    with times.stage("load"):       # loading + (GGUF sources) exporting the HF folder llama.cpp's converter reads
+        model, tok, desc = load_model(s.model)
+        source = converter_input(model, tok, desc, ck.hf_dir)
+    with times.stage("calibration"):
+        calib = _calibration(s, model, tok, ck)
+    done = ck.load_layers() if s.resume else {}
+
+    def checkpoint(i: int, qls: dict) -> None:
+        if i not in done:      # a resumed layer's checkpoint is already there
+            ck.save_layer(i, qls)
+
+    with times.stage("quantize"):
+        res = quantize_model(model, calib, s.quant, device=device, done_layers=done, on_layer_done=checkpoint)
+    summary = calib.summary if calib is not None else None
+    meta = slim_metadata(s.quant, summary, source.source_name, (ql.group_size for ql in res.values()))
+    with times.stage("write"):
+        written = write_slim_gguf_atomic(source.hf_dir, out, res, avg_bits=s.quant.bits, stock=s.stock,
+                                         slim_meta=meta, model_name=source.model_name,
+                                         metadata_override=source.metadata_override, verbose=s.verbose)
+    totals = analyze(out)["totals"]
+    if not s.keep_checkpoints:
+        ck.remove()
+    result = build_summary(out=out, model=s.model, config=s.quant, n_layers=int(model.config.num_hidden_layers),
+                           resumed_layers=len(done), totals=totals, written=written, times=times, device=device,
+                           calibration=summary)
+    return ConvertResult(result, format_summary(result, s.stock.fallback), model, dict(res), written,
+                         source.hf_dir, tok, source.model_name, source.general)
+
+
+def _calibration(s: ConvertSettings, model, tok, ck: Checkpoints):
+    """The calibration set (None for RTN): from the checkpoint when resuming, so self-generated text is not
+    sampled again; otherwise chosen by calibration_set and saved."""
+    if not s.quant.needs_calibration:
+        return None
+    saved = ck.load_calibration() if s.resume else None
+    if saved is not None:
+        return saved
+    calib = calibration_set(s.calibration, model, tok)
+    ck.save_calibration(calib)
+    return calib

@@ -1,0 +1,84 @@
+"""The closing summary of a conversion: a dict (printed as the last line, JSON) and the human-readable text.
+
+Every size and bpw in it is measured from the written file (file_report.analyze, bpw.py's definitions); times
+are per stage (StageTimes), memory and CPU time from resources.py.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .resources import cpu_seconds, peak_gpu_mib, peak_rss_mib
+
+
+@dataclass
+class StageTimes:
+    """Wall seconds per named stage (`with times.stage("load"): ...`) and since the start of the run."""
+
+    start: float = field(default_factory=time.time)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.time() - t0
+
+    def total(self) -> float:
+        return time.time() - self.start
+
+
+def build_summary(*, out: Path, model: str, config, n_layers: int, resumed_layers: int, totals: dict[str, Any],
+                  written, times: StageTimes, device: str, calibration: dict | None) -> dict[str, Any]:
+    """The summary dict. config: the QuantConfig; totals: analyze(out)["totals"]; written: gguf_out.WriteReport."""
+    gpu_peak = peak_gpu_mib(device)
+    stock_written = {w.name: w.type for w in written.tensors if not w.type.startswith("SLIM") and len(w.shape) > 1}
+    return {
+        "output": str(out), "model": model, "bits": config.bits, "method": config.method, "sba": config.sba,
+        "sqc": config.sqc, "layers": n_layers, "resumed_layers": resumed_layers,
+        "file_bytes": totals["file_bytes"], "bpw_file": round(totals["bpw_file"], 4),
+        "bpw_slim": round(totals["bpw_slim"], 4), "slim_tensors": totals["slim_tensors"],
+        "slim_weights": totals["slim_elements"], "weights": totals["elements"], "groups": totals["slim_groups"],
+        "by_type": {k: v["tensors"] for k, v in totals["by_type"].items()},
+        "stock_tensors": stock_written, "not_slim": sorted(set(written.fallbacks)),
+        "seconds": round(times.total(), 1), "cpu_seconds": round(cpu_seconds(), 1),
+        "load_seconds": round(times.seconds["load"], 1),
+        "calibration_seconds": round(times.seconds["calibration"], 1),
+        "quantize_seconds": round(times.seconds["quantize"], 1), "write_seconds": round(times.seconds["write"], 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1), "peak_gpu_mib": round(gpu_peak, 1) if gpu_peak is not None else None,
+        "device": device, "calibration": calibration,
+    }
+
+
+def format_summary(s: dict[str, Any], fallback_type: str) -> str:
+    """The text `convert` prints before the JSON line. fallback_type: the stock type of linears SLIM cannot hold."""
+    groups = ", ".join(f"{b}-bit {n:,d}" for b, n in s["groups"].items())
+    types = ", ".join(f"{k} x{n}" for k, n in s["by_type"].items())
+    n_tensors = sum(s["by_type"].values())
+    lines = [
+        f"wrote {s['output']}",
+        f"  file size    {s['file_bytes'] / 2**20:.2f} MiB ({s['file_bytes']:,d} bytes), {n_tensors} tensors: {types}",
+        f"  bpw          {s['bpw_file']:.4f} whole file ({s['weights']:,d} weights), "
+        f"{s['bpw_slim']:.4f} SLIM tensors ({s['slim_weights']:,d} weights)",
+        f"  groups       {groups} (row groups in SLIM tensors)",
+        "  stock types  " + (", ".join(f"{k} {v}" for k, v in s["stock_tensors"].items()) or "none")
+        + "; norms F32",
+    ]
+    fallbacks = s["not_slim"]
+    if fallbacks:
+        lines.append(f"  not SLIM     {len(fallbacks)} linear weight(s) written as {fallback_type.upper()}"
+                     f" (width not divisible by 64): {', '.join(fallbacks[:4])}{' ...' if len(fallbacks) > 4 else ''}")
+    lines += [
+        f"  time         {s['seconds']:.1f} s (loading {s['load_seconds']:.1f} s, calibration "
+        f"{s['calibration_seconds']:.1f} s, quantization {s['quantize_seconds']:.1f} s for "
+        f"{s['layers'] - s['resumed_layers']} of {s['layers']} layers, writing {s['write_seconds']:.1f} s); "
+        f"CPU time {s['cpu_seconds']:.1f} s",
+        f"  peak memory  {s['peak_rss_mib']:.0f} MiB RSS"
+        + (f", {s['peak_gpu_mib']:.0f} MiB GPU" if s["peak_gpu_mib"] is not None else ""),
+    ]
+    return "\n".join(lines)
