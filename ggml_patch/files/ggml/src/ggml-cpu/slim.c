@@ -261,6 +261,329 @@ SLIM_DEFINE_VEC_DOT(3, 64)
 SLIM_DEFINE_VEC_DOT(3, 128)
 
 // ---------------------------------------------------------------------------------------------------------
+// Tiles of 8 rows: the layout of ggml-cpu's SLIM extra buffer (slim-repack.cpp), for prompt processing and decode
+//
+// Every row of a SLIM tensor carries the same tags, so 8 rows interleave group by group and each group of a tile
+// has one width. Tile t holds rows 8t..8t+7 in 8*row_size bytes, group after group:
+//
+//   dh[8], mh[8]                         the 8 rows' headers of group j, bytes as in the file (tags included)
+//   for each 32-weight chunk c, each plane p < bits_j: uint32 w[8]         lane r = row r's plane word
+//
+// A plane word (bit i = weight 32c+i in the file) is stored bit-permuted: bit 8k+s holds weight 4s+k. Then
+// (w >> s) & 0x01010101 puts weights 4s..4s+3 of all 8 rows in 8 32-bit lanes, one shift and one AND per plane
+// where the row-major vec_dot needs a broadcast, a shuffle, a compare and two logic ops per 32 weights of ONE
+// row; the activations stay plain Q8_1 (4 consecutive bytes broadcast to the 8 lanes). The tile is only a
+// permutation of the file's bytes (ggml_slim_unrepack_8 gives them back): the same d, m and q, the same size.
+
+// bit 8k+s of the result = bit 4s+k of w (k < 4, s < 8)
+static inline uint32_t slim_perm_plane_word(uint32_t w) {
+    uint32_t out = 0;
+    for (int k = 0; k < 4; ++k) {
+        uint32_t x = (w >> k) & 0x11111111u;        // bits 4s+k at 4s
+        x = (x | (x >> 3))  & 0x03030303u;
+        x = (x | (x >> 6))  & 0x000F000Fu;
+        x = (x | (x >> 12)) & 0x000000FFu;         // bit s = bit 4s+k of w
+        out |= x << (8*k);
+    }
+    return out;
+}
+
+static inline uint32_t slim_unperm_plane_word(uint32_t w) {
+    uint32_t out = 0;
+    for (int k = 0; k < 4; ++k) {
+        uint32_t x = (w >> (8*k)) & 0xFFu;
+        x = (x | (x << 12)) & 0x000F000Fu;
+        x = (x | (x << 6))  & 0x03030303u;
+        x = (x | (x << 3))  & 0x11111111u;         // bit s at 4s
+        out |= x << k;
+    }
+    return out;
+}
+
+// one group of 8 rows: file rows (src + r*row_size, header j, codes at coff) <-> tile bytes at t
+static void slim_tile_group(uint8_t * GGML_RESTRICT t, uint8_t * GGML_RESTRICT rows, size_t row_size, int j,
+                            size_t coff, int bits, int g, bool to_tile) {
+    const int nq = g / 32;
+    const int pb = g / 8;
+    for (int r = 0; r < 8; ++r) {
+        uint8_t * hdr = rows + r*row_size + 4*(size_t) j;
+        if (to_tile) {
+            memcpy(t + 2*r, hdr, 2);
+            memcpy(t + 16 + 2*r, hdr + 2, 2);
+        } else {
+            memcpy(hdr, t + 2*r, 2);
+            memcpy(hdr + 2, t + 16 + 2*r, 2);
+        }
+    }
+    t += 32;
+    for (int c = 0; c < nq; ++c) {
+        for (int p = 0; p < bits; ++p) {
+            for (int r = 0; r < 8; ++r) {
+                uint8_t * src = rows + r*row_size + coff + (size_t) p*pb + 4*c;
+                uint32_t w;
+                if (to_tile) {
+                    memcpy(&w, src, 4);
+                    w = slim_perm_plane_word(w);
+                    memcpy(t + 4*r, &w, 4);
+                } else {
+                    memcpy(&w, t + 4*r, 4);
+                    w = slim_unperm_plane_word(w);
+                    memcpy(src, &w, 4);
+                }
+            }
+            t += 32;
+        }
+    }
+}
+
+int ggml_slim_repack_8(enum ggml_type type, int64_t ne0, int64_t nrows, const void * GGML_RESTRICT src,
+                       void * GGML_RESTRICT dst) {
+    const int    b        = ggml_slim_avg_bits(type);
+    const int    g        = ggml_slim_group_size(type);
+    const size_t row_size = ggml_row_size(type, ne0);
+    if (b == 0 || ne0 <= 0 || ne0 % g != 0 || nrows % 8 != 0) {
+        return -1;
+    }
+    char err[128];
+    if (!ggml_slim_check_rows(type, src, row_size*nrows, ne0, err, sizeof(err))) {
+        return -1; // kernels walk a tile by row 0's tags: only rows with one legal tag set are tiled
+    }
+    const int G = (int) (ne0 / g);
+    for (int64_t t = 0; t < nrows/8; ++t) {
+        uint8_t * rows = (uint8_t *) (uintptr_t) src + t*8*row_size; // read only (to_tile)
+        uint8_t * out  = (uint8_t *) dst + t*8*row_size;
+        size_t coff = 4*(size_t) G;
+        for (int j = 0; j < G; ++j) {
+            uint16_t dh;
+            memcpy(&dh, rows + 4*(size_t) j, 2);
+            const int bits = ggml_slim_bits(dh);
+            slim_tile_group(out, rows, row_size, j, coff, bits, g, true);
+            out  += 8*(4 + (size_t) bits*g/8);
+            coff += (size_t) bits*g/8;
+        }
+    }
+    return 0;
+}
+
+void ggml_slim_unrepack_8(enum ggml_type type, int64_t ne0, int64_t nrows, const void * GGML_RESTRICT src,
+                          void * GGML_RESTRICT dst) {
+    const int    g        = ggml_slim_group_size(type);
+    const size_t row_size = ggml_row_size(type, ne0);
+    const int    G        = (int) (ne0 / g);
+    for (int64_t t = 0; t < nrows/8; ++t) {
+        uint8_t * in   = (uint8_t *) (uintptr_t) src + t*8*row_size;
+        uint8_t * rows = (uint8_t *) dst + t*8*row_size;
+        size_t coff = 4*(size_t) G;
+        for (int j = 0; j < G; ++j) {
+            uint16_t dh;
+            memcpy(&dh, in, 2);
+            const int bits = ggml_slim_bits(dh);
+            slim_tile_group(in, rows, row_size, j, coff, bits, g, false);
+            in   += 8*(4 + (size_t) bits*g/8);
+            coff += (size_t) bits*g/8;
+        }
+    }
+}
+
+// gemm over tiles, scalar reference. vx: nc/8 tiles (nc rows of src0), vy: nr Q8_1 rows of n activations,
+// s[col*bs + row]. Per (row, column) the same sums in the same order as slim_vec_dot_q8_1_generic, so both give
+// the same floats.
+static void slim_gemm_8_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx,
+                                const void * GGML_RESTRICT vy, int nr, int nc, const int b, const int g) {
+    assert(n % g == 0 && nc % 8 == 0);
+    const int    G        = n / g;
+    const int    nq       = g / QK8_1;
+    const size_t row_size = (sizeof(block_slim_header) + (size_t) g*b/8) * G;
+    const block_q8_1 * GGML_RESTRICT y = (const block_q8_1 *) vy;
+    for (int t = 0; t < nc/8; ++t) {
+        for (int col = 0; col < nr; ++col) {
+            const block_q8_1 * GGML_RESTRICT yc = y + (size_t) col*(n/QK8_1);
+            float sumf[8] = {0};
+            const uint8_t * p = (const uint8_t *) vx + (size_t) t*8*row_size;
+            for (int j = 0; j < G; ++j) {
+                const ggml_half * dh = (const ggml_half *) p;
+                const ggml_half * mh = dh + 8;
+                const int bits = ggml_slim_bits(dh[0]);
+                const uint8_t * codes = p + 32;
+                for (int r = 0; r < 8; ++r) {
+                    const float d = GGML_CPU_FP16_TO_FP32(dh[r] & GGML_SLIM_SCALE_MASK);
+                    const float m = GGML_CPU_FP16_TO_FP32(mh[r]);
+                    for (int c = 0; c < nq; ++c) {
+                        const block_q8_1 * yb = &yc[j*nq + c];
+                        int sumi = 0;
+                        for (int i = 0; i < QK8_1; ++i) {
+                            const int pos = 8*(i & 3) + (i >> 2); // weight 4s+k sits at bit 8k+s
+                            int q = 0;
+                            for (int pl = 0; pl < bits; ++pl) {
+                                uint32_t w;
+                                memcpy(&w, codes + (size_t) (c*bits + pl)*32 + 4*r, 4);
+                                q |= ((w >> pos) & 1) << pl;
+                            }
+                            sumi += q * yb->qs[i];
+                        }
+                        sumf[r] += d*GGML_CPU_FP16_TO_FP32(yb->d)*(float) sumi + m*GGML_CPU_FP16_TO_FP32(yb->s);
+                    }
+                }
+                p += 8*(4 + (size_t) bits*g/8);
+            }
+            for (int r = 0; r < 8; ++r) {
+                s[(size_t) col*bs + 8*t + r] = sumf[r];
+            }
+        }
+    }
+}
+
+#if defined(__AVX2__) && defined(__F16C__)
+
+// u8 x s8 products summed by 4 into int32 lanes (VNNI where the build has it)
+static inline __m256i slim_dpbusd(__m256i acc, __m256i u, __m256i v) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, v);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, v);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), _mm256_set1_epi16(1)));
+#endif
+}
+
+// plane p of step s: weights 4s..4s+3 of the 8 rows, value bit p of each byte (s, p constants after inlining)
+static inline __attribute__((always_inline)) __m256i slim_tile_plane(__m256i w, const int s, const int p) {
+    const __m256i mask = _mm256_set1_epi32(0x01010101 << p);
+    if (s >= p) {
+        return _mm256_and_si256(_mm256_srli_epi32(w, s - p), mask);
+    }
+    return _mm256_and_si256(_mm256_slli_epi32(w, p - s), mask);
+}
+
+// one 8-row tile against NC activation columns (bits, g, NC constants after inlining): one group at a time,
+// int32 sums per 32-weight chunk, scaled by d*d8 into fp32; the m term from Q8_1's s once per group
+static inline __attribute__((always_inline)) const uint8_t * slim_tile_group_avx2(
+        const uint8_t * GGML_RESTRICT p, const block_q8_1 * const * yc, const int j, __m256 * acc,
+        const int bits, const int g, const int NC) {
+    const int nq = g / QK8_1;
+    const __m128i m7 = _mm_set1_epi16(GGML_SLIM_SCALE_MASK);
+    const __m256 dv = _mm256_cvtph_ps(_mm_and_si128(_mm_loadu_si128((const __m128i *) p), m7));
+    const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (p + 16)));
+    p += 32;
+    float ssum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int c = 0; c < nq; ++c) {
+        __m256i w[4];
+        for (int pl = 0; pl < bits; ++pl) {
+            w[pl] = _mm256_loadu_si256((const __m256i *) (p + 32*pl));
+        }
+        p += 32*bits;
+        __m256i iacc[4];
+        const int8_t * qs[4];
+        for (int k = 0; k < NC; ++k) {
+            iacc[k] = _mm256_setzero_si256();
+            qs[k]   = yc[k][j*nq + c].qs;
+        }
+        for (int st = 0; st < 8; ++st) {
+            __m256i q = slim_tile_plane(w[0], st, 0);
+            if (bits > 1) q = _mm256_or_si256(q, slim_tile_plane(w[1], st, 1));
+            if (bits > 2) q = _mm256_or_si256(q, slim_tile_plane(w[2], st, 2));
+            if (bits > 3) q = _mm256_or_si256(q, slim_tile_plane(w[3], st, 3));
+            for (int k = 0; k < NC; ++k) {
+                int32_t a;
+                memcpy(&a, qs[k] + 4*st, 4);
+                iacc[k] = slim_dpbusd(iacc[k], q, _mm256_set1_epi32(a));
+            }
+        }
+        for (int k = 0; k < NC; ++k) {
+            const block_q8_1 * yb = &yc[k][j*nq + c];
+            const __m256 scale = _mm256_mul_ps(dv, _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(yb->d)));
+            acc[k] = slim_madd_ps(_mm256_cvtepi32_ps(iacc[k]), scale, acc[k]);
+            ssum[k] += GGML_CPU_FP16_TO_FP32(yb->s);
+        }
+    }
+    for (int k = 0; k < NC; ++k) {
+        acc[k] = slim_madd_ps(mv, _mm256_set1_ps(ssum[k]), acc[k]);
+    }
+    return p;
+}
+
+static inline __attribute__((always_inline)) void slim_tile_avx2(
+        int n, float * GGML_RESTRICT s, size_t bs, const uint8_t * GGML_RESTRICT tile,
+        const block_q8_1 * GGML_RESTRICT y, const int b, const int g, const int NC) {
+    const int G = n / g;
+    const block_q8_1 * yc[4];
+    __m256 acc[4];
+    for (int k = 0; k < NC; ++k) {
+        yc[k]  = y + (size_t) k*(n/QK8_1);
+        acc[k] = _mm256_setzero_ps();
+    }
+    const uint8_t * p = tile;
+    for (int j = 0; j < G; ++j) {
+        switch (ggml_slim_bits(*(const uint16_t *) p)) {
+            case 1:  p = slim_tile_group_avx2(p, yc, j, acc, 1, g, NC); break;
+            case 2:  p = slim_tile_group_avx2(p, yc, j, acc, 2, g, NC); break;
+            case 3:  p = slim_tile_group_avx2(p, yc, j, acc, 3, g, NC); break;
+            default: p = slim_tile_group_avx2(p, yc, j, acc, 4, g, NC); break;
+        }
+    }
+    GGML_UNUSED(b);
+    for (int k = 0; k < NC; ++k) {
+        _mm256_storeu_ps(s + (size_t) k*bs, acc[k]);
+    }
+}
+
+// 4 activation columns at a time (every unpacked chunk of 8 rows serves 4 columns), then the rest
+static inline __attribute__((always_inline)) void slim_gemm_8_avx2(
+        int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy,
+        int nr, int nc, const int b, const int g) {
+    assert(n % g == 0 && nc % 8 == 0);
+    const size_t row_size = (sizeof(block_slim_header) + (size_t) g*b/8) * (n / g);
+    const size_t col_size = sizeof(block_q8_1) * (n / QK8_1);
+    for (int t = 0; t < nc/8; ++t) {
+        const uint8_t * tile = (const uint8_t *) vx + (size_t) t*8*row_size;
+        int col = 0;
+        for (; col + 4 <= nr; col += 4) {
+            slim_tile_avx2(n, s + (size_t) col*bs + 8*t, bs, tile,
+                           (const block_q8_1 *) ((const uint8_t *) vy + col*col_size), b, g, 4);
+        }
+        const block_q8_1 * yr = (const block_q8_1 *) ((const uint8_t *) vy + col*col_size);
+        switch (nr - col) {
+            case 3: slim_tile_avx2(n, s + (size_t) col*bs + 8*t, bs, tile, yr, b, g, 3); break;
+            case 2: slim_tile_avx2(n, s + (size_t) col*bs + 8*t, bs, tile, yr, b, g, 2); break;
+            case 1: slim_tile_avx2(n, s + (size_t) col*bs + 8*t, bs, tile, yr, b, g, 1); break;
+            default: break;
+        }
+    }
+}
+#endif // __AVX2__ && __F16C__
+
+#define SLIM_DEFINE_GEMM(B, G)                                                                                \
+void ggml_gemm_slim##B##_g##G##_8_q8_1_generic(int n, float * GGML_RESTRICT s, size_t bs,                    \
+        const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, int nr, int nc) {                      \
+    slim_gemm_8_generic(n, s, bs, vx, vy, nr, nc, B, G);                                                     \
+}                                                                                                            \
+void ggml_gemm_slim##B##_g##G##_8_q8_1(int n, float * GGML_RESTRICT s, size_t bs,                            \
+        const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, int nr, int nc) {                      \
+    SLIM_GEMM_FAST(B, G);                                                                                    \
+}
+
+#if defined(__AVX2__) && defined(__F16C__)
+#define SLIM_GEMM_FAST(B, G) slim_gemm_8_avx2(n, s, bs, vx, vy, nr, nc, B, G)
+#else
+#define SLIM_GEMM_FAST(B, G) slim_gemm_8_generic(n, s, bs, vx, vy, nr, nc, B, G)
+#endif
+
+SLIM_DEFINE_GEMM(2, 64)
+SLIM_DEFINE_GEMM(2, 128)
+SLIM_DEFINE_GEMM(3, 64)
+SLIM_DEFINE_GEMM(3, 128)
+
+ggml_slim_gemm_t ggml_slim_gemm_8(enum ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_SLIM2_G64:  return ggml_gemm_slim2_g64_8_q8_1;
+        case GGML_TYPE_SLIM2_G128: return ggml_gemm_slim2_g128_8_q8_1;
+        case GGML_TYPE_SLIM3_G64:  return ggml_gemm_slim3_g64_8_q8_1;
+        case GGML_TYPE_SLIM3_G128: return ggml_gemm_slim3_g128_8_q8_1;
+        default:                   return NULL;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // CPY/DUP SLIM -> F32: whole source rows (ggml_compute_forward_dup_from_q works block by block)
 
 void ggml_compute_forward_dup_from_slim(const struct ggml_compute_params * params, struct ggml_tensor * dst) {
