@@ -7,7 +7,6 @@ cmd_convert; this module is the library entry point (`convert(ConvertSettings(..
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
