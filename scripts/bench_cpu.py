@@ -39,8 +39,10 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=64, help="generated tokens (default 64)")
     ap.add_argument("-r", type=int, default=3, help="repetitions (default 3)")
     ap.add_argument("--out", type=Path, help="also write the table here")
+    ap.add_argument("--llama-bench", type=Path, help="this llama-bench instead of the build's (e.g. a saved "
+                    "copy of an earlier build's bin/ for before/after runs)")
     args = ap.parse_args()
-    bench = llama_build.tool_path("llama-bench")
+    bench = args.llama_bench or llama_build.tool_path("llama-bench")
     if not bench.exists():
         sys.exit("llama-bench not built: run `slim2gguf build-llama`")
     models = [stock_file("Q8_0"), stock_file("Q4_0"), *args.files]
