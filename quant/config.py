@@ -13,6 +13,9 @@ from .sqc import DEFAULT_ALPHA, DEFAULT_TAUS, DEFAULT_Z
 METHODS = ("slim", "gptq", "rtn")   # SliM-LLM (SBA + SQC + GPTQ), GPTQ with uniform bits, round-to-nearest
 AVERAGE_BITS = (2, 3)               # group widths b-1..b+1 must fit the 2-bit tag (1..4)
 GROUP_SIZES = (64, 128)             # the SLIM storage types' group sizes
+FITS = ("weighted", "minmax")       # how a group's (d, m) is chosen (quant/group_fit.py, or min/max + SQC's taus)
+IMPORTANCES = ("hdiag", "obs")      # the weighted fit's per-column weight: diag(H) (llama.cpp's imatrix) or the
+                                    # OBS one, 1/[chol(H^-1)]_jj^2
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class QuantConfig:
     sqc_alpha: float = DEFAULT_ALPHA    # weight of the salient weights' error in SQC's search
     sqc_taus: tuple = DEFAULT_TAUS      # clipping factors SQC tries (1.0 first: ties keep min/max)
     batch_size: int = 8                 # calibration sequences per forward pass (fixes the Hessian's summation)
+    # the 2-bit levers (issue 12; SliM only, the GPTQ/RTN baselines stay as published)
+    fit: str = "weighted"               # FITS: importance-weighted least squares (default) or min/max
+    importance: str = "hdiag"           # IMPORTANCES
+    act_order: bool = False             # GPTQ visits whole groups by decreasing sum of diag(H) (static groups)
+    true_sequential: bool = False       # q/k/v, o, gate/up, down: each sees the already quantized ones' outputs
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -38,9 +46,14 @@ class QuantConfig:
         if self.group_size not in GROUP_SIZES:
             raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {self.group_size!r}")
         # SBA and SQC are parts of SliM: RTN and GPTQ have neither, and the settings (and the file) say so
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
+        if self.importance not in IMPORTANCES:
+            raise ValueError(f"importance must be one of {IMPORTANCES}, got {self.importance!r}")
         if self.method != "slim":
-            object.__setattr__(self, "sba", False)
-            object.__setattr__(self, "sqc", False)
+            for name, plain in (("sba", False), ("sqc", False), ("fit", "minmax"), ("act_order", False),
+                                ("true_sequential", False)):
+                object.__setattr__(self, name, plain)
         object.__setattr__(self, "sqc_taus", tuple(self.sqc_taus))
 
     @property

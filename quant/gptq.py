@@ -14,16 +14,17 @@ import torch
 from .quantizer import affine_params, dequant, minmax_range, quantize_codes
 from .result import QuantizedLinear
 
-# range_fn(w_group [rows, g], bits, u_diag [g]) -> (lo, hi) [rows]: min/max, or SQC's salience-weighted range
-RangeFn = Callable[[torch.Tensor, int, torch.Tensor], tuple]
+# params_fn(w_group [rows, g], bits, u_diag [g], first column) -> storage-grid (d, m) [rows]: min/max, SQC's
+# salience-weighted range, or the importance-weighted fit (quant/group_fit.py)
+ParamsFn = Callable[[torch.Tensor, int, torch.Tensor, int], tuple]
 
 
-def minmax_range_fn(wg: torch.Tensor, bits: int, u_diag: torch.Tensor):
-    return minmax_range(wg)
+def minmax_params(wg: torch.Tensor, bits: int, u_diag: torch.Tensor, col: int):
+    return affine_params(*minmax_range(wg), bits)
 
 
 def gptq_quantize(W: torch.Tensor, U: torch.Tensor, bits: torch.Tensor, group_size: int,
-                  range_fn: RangeFn = minmax_range_fn, dead: torch.Tensor | None = None,
+                  params_fn: ParamsFn = minmax_params, dead: torch.Tensor | None = None,
                   blocksize: int = 128) -> QuantizedLinear:
     """W [rows, cols] fp32, U = upper chol of damped H^-1 [cols, cols], bits [G] -> QuantizedLinear."""
     W = W.clone().float()
@@ -48,8 +49,7 @@ def gptq_quantize(W: torch.Tensor, U: torch.Tensor, bits: torch.Tensor, group_si
             gi = col // g
             if col % g == 0:
                 b = bits_l[gi]
-                lo, hi = range_fn(W1[:, i:i + g], b, udiag[col:col + g])
-                d, m = affine_params(lo, hi, b)
+                d, m = params_fn(W1[:, i:i + g], b, udiag[col:col + g], col)
                 D[:, gi], M[:, gi] = d, m
                 d32, m32 = d, m
             w = W1[:, i]

@@ -6,9 +6,10 @@ from contextlib import contextmanager
 import torch
 
 from .config import QuantConfig
-from .gptq import gptq_quantize, minmax_range_fn
+from .gptq import ParamsFn, gptq_quantize, minmax_params
+from .group_fit import fit_group_params
 from .hessian import inverse_hessian_cholesky
-from .quantizer import group_view
+from .quantizer import affine_params, dequant, group_view, quantize_codes
 from .result import QuantizedLinear
 from .rtn import quantize_groups, rtn_fake_weight
 from .salience import element_salience, group_salience
@@ -28,12 +29,66 @@ def single_thread():
         torch.set_num_threads(old)
 
 
-def sqc_range_fn(config: QuantConfig):
-    """GPTQ range_fn for SQC: salience of the (already error-updated) group, then the weighted tau search."""
-    def fn(wg: torch.Tensor, bits: int, u_diag: torch.Tensor):
-        s = wg ** 2 / u_diag.pow(2).unsqueeze(0)
-        return sqc_range(wg, salient_mask(s, config.sqc_z), bits, config.sqc_taus, config.sqc_alpha)
-    return fn
+def group_params_fn(config: QuantConfig, hdiag: torch.Tensor, sqc: bool) -> ParamsFn:
+    """GPTQ's per-group (d, m), chosen from the group's weights as error feedback has updated them.
+
+    weighted: quant/group_fit.py with importance diag(H) (or the OBS weight) per column, times SQC's weight on
+    locally salient weights when SQC is on. minmax: SQC's salience-weighted clipping search, or plain min/max."""
+    def salient(wg, u_diag):
+        return salient_mask(wg ** 2 / u_diag.pow(2).unsqueeze(0), config.sqc_z)
+
+    if config.fit == "weighted":
+        def fit(wg, bits, u_diag, col):
+            a = column_importance(config, hdiag[col:col + wg.shape[1]], u_diag).unsqueeze(0).expand_as(wg)
+            if sqc:
+                a = a * salience_weight(config, salient(wg, u_diag))
+            return fit_group_params(wg, a, bits)
+        return fit
+    if sqc:
+        return lambda wg, bits, u_diag, col: affine_params(
+            *sqc_range(wg, salient(wg, u_diag), bits, config.sqc_taus, config.sqc_alpha), bits)
+    return minmax_params
+
+
+def column_importance(config: QuantConfig, hdiag: torch.Tensor, u_diag: torch.Tensor) -> torch.Tensor:
+    """How strongly each input column drives the output: diag(H) (llama.cpp's imatrix) or 1/[chol(H^-1)]_jj^2."""
+    return hdiag if config.importance == "hdiag" else 1.0 / u_diag.pow(2)
+
+
+def salience_weight(config: QuantConfig, mask: torch.Tensor) -> torch.Tensor:
+    """SQC's extra weight (alpha) on locally salient weights, 1 elsewhere."""
+    return 1.0 + (config.sqc_alpha - 1.0) * mask.float()
+
+
+def static_group_order(hdiag: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Act-order with static groups: a column permutation that moves whole groups (the file keeps its layout),
+    strongest summed diag(H) first, so GPTQ settles the groups that matter most while most columns can still
+    absorb their error."""
+    G = hdiag.numel() // group_size
+    order = torch.argsort(hdiag.reshape(G, group_size).sum(dim=1), descending=True, stable=True)
+    return (order.unsqueeze(1) * group_size + torch.arange(group_size)).reshape(-1)
+
+
+def candidate_weights(W, U, hdiag, config: QuantConfig, group_size: int, mask) -> dict:
+    """SBA's candidates: the fake-quant weight at each width b-1, b, b+1 for every group (round to nearest with
+    the same group fit GPTQ will use), computed once; a candidate bit map picks its groups' columns."""
+    wg = group_view(W, group_size)
+    if config.fit == "weighted":
+        a = column_importance(config, hdiag, torch.diag(U)).reshape(1, -1, group_size).expand_as(wg)
+        if mask is not None:
+            a = a * salience_weight(config, mask)
+    fake = {}
+    for b in (config.bits - 1, config.bits, config.bits + 1):
+        if config.fit == "weighted":
+            d, m = fit_group_params(wg, a, b)
+            fake[b] = dequant(quantize_codes(wg, d.unsqueeze(-1), m.unsqueeze(-1), b),
+                              d.unsqueeze(-1), m.unsqueeze(-1)).reshape(W.shape)
+        elif mask is not None:
+            lo, hi = sqc_range(wg, mask, b, config.sqc_taus, config.sqc_alpha)
+            fake[b] = rtn_fake_weight(W, torch.full((wg.shape[1],), b, dtype=torch.int8), group_size, lo, hi)
+        else:
+            fake[b] = rtn_fake_weight(W, torch.full((wg.shape[1],), b, dtype=torch.int8), group_size)
+    return fake
 
 
 def quantize_linear(W: torch.Tensor, H: torch.Tensor | None, X_kl: torch.Tensor | None, config: QuantConfig,
@@ -47,26 +102,15 @@ def quantize_linear(W: torch.Tensor, H: torch.Tensor | None, X_kl: torch.Tensor 
     uniform = torch.full((G,), bits, dtype=torch.int8)
     if config.method == "rtn":
         return quantize_groups(W, uniform, group_size), {}
+    hdiag = torch.diag(H).float()
     with single_thread():
         U, dead = inverse_hessian_cholesky(H, config.percdamp)
-        if not (sba or sqc):     # GPTQ, or SliM with both of its parts off
-            return gptq_quantize(W, U, uniform, group_size, minmax_range_fn, dead), {}
-
     info = {}
     group_bits = uniform
     if sba:
         s = element_salience(W, U)
-        wg = group_view(W, group_size)
         mask = salient_mask(group_view(s, group_size), config.sqc_z) if sqc else None
-        # Fake weights of every candidate width once (b-1, b, b+1); a candidate picks its groups' columns.
-        fake = {}
-        for b in (bits - 1, bits, bits + 1):
-            bb = torch.full((G,), b, dtype=torch.int8)
-            if sqc:
-                lo, hi = sqc_range(wg, mask, b, config.sqc_taus, config.sqc_alpha)
-                fake[b] = rtn_fake_weight(W, bb, group_size, lo, hi)
-            else:
-                fake[b] = rtn_fake_weight(W, bb, group_size)
+        fake = candidate_weights(W, U, hdiag, config, group_size, mask)
         X = X_kl.float()
         ref_logp = torch.log_softmax(X @ W.t(), dim=-1)
 
@@ -77,6 +121,13 @@ def quantize_linear(W: torch.Tensor, H: torch.Tensor | None, X_kl: torch.Tensor 
             return output_kl(X, W, W_hat, ref_logp)
 
         group_bits, info = allocate_group_bits(group_salience(s, group_size), bits, score)
-    range_fn = sqc_range_fn(config) if sqc else minmax_range_fn
     with single_thread():
-        return gptq_quantize(W, U, group_bits, group_size, range_fn, dead), info
+        if not config.act_order:
+            return gptq_quantize(W, U, group_bits, group_size, group_params_fn(config, hdiag, sqc), dead), info
+        perm = static_group_order(hdiag, group_size)
+        gperm = perm[::group_size] // group_size
+        Up, deadp = inverse_hessian_cholesky(H[perm][:, perm], config.percdamp)
+        ql = gptq_quantize(W[:, perm], Up, group_bits[gperm], group_size,
+                           group_params_fn(config, hdiag[perm], sqc), deadp)
+    inv, ginv = torch.argsort(perm), torch.argsort(gperm)
+    return QuantizedLinear(ql.bits[ginv], ql.q[:, inv], ql.d[:, ginv], ql.m[:, ginv], group_size), info

@@ -3,7 +3,9 @@
 For each decoder layer, in order: run the calibration activations (coming out of the already *quantized*
 previous layers) through it with hooks that accumulate each linear's Hessian and keep a few input rows for
 SBA's KL score; quantize its seven linears; write their fake-quant weights d*q + m into the model; run the
-activations through the quantized layer to get the next layer's inputs. Only one layer sits on the compute
+activations through the quantized layer to get the next layer's inputs. With `true_sequential` the seven
+are quantized in four stages (q/k/v, o, gate/up, down), each stage's inputs captured with the earlier stages'
+weights already quantized, as GPTQ's true-sequential option does. Only one layer sits on the compute
 device at a time, and only one layer's activations (plus its outputs) are held: memory is one decoder layer
 plus the calibration activations.
 """
@@ -71,6 +73,34 @@ def capture_layer0_inputs(model, input_ids: torch.Tensor, batch_size: int, devic
     return captured
 
 
+# true-sequential order: a stage's inputs are computed with the earlier stages already quantized
+SEQUENTIAL_STAGES = (LINEAR_NAMES[:3], LINEAR_NAMES[3:4], LINEAR_NAMES[4:6], LINEAR_NAMES[6:])
+
+
+@torch.no_grad()
+def _capture_inputs(layer, mods: dict, batches, config: QuantConfig, kl_gen, device) -> dict:
+    """{name: (H, KL rows)} of the given linears of `layer` over the calibration batches (one forward pass):
+    the Hessian of each linear's inputs and a seeded sample of its first mini-batch's rows for SBA's KL score."""
+    hess, kl_rows, handles = {}, {}, []
+    for n, mod in mods.items():
+        hess[n] = HessianAccumulator(mod.in_features, device)
+
+        def hook(mod, args, out, n=n):
+            x = args[0].detach()
+            hess[n].add_batch(x)
+            if n not in kl_rows:
+                flat = x.reshape(-1, x.shape[-1]).float()
+                kl_rows[n] = flat[torch.randperm(flat.shape[0], generator=kl_gen)[:config.kl_tokens].to(flat.device)]
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        for hs, kw in batches:
+            _layer_forward(layer, hs, kw)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (hess[n].H, kl_rows.get(n)) for n in mods}
+
+
 def _layer_forward(layer, hs, kw):
     out = layer(hs, **kw)
     return out[0] if isinstance(out, tuple) else out
@@ -115,37 +145,26 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
             qls = {prefix + n + ".weight": prev.get(prefix + n + ".weight", prev.get(n)) for n in LINEAR_NAMES}
             qls = {k: v for k, v in qls.items() if v is not None}
         else:
-            hess, kl_rows, handles = {}, {}, []
             # one generator per layer, seeded by (seed, layer): a resumed run samples the same KL rows
             kl_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + li)
-            if need_acts:
-                for n, mod in mods.items():
-                    hess[n] = HessianAccumulator(mod.in_features, device)
-
-                    def hook(mod, args, out, n=n):
-                        x = args[0].detach()
-                        hess[n].add_batch(x)
-                        if n not in kl_rows:   # SBA's KL rows: a seeded sample of the first mini-batch
-                            flat = x.reshape(-1, x.shape[-1]).float()
-                            kl_rows[n] = flat[torch.randperm(flat.shape[0], generator=kl_gen)[:config.kl_tokens]
-                                              .to(flat.device)]
-                    handles.append(mod.register_forward_hook(hook))
-                with torch.no_grad():
-                    for hs, kw in batches:
-                        _layer_forward(layer, hs, kw)
-                for h in handles:
-                    h.remove()
             qls = {}
-            for n, mod in mods.items():
-                W = mod.weight.data.float()
-                g = pick_group_size(W.shape[1], config.group_size)
-                if g is None:        # width not divisible by 64: left in full precision (stock type in the file)
-                    continue
-                ql, linfo = quantize_linear(W, hess[n].H if need_acts else None, kl_rows.get(n), config, g)
-                qls[prefix + n + ".weight"] = ql
-                if "k" in linfo:
-                    sba_k[prefix + n + ".weight"] = linfo["k"]
-            del hess, kl_rows
+            for stage in (SEQUENTIAL_STAGES if config.true_sequential else (LINEAR_NAMES,)):
+                stats = _capture_inputs(layer, {n: mods[n] for n in stage}, batches, config, kl_gen, device) \
+                    if need_acts else {}
+                for n in stage:
+                    mod = mods[n]
+                    W = mod.weight.data.float()
+                    g = pick_group_size(W.shape[1], config.group_size)
+                    if g is None:    # width not divisible by 64: left in full precision (stock type in the file)
+                        continue
+                    H, X_kl = stats.get(n, (None, None))
+                    ql, linfo = quantize_linear(W, H, X_kl, config, g)
+                    qls[prefix + n + ".weight"] = ql
+                    if "k" in linfo:
+                        sba_k[prefix + n + ".weight"] = linfo["k"]
+                    if config.true_sequential:   # the next stage's inputs come through this quantized weight
+                        mod.weight.data.copy_(ql.dequantize().to(mod.weight.device, mod.weight.dtype))
+                del stats
         for n, mod in mods.items():
             ql = qls.get(prefix + n + ".weight")
             if ql is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from quant.config import GROUP_SIZES, QuantConfig
+from quant.config import FITS, GROUP_SIZES, IMPORTANCES, QuantConfig
 
 from .calibration import DEFAULT_NSAMPLES, DEFAULT_SEQLEN, CalibrationSpec
 
@@ -22,12 +22,25 @@ def add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=QuantConfig.group_size,
                    help="group size; 64 is used per tensor where the input width is not divisible (default 128)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    lv = p.add_argument_group("2-bit levers (SliM only; docs/results for what each is worth)")
+    lv.add_argument("--fit", choices=FITS, default=QuantConfig.fit,
+                    help="group (d, m): importance-weighted least squares, or min/max with SQC's clipping search "
+                         f"(default {QuantConfig.fit})")
+    lv.add_argument("--importance", choices=IMPORTANCES, default=QuantConfig.importance,
+                    help="the weighted fit's column weight: diag(H) as llama.cpp's imatrix, or 1/[chol(H^-1)]_jj^2 "
+                         f"(default {QuantConfig.importance})")
+    lv.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=QuantConfig.act_order,
+                    help="GPTQ takes whole groups in order of decreasing diag(H) (static groups; same file layout)")
+    lv.add_argument("--true-sequential", action=argparse.BooleanOptionalAction,
+                    default=QuantConfig.true_sequential,
+                    help="quantize q/k/v, o, gate/up, down in turn, each on inputs through the quantized earlier ones")
 
 
 def quant_config(args: argparse.Namespace) -> QuantConfig:
     """The quantizer's settings from the parsed options (--method and --bits are each command's own)."""
     return QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sba=not args.no_sba,
-                       sqc=not args.no_sqc, seed=args.seed)
+                       sqc=not args.no_sqc, seed=args.seed, fit=args.fit, importance=args.importance,
+                       act_order=args.act_order, true_sequential=args.true_sequential)
 
 
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:

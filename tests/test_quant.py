@@ -8,7 +8,7 @@ import torch
 from one_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from quant.config import QuantConfig
-from quant.gptq import gptq_quantize, minmax_range_fn
+from quant.gptq import gptq_quantize, minmax_params
 from quant.hessian import HessianAccumulator, inverse_hessian_cholesky
 from quant.layer import quantize_linear
 from quant.quantizer import (affine_params, fake_quant, minmax_range, pick_group_size, round_scale_fp16,
@@ -187,7 +187,7 @@ def test_gptq_error_below_rtn_on_random_layer(bits):
     acc.add_batch(X)
     U, dead = inverse_hessian_cholesky(acc.H)
     uni = torch.full((2,), bits, dtype=torch.int8)
-    g = gptq_quantize(W, U, uni, 64, minmax_range_fn, dead).dequantize()
+    g = gptq_quantize(W, U, uni, 64, minmax_params, dead).dequantize()
     r = quantize_groups(W, uni, 64).dequantize()
     out_err = lambda Wq: float(((X @ (Wq - W).t()) ** 2).mean())
     assert out_err(g) < 0.8 * out_err(r)
@@ -200,7 +200,7 @@ def test_gptq_codes_respect_per_group_bits_and_grid():
     acc.add_batch(X)
     U, dead = inverse_hessian_cholesky(acc.H)
     bits = torch.tensor([3, 1, 2], dtype=torch.int8)
-    ql = gptq_quantize(W, U, bits, 64, minmax_range_fn, dead)
+    ql = gptq_quantize(W, U, bits, 64, minmax_params, dead)
     for gi, b in enumerate(bits.tolist()):
         assert int(ql.q[:, gi * 64:(gi + 1) * 64].max()) <= 2 ** b - 1
         assert (scale_tag_bits(ql.d[:, gi]) == ((b - 1) & 1)).all()
@@ -215,13 +215,15 @@ def test_quantize_linear_methods(bits):
     acc = HessianAccumulator(256)
     acc.add_batch(X)
     errs = {}
-    for name, method, sba, sqc in [("rtn", "rtn", 1, 1), ("gptq", "gptq", 1, 1), ("slim", "slim", 1, 1),
-                                   ("slim-none", "slim", 0, 0)]:
+    for name, method, sba, sqc, fit in [("rtn", "rtn", 1, 1, "weighted"), ("gptq", "gptq", 1, 1, "weighted"),
+                                        ("slim", "slim", 1, 1, "weighted"), ("slim-none", "slim", 0, 0, "minmax"),
+                                        ("fit-only", "slim", 0, 0, "weighted")]:
         ql, _ = quantize_linear(W, acc.H, X[:256], QuantConfig(method=method, bits=bits, sba=bool(sba),
-                                                               sqc=bool(sqc)), group_size=64)
+                                                               sqc=bool(sqc), fit=fit), group_size=64)
         assert ql.bits.float().mean() == bits and ql.bits.min() >= bits - 1 and ql.bits.max() <= bits + 1
         errs[name] = float(((X @ (ql.dequantize() - W).t()) ** 2).mean())
-    assert errs["slim-none"] == errs["gptq"]       # both switches off is GPTQ
+    assert errs["slim-none"] == errs["gptq"]       # every SliM part off (SBA, SQC, the weighted fit) is GPTQ
+    assert errs["fit-only"] < errs["gptq"]         # the importance-weighted group fit alone helps GPTQ
     if bits == 3:   # min/max GPTQ at 2 bits can lose to RTN on a layer this small (error feedback widens ranges)
         assert errs["gptq"] < errs["rtn"]
     assert errs["slim"] < errs["gptq"] and errs["slim"] < errs["rtn"]
