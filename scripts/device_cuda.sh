@@ -17,6 +17,8 @@
 #         generation on both
 # shapes: scripts/shape_sweep.py: a 4-layer SLIM model per common open model's shape (one SLIM type per layer),
 #         a few greedy tokens with llama-completion (fusion on, off) and llama-cpp-python; fails on any abort
+# untrusted: scripts/gpu_untrusted.py (after models): load time and the loader's SLIM check on the 7B SLIM2 file;
+#         corrupted copies of a small SLIM file refused by llama-completion -ngl 99 (mmap and --no-mmap)
 # models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, SLIM2/3 g128 of one random LLaMA-7B)
 # bench:  scripts/bench_gpu.py bench --tune (one llama-bench run)
 # clocks: tg128 alone vs after pp512, with SM clock samples
@@ -121,6 +123,15 @@ stage_shapes() {
   local rc=${PIPESTATUS[0]}
   rm -rf "$W/shapes"
   return "$rc"
+}
+
+stage_untrusted() {
+  stamp "untrusted files"
+  python3 scripts/shape_sweep.py make --vocab "$SRC/models/ggml-vocab-llama-spm.gguf" --dir "$W/small" \
+    --only SmolLM2-135M > /dev/null || return 1
+  python3 scripts/gpu_untrusted.py --bin "$BIN" --big "$W/models/llama7b-slim2.gguf" \
+    --small "$W/small/SmolLM2-135M.gguf" --out "$OUT" 2>&1 | tee "$OUT/untrusted.log"
+  return "${PIPESTATUS[0]}"
 }
 
 stage_models() {

@@ -114,7 +114,7 @@ def make_model(path: Path, name: str, vocab: Path) -> None:
 def cmd_make(args) -> None:
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
-    for name in MODELS:
+    for name in args.only or MODELS:
         t0 = time.time()
         path = d / f"{name}.gguf"
         make_model(path, name, Path(args.vocab))
@@ -174,6 +174,7 @@ def main() -> int:
     m = sub.add_parser("make")
     m.add_argument("--vocab", required=True)
     m.add_argument("--dir", required=True)
+    m.add_argument("--only", nargs="+", choices=list(MODELS), help="make only these shapes")
     r = sub.add_parser("run")
     r.add_argument("--bin", required=True)
     r.add_argument("--dir", required=True)
