@@ -1,21 +1,30 @@
 #!/usr/bin/env python3
 """Accuracy report: perplexity against bits per weight, SLIM against llama.cpp's own types.
 
-Every file is measured by the patched `llama-perplexity` on the same text, context and chunk count, with the
-KL divergence to the F16 file's token distributions. The steps:
+Every file is measured by the patched `llama-perplexity` on the same text, context and chunk count: PPL, and
+against the F16 file's token distributions (`--kl-divergence-base` once on the F16 file, then
+`--kl-divergence` per file) the mean KL divergence and how often the top-1 token is the same. The steps:
 
-  F16 GGUF of the (dequantized) source  -- llama.cpp's own converter (slim2gguf.gguf_out.write_stock)
-  imatrix                               -- llama-imatrix on the calibration text
-  stock types                           -- llama-quantize, without and with the imatrix; the types it really
+  F16 GGUF of the (dequantized) source  -- llama.cpp's own converter (slim2gguf.gguf_out.write_stock), or for
+                                           a named model (--model qwen2.5-coder-1.5b) the F16 its fetch script
+                                           made (scripts/fetch_qwen.py --f16)
+  imatrix                               -- the patched llama-imatrix on the calibration text (the same text
+                                           SLIM calibrates on), cached in the workdir with its settings
+  stock types                           -- llama-quantize, with and without the imatrix; the types it really
                                            wrote are read back from the file (K/IQ types fall back on widths
-                                           they cannot hold)
+                                           they cannot hold). The IQ2/IQ1 types refuse without an imatrix:
+                                           the row says so
   RTN, GPTQ, SliM (SBA only, SQC only, both) at 2 and 3 bits  -- slim2gguf convert
+  --slim LABEL=FILE.gguf                -- any slim2gguf file made elsewhere, measured as it is
 
 Output (in --out, default docs/results/): <tag>.md (table + settings), <tag>.json (everything measured),
-<tag>.png (PPL against bpw, Pareto front). Intermediate files go to --workdir and are reused when present
-(delete it to start over).
+<tag>.png (PPL and KLD against bpw, Pareto front), rewritten after every row. Intermediate files go to
+--workdir and are reused when present (delete it to start over); each measurement is cached there per file
+and settings.
 
     .venv/bin/python scripts/report.py                      # SmolLM2-135M demo, the full set
+    .venv/bin/python scripts/report.py --model qwen2.5-coder-1.5b --chunks 16 --variants \
+        --slim "SliM 2-bit=qwen-slim2.gguf"                 # the 1.5B model: stock types + a SLIM file
     .venv/bin/python scripts/report.py --model DIR --quick  # a handful of rows (the test uses this)
 """
 from __future__ import annotations
@@ -49,6 +58,22 @@ STOCK_TYPES = ["Q8_0", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "IQ3_XXS"
                "IQ2_XS", "IQ2_XXS", "Q2_0"]
 ANCHOR_TYPES = {"Q8_0"}  # high-bit anchors: an imatrix changes next to nothing, made once
 QUICK_STOCK_TYPES = ["Q8_0", "Q4_0", "Q2_K"]
+# llama-quantize stops on these without an imatrix ("Missing importance matrix for tensor ... in a very low-bit
+# quantization", src/llama-quant.cpp): their no-imatrix rows are made last, and the row records the refusal
+REFUSED_WITHOUT_IMATRIX = {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"}
+
+# models with their own F16 reference and stock-type list (issue 12: a model on which llama.cpp's 2-bit types
+# are real, every width a multiple of 256); the F16 is made by scripts/fetch_qwen.py --f16
+MODELS_DIR = REPO / ".cache" / "models"
+NAMED_MODELS = {
+    "qwen2.5-coder-1.5b": {
+        "f16": MODELS_DIR / "qwen2.5-coder-1.5b-instruct-f16.gguf",
+        "stock_types": ["IQ2_XXS", "IQ2_XS", "Q2_K", "IQ2_S", "IQ2_M", "Q3_K_S", "Q4_0"],
+        "fetch": "scripts/fetch_qwen.py --f16",
+    },
+}
+MODEL_ALIASES = {"qwen": "qwen2.5-coder-1.5b", "qwen-1.5b": "qwen2.5-coder-1.5b",
+                 "qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-1.5b"}
 
 # key -> (label, slim2gguf convert arguments)
 SLIM_VARIANTS = {
@@ -84,9 +109,10 @@ class Row:
 def run(cmd: list, log: Path, env: dict | None = None) -> str:
     """Run a tool, keep its whole output in `log`, raise one line on failure."""
     cmd = [str(c) for c in cmd]
+    t0 = time.time()
     res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          env={**os.environ, **(env or {})})
-    log.write_text("$ " + " ".join(cmd) + "\n" + res.stdout)
+    log.write_text("$ " + " ".join(cmd) + "\n" + res.stdout + f"\n[report] {time.time() - t0:.0f} s\n")
     if res.returncode != 0:
         tail = [ln for ln in res.stdout.strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
         raise SlimError(f"{Path(cmd[0]).name} failed (exit {res.returncode}): {tail[0][:200]} [log: {log}]")
@@ -136,9 +162,18 @@ class Report:
         self.rows: list[Row] = []
         self.kld_base = self.work / "f16.kld"
         self.eval_info: dict = {}
+        self.timings: dict = {}   # tag -> seconds of the last real (uncached) make/measure
 
     # -- files ---------------------------------------------------------------------------------------------
+    def tool(self, name: str) -> Path:
+        return Path(self.args.bin) / name if self.args.bin else tool_path(name)
+
     def f16(self) -> Path:
+        named = NAMED_MODELS.get(self.args.model)
+        if named:
+            if not named["f16"].is_file():
+                raise SlimError(f"{named['f16']} not found: make it with .venv/bin/python {named['fetch']}")
+            return named["f16"]
         out = self.work / "f16.gguf"
         if not out.exists():
             from slim2gguf import gguf_out, hf_export, model_io
@@ -151,29 +186,53 @@ class Report:
         return out
 
     def imatrix(self, f16: Path) -> Path:
+        """llama-imatrix on the calibration text, cached with its settings (a file from before the settings were
+        recorded is kept)."""
         out = self.work / "imatrix.gguf"
+        key_file = self.work / "imatrix.key.json"
+        key = {"f16": [str(f16), f16.stat().st_size], "calib": [str(Path(self.args.calib).resolve()),
+               Path(self.args.calib).stat().st_size], "ctx": int(self.args.ctx),
+               "chunks": int(self.args.imatrix_chunks)}
+        if out.exists() and key_file.exists() and json.loads(key_file.read_text()) != key:
+            out.unlink()
         if not out.exists():
             print("[report] imatrix on the calibration text", flush=True)
-            run([tool_path("llama-imatrix"), "-m", f16, "-f", self.args.calib, "-o", out, "-c", self.args.ctx,
+            t0 = time.time()
+            tmp = self.work / "imatrix.tmp.gguf"
+            run([self.tool("llama-imatrix"), "-m", f16, "-f", self.args.calib, "-o", tmp, "-c", self.args.ctx,
                  "--chunks", self.args.imatrix_chunks, "-t", self.threads, "--no-ppl"], self.logs / "imatrix.log")
+            tmp.rename(out)
+            key_file.write_text(json.dumps(key))
+            self.timings["imatrix"] = round(time.time() - t0)
         return out
 
     def stock(self, f16: Path, qtype: str, imatrix: Path | None) -> Path:
         tag = qtype.lower() + ("-imat" if imatrix else "")
         out = self.work / f"{tag}.gguf"
         if not out.exists():
-            cmd = [tool_path("llama-quantize")]
+            cmd = [self.tool("llama-quantize")]
             if imatrix:
                 cmd += ["--imatrix", imatrix]
             cmd += [f16, out.with_suffix(".tmp"), qtype, self.threads]
-            run(cmd, self.logs / f"quantize-{tag}.log")
+            t0 = time.time()
+            try:
+                run(cmd, self.logs / f"quantize-{tag}.log")
+            except SlimError as e:
+                out.with_suffix(".tmp").unlink(missing_ok=True)
+                log = (self.logs / f"quantize-{tag}.log").read_text()
+                if m := re.search(r"Missing importance matrix for tensor (\S+)", log):
+                    raise SlimError(f"llama-quantize refuses without an imatrix (stops at {m.group(1)}: "
+                                    "'Missing importance matrix ... in a very low-bit quantization')") from e
+                raise
             out.with_suffix(".tmp").rename(out)
+            self.timings[f"quantize-{tag}"] = round(time.time() - t0)
         return out
 
     def slim(self, bits: int, extra: list[str], tag: str) -> Path:
         out = self.work / f"{tag}.gguf"
         if not out.exists():
-            cmd = [sys.executable, "-m", "slim2gguf.cli", "convert", self.args.model, "--bits", bits, "-o", out,
+            source = NAMED_MODELS[self.args.model]["f16"] if self.args.model in NAMED_MODELS else self.args.model
+            cmd = [sys.executable, "-m", "slim2gguf.cli", "convert", source, "--bits", bits, "-o", out,
                    "--calib", self.args.calib, "--nsamples", self.args.nsamples, "--seqlen", self.args.seqlen,
                    *extra]
             run(cmd, self.logs / f"convert-{tag}.log")
@@ -181,20 +240,28 @@ class Report:
 
     # -- measuring -----------------------------------------------------------------------------------------
     def perplexity(self, path: Path, tag: str, base: bool = False) -> dict:
-        cmd = [tool_path("llama-perplexity"), "-m", path, "-f", self.args.eval_text, "-c", self.args.ctx,
+        cmd = [self.tool("llama-perplexity"), "-m", path, "-f", self.args.eval_text, "-c", self.args.ctx,
                "--chunks", self.args.chunks, "-t", self.threads, "-b", self.args.ctx]
         if base:
             cmd += ["--kl-divergence-base", self.kld_base]
         else:
             cmd += ["--kl-divergence-base", self.kld_base, "--kl-divergence"]
-        # measurements are cached next to the file; the key changes when the file or the settings do
+        # measurements are cached next to the file; the key changes when the file or the settings do, and a
+        # KLD measured before the F16 logits were (re)made is stale
         key = [path.stat().st_size, path.stat().st_mtime_ns, [str(c) for c in cmd[2:]]]
         cache = self.work / f"{tag}.ppl.json"
-        if cache.exists() and json.loads(cache.read_text())["key"] == key and (not base or self.kld_base.exists()):
+        fresh = cache.exists() and json.loads(cache.read_text())["key"] == key and self.kld_base.exists()
+        if fresh and not base:
+            fresh = cache.stat().st_mtime_ns >= self.kld_base.stat().st_mtime_ns
+        if fresh:
             res = json.loads(cache.read_text())["result"]
         else:
+            t0 = time.time()
             res = parse_perplexity(run(cmd, self.logs / f"perplexity-{tag}.log"))
+            if not base and "kld" not in res:
+                raise SlimError(f"llama-perplexity printed no KLD for {path.name} [log: {self.logs}]")
             cache.write_text(json.dumps({"key": key, "result": res}))
+            self.timings[f"perplexity-{tag}"] = round(time.time() - t0)
         for k in ("chunks", "n_ctx"):
             if k in res:
                 self.eval_info[k] = res[k]
@@ -208,40 +275,45 @@ class Report:
             if hasattr(row, k):
                 setattr(row, k, v)
         self.rows.append(row)
+        self.write()
         kld = f"{row.kld:.4f}" if row.kld is not None else "-"
         print(f"[report] {label:32s} bpw {row.bpw:6.3f} (blk {row.blk_bpw:6.3f})  PPL {row.ppl:10.4f}  "
               f"KLD {kld}  ({time.time() - t0:.0f} s)", flush=True)
 
     def failed(self, label: str, family: str, why: str) -> None:
         self.rows.append(Row(label, family, "", note=f"not made: {why}"))
+        self.write()
         print(f"[report] {label:32s} not made: {why}", flush=True)
 
     def run_all(self) -> None:
         a = self.args
         f16 = self.f16()
         self.add("F16", "f16", f16, "f16", base=True, note="dequantized source")
-        imatrix = None
-        stock_types = a.stock_types or (QUICK_STOCK_TYPES if a.quick else STOCK_TYPES)
-        for with_imatrix in (False, True):
-            if with_imatrix:
+        named = NAMED_MODELS.get(a.model, {})
+        stock_types = a.stock_types if a.stock_types is not None else (
+            QUICK_STOCK_TYPES if a.quick else named.get("stock_types", STOCK_TYPES))
+        # with the imatrix first (the fair baselines), then without; the types that refuse without one last
+        jobs = [(q, True) for q in stock_types if q not in ANCHOR_TYPES]
+        jobs += [(q, False) for q in stock_types if q not in REFUSED_WITHOUT_IMATRIX]
+        jobs += [(q, False) for q in stock_types if q in REFUSED_WITHOUT_IMATRIX]
+        imatrix: Path | None = None
+        for qtype, with_imatrix in jobs:
+            family = "stock+imatrix" if with_imatrix else "stock"
+            label = qtype + (" +imatrix" if with_imatrix else "")
+            tag = qtype.lower() + ("-imat" if with_imatrix else "")
+            if with_imatrix and imatrix is None:
                 try:
                     imatrix = self.imatrix(f16)
                 except SlimError as e:
-                    self.failed("imatrix", "stock+imatrix", str(e))
-                    break
-            for qtype in stock_types:
-                if with_imatrix and qtype in ANCHOR_TYPES:
+                    self.failed(label, family, f"no imatrix: {e}")
                     continue
-                family = "stock+imatrix" if with_imatrix else "stock"
-                label = qtype + (" +imatrix" if with_imatrix else "")
-                tag = qtype.lower() + ("-imat" if with_imatrix else "")
-                try:
-                    path = self.stock(f16, qtype, imatrix if with_imatrix else None)
-                except SlimError as e:
-                    self.failed(label, family, str(e))
-                    continue
-                self.add(label, family, path, tag)
-        keys = a.variants or (QUICK_SLIM_VARIANTS if a.quick else list(SLIM_VARIANTS))
+            try:
+                path = self.stock(f16, qtype, imatrix if with_imatrix else None)
+            except SlimError as e:
+                self.failed(label, family, str(e))
+                continue
+            self.add(label, family, path, tag)
+        keys = a.variants if a.variants is not None else (QUICK_SLIM_VARIANTS if a.quick else list(SLIM_VARIANTS))
         for bits in a.bits:
             for key in keys:
                 label, extra = SLIM_VARIANTS[key]
@@ -255,6 +327,15 @@ class Report:
                     self.failed(label, "slim", str(e))
                     continue
                 self.add(label, "slim", path, tag)
+        for spec in a.slim or []:
+            label, _, file = spec.rpartition("=")
+            path = Path(file)
+            label = label or path.stem
+            tag = "file-" + re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+            if not path.is_file():
+                self.failed(label, "slim", f"{path} not found")
+                continue
+            self.add(label, "slim", path, tag, note=path.name)
 
     # -- output --------------------------------------------------------------------------------------------
     def settings(self) -> dict:
@@ -264,7 +345,8 @@ class Report:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
         return {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "model": self.args.model,
+            "model": self.args.model + (f" (F16: {NAMED_MODELS[self.args.model]['f16'].name})"
+                                        if self.args.model in NAMED_MODELS else ""),
             "eval_text": str(Path(self.args.eval_text).resolve().relative_to(REPO.parent))
             if str(Path(self.args.eval_text).resolve()).startswith(str(REPO.parent)) else str(self.args.eval_text),
             "calib_text": str(Path(self.args.calib).name),
@@ -275,6 +357,7 @@ class Report:
             "scored_tokens": (self.eval_info.get("chunks") or 0) * (int(self.args.ctx) // 2),
             "slim_calibration": f"{self.args.nsamples} x {self.args.seqlen} tokens",
             "imatrix_chunks": int(self.args.imatrix_chunks),
+            "threads": int(self.threads),
             "tool": "llama-perplexity (patched llama.cpp of llama-cpp-python 0.3.36), CPU",
             "slim2gguf_commit": rev.stdout.strip() or "unknown",
             "torch": torch.__version__,
@@ -294,7 +377,6 @@ class Report:
     def write(self) -> tuple[Path, Path, Path]:
         out = Path(self.args.out)
         out.mkdir(parents=True, exist_ok=True)
-        stem = out / self.args.tag
         settings = self.settings()
         f16 = next((r for r in self.rows if r.family == "f16" and r.ppl), None)
         front = self.pareto()
@@ -321,12 +403,12 @@ class Report:
             lines.append(f"| {r.label}{star} | {r.family} | {r.bpw:.3f} | {r.blk_bpw:.3f} | "
                          f"{r.file_bytes / 2**20:.1f} | {r.ppl:.3f} ± {r.ppl_err:.3f} | {ratio} | {kld} | {top} | "
                          f"{types} | {r.note} |")
-        md = stem.with_suffix(".md")
+        md = out / f"{self.args.tag}.md"
         md.write_text("\n".join(lines) + "\n")
-        js = stem.with_suffix(".json")
+        js = out / f"{self.args.tag}.json"
         js.write_text(json.dumps({"settings": settings, "rows": [asdict(r) for r in self.rows],
-                                  "pareto": sorted(front)}, indent=1))
-        png = stem.with_suffix(".png")
+                                  "pareto": sorted(front), "timings_s": self.timings}, indent=1))
+        png = out / f"{self.args.tag}.png"
         self.plot(png, front, f16)
         return md, js, png
 
@@ -340,27 +422,31 @@ class Report:
                   "llama-quantize + imatrix"), "slim": ("D", "tab:red", "slim2gguf (RTN/GPTQ/SliM)"),
                   "f16": ("*", "black", "F16")}
         rows = [r for r in self.rows if r.ppl is not None]
-        fig, axes = plt.subplots(1, 2, figsize=(14, 6))
-        for ax, attr, xlabel in ((axes[0], "bpw", "bits per weight (whole file)"),
-                                 (axes[1], "blk_bpw", "bits per weight (transformer-block weights)")):
+        fig, axes = plt.subplots(1, 3, figsize=(20, 6))
+        panels = ((axes[0], "bpw", "ppl", "bits per weight (whole file)", f"perplexity (ctx {self.args.ctx}, log)"),
+                  (axes[1], "blk_bpw", "ppl", "bits per weight (transformer-block weights)",
+                   f"perplexity (ctx {self.args.ctx}, log)"),
+                  (axes[2], "bpw", "kld", "bits per weight (whole file)", "mean KLD to F16 (log)"))
+        for ax, xattr, yattr, xlabel, ylabel in panels:
             for fam, (marker, color, name) in styles.items():
-                pts = [r for r in rows if r.family == fam]
+                pts = [r for r in rows if r.family == fam and getattr(r, yattr) is not None
+                       and (yattr != "kld" or getattr(r, yattr) > 0)]
                 if pts:
-                    ax.scatter([getattr(r, attr) for r in pts], [r.ppl for r in pts], marker=marker, color=color,
-                               label=name, zorder=3)
+                    ax.scatter([getattr(r, xattr) for r in pts], [getattr(r, yattr) for r in pts], marker=marker,
+                               color=color, label=name, zorder=3)
                     for r in pts:
-                        ax.annotate(r.label, (getattr(r, attr), r.ppl), fontsize=6, xytext=(3, 3),
+                        ax.annotate(r.label, (getattr(r, xattr), getattr(r, yattr)), fontsize=6, xytext=(3, 3),
                                     textcoords="offset points")
             fr = sorted((r for r in rows if r.label in front), key=lambda r: r.bpw)
-            if attr == "bpw" and fr:
+            if xattr == "bpw" and yattr == "ppl" and fr:
                 ax.step([r.bpw for r in fr], [r.ppl for r in fr], where="post", color="gray", ls="--",
                         label="Pareto front", zorder=2)
             ax.set_yscale("log")
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"perplexity (ctx {self.args.ctx}, log scale)")
+            ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"{self.args.tag}: perplexity against size "
+        fig.suptitle(f"{self.args.tag}: perplexity and KL divergence to F16 against size "
                      f"({Path(self.args.eval_text).name}, {self.eval_info.get('chunks', '?')} × {self.args.ctx} tokens)")
         fig.tight_layout()
         fig.savefig(png, dpi=120)
@@ -369,7 +455,9 @@ class Report:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="demo", help="HF folder, GGUF of higher precision, or 'demo' (default)")
+    ap.add_argument("--model", default="demo",
+                    help="HF folder, GGUF of higher precision, 'demo' (default, SmolLM2-135M) or "
+                         f"{' / '.join(NAMED_MODELS)} (the F16 from its fetch script; alias 'qwen')")
     ap.add_argument("--tag", default=None, help="output file stem (default: smollm2-135m for the demo)")
     ap.add_argument("--out", default=str(REPO / "docs" / "results"), help="where the table and plot go")
     ap.add_argument("--workdir", default=None, help="intermediate files (default build/report/<tag>)")
@@ -385,9 +473,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stock-types", nargs="*", default=None, metavar="TYPE",
                     help=f"llama-quantize types (default: {' '.join(STOCK_TYPES)})")
     ap.add_argument("--variants", nargs="*", default=None, choices=list(SLIM_VARIANTS),
-                    help=f"slim2gguf rows (default: all of {' '.join(SLIM_VARIANTS)})")
+                    help=f"slim2gguf rows (default: all of {' '.join(SLIM_VARIANTS)}; none when given empty)")
+    ap.add_argument("--slim", action="append", default=None, metavar="[LABEL=]FILE.gguf",
+                    help="also measure this slim2gguf file (made elsewhere) as a row; repeatable")
+    ap.add_argument("--bin", default=None,
+                    help="folder of the patched llama.cpp tools (default: build/cpu/bin); a copy keeps a long run "
+                         "safe from rebuilds")
     ap.add_argument("--quick", action="store_true", help="a few rows only (tests)")
     args = ap.parse_args(argv)
+    args.model = MODEL_ALIASES.get(args.model, args.model)
     args.tag = args.tag or ("smollm2-135m" if args.model == "demo" else Path(args.model).name)
     args.workdir = args.workdir or str(REPO / "build" / "report" / args.tag)
     for p in (args.calib, args.eval_text):
@@ -396,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     rep = Report(args)
     rep.run_all()
+    rep.timings["total"] = round(time.time() - t0)
     md, js, png = rep.write()
     print(f"[report] wrote {md}, {js}, {png} in {time.time() - t0:.0f} s")
     return 0

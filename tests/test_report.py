@@ -1,10 +1,12 @@
-"""scripts/report.py end to end on a tiny random llama: every kind of row is made, measured and plotted."""
+"""scripts/report.py end to end on a tiny random llama: every kind of row is made, measured (PPL, KLD and same
+top-1 against the F16) and plotted; a second run reuses every cached measurement and adds a `--slim` file."""
 from __future__ import annotations
 
 import json
 import math
 import subprocess
 import sys
+import os
 from pathlib import Path
 
 import pytest
@@ -23,12 +25,11 @@ def test_report_quick(tiny_text_file, tmp_path):
     tiny_llama_dir = make_tiny_llama(tmp_path / "tiny-llama", demo_tokenizer_dir(), hidden=128,
                                      intermediate=192, layers=2)
     out = tmp_path / "results"
-    res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "report.py"), "--model", str(tiny_llama_dir), "--quick",
-         "--tag", "tiny", "--out", str(out), "--workdir", str(tmp_path / "work"), "--calib", str(tiny_text_file),
-         "--ctx", "128", "--chunks", "4", "--imatrix-chunks", "2", "--nsamples", "4", "--seqlen", "64",
-         "--bits", "2"],
-        capture_output=True, text=True, timeout=1200)
+    common = [sys.executable, str(REPO / "scripts" / "report.py"), "--model", str(tiny_llama_dir), "--tag", "tiny",
+              "--out", str(out), "--workdir", str(tmp_path / "work"), "--calib", str(tiny_text_file),
+              "--ctx", "128", "--chunks", "4", "--imatrix-chunks", "2", "--nsamples", "4", "--seqlen", "64",
+              "--bits", "2", "--threads", str(min(4, os.cpu_count() or 1))]
+    res = subprocess.run(common + ["--quick"], capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     data = json.loads((out / "tiny.json").read_text())
     rows = {r["label"]: r for r in data["rows"]}
@@ -37,14 +38,41 @@ def test_report_quick(tiny_text_file, tmp_path):
         r = rows[label]
         assert r["ppl"] is not None and math.isfinite(r["ppl"]) and r["ppl"] > 1, r
         assert r["bpw"] > 0 and r["file_bytes"] > 0
-    # KL divergence is measured against F16 for every other row, and F16 is the reference (no KLD)
-    assert rows["F16"]["kld"] is None
-    assert rows["Q8_0"]["kld"] is not None and rows["Q8_0"]["kld"] >= 0
+    # KL divergence and same top-1 are measured against F16 for every other row; F16 is the reference
+    assert rows["F16"]["kld"] is None and rows["F16"]["same_top"] is None
+    for label in ("Q8_0", "Q4_0", "Q4_0 +imatrix", "RTN 2-bit", "SliM 2-bit"):
+        r = rows[label]
+        assert r["kld"] is not None and math.isfinite(r["kld"]) and r["kld"] >= 0, r
+        assert r["same_top"] is not None and 0 <= r["same_top"] <= 100, r
+    # Q8_0 is close to F16, RTN 2-bit on a random tiny model is not
+    assert rows["Q8_0"]["kld"] < rows["RTN 2-bit"]["kld"]
+    assert rows["Q8_0"]["same_top"] >= rows["RTN 2-bit"]["same_top"]
     # the SLIM rows really hold SLIM tensors, and the type mix is read from the file
     assert any(t.startswith("SLIM2") for t in rows["SliM 2-bit"]["types"]), rows["SliM 2-bit"]["types"]
     assert rows["Q8_0"]["bpw"] > rows["Q4_0"]["bpw"] > rows["SliM 2-bit"]["blk_bpw"]
     assert data["settings"]["ctx"] == 128 and data["settings"]["chunks"] == 4
+    assert (tmp_path / "work" / "imatrix.gguf").is_file() and (tmp_path / "work" / "imatrix.key.json").is_file()
     md = (out / "tiny.md").read_text()
     assert "| SliM 2-bit" in md and "Pareto" in md
+    q8 = next(ln for ln in md.splitlines() if ln.startswith("| Q8_0"))
+    cells = [c.strip() for c in q8.strip("|").split("|")]
+    assert float(cells[7]) == pytest.approx(rows["Q8_0"]["kld"], abs=1e-4), q8         # KLD column
+    assert float(cells[8]) == pytest.approx(rows["Q8_0"]["same_top"], abs=0.01), q8    # same top-1 % column
     png = out / "tiny.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # second run: no stock types, no slim2gguf variants, one file made elsewhere; F16 is not measured again
+    slim_file = tmp_path / "work" / rows["SliM 2-bit"]["file"]
+    f16_log = tmp_path / "work" / "logs" / "perplexity-f16.log"
+    f16_mtime = f16_log.stat().st_mtime_ns
+    res = subprocess.run(common + ["--stock-types", "--variants", "--slim", f"my SLIM file={slim_file}"],
+                         capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f16_log.stat().st_mtime_ns == f16_mtime   # the F16 measurement and its logits came from the cache
+    data2 = json.loads((out / "tiny.json").read_text())
+    rows2 = {r["label"]: r for r in data2["rows"]}
+    assert sorted(rows2) == ["F16", "my SLIM file"], sorted(rows2)
+    assert rows2["F16"]["ppl"] == rows["F16"]["ppl"]
+    # the same file under another name measures the same
+    assert rows2["my SLIM file"]["ppl"] == pytest.approx(rows["SliM 2-bit"]["ppl"], rel=1e-6)
+    assert rows2["my SLIM file"]["kld"] == pytest.approx(rows["SliM 2-bit"]["kld"], abs=1e-5)
