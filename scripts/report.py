@@ -54,7 +54,7 @@ DEFAULT_EVAL = DATA / "austen" / "pride_and_prejudice.txt"
 
 # llama-quantize types around the 2-4 bpw region, plus anchors. Each is made without and with the imatrix,
 # except the ones llama-quantize refuses to make without one (it says so; the row records it).
-STOCK_TYPES = ["Q8_0", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "IQ3_XXS", "Q2_K", "IQ2_M",
+STOCK_TYPES = ["Q8_0", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "IQ3_XXS", "Q2_K", "IQ2_M", "IQ2_S",
                "IQ2_XS", "IQ2_XXS", "Q2_0"]
 ANCHOR_TYPES = {"Q8_0"}  # high-bit anchors: an imatrix changes next to nothing, made once
 QUICK_STOCK_TYPES = ["Q8_0", "Q4_0", "Q2_K"]
@@ -134,6 +134,11 @@ def measure_file(path: Path) -> tuple[int, float, float, dict]:
     return t.file_bytes, t.bpw_tensors, t.bpw_blocks, t.weights_by_type
 
 
+def stock_tag(spec: str, with_imatrix: bool) -> str:
+    qtype, _, embd = spec.partition(":")
+    return qtype.lower() + (f"-embd-{embd.lower()}" if embd else "") + ("-imat" if with_imatrix else "")
+
+
 def parse_perplexity(out: str) -> dict:
     res = {}
     if m := re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", out):
@@ -206,13 +211,18 @@ class Report:
             self.timings["imatrix"] = round(time.time() - t0)
         return out
 
-    def stock(self, f16: Path, qtype: str, imatrix: Path | None) -> Path:
-        tag = qtype.lower() + ("-imat" if imatrix else "")
+    def stock(self, f16: Path, spec: str, imatrix: Path | None) -> Path:
+        """llama-quantize to SPEC: a type (IQ2_XXS), or TYPE:EMBD (IQ2_XXS:Q8_0) for token_embd and output in
+        EMBD instead of the type's own choice (to compare with a SLIM file at the same embedding/output types)."""
+        qtype, _, embd = spec.partition(":")
+        tag = stock_tag(spec, imatrix is not None)
         out = self.work / f"{tag}.gguf"
         if not out.exists():
             cmd = [self.tool("llama-quantize")]
             if imatrix:
                 cmd += ["--imatrix", imatrix]
+            if embd:
+                cmd += ["--token-embedding-type", embd, "--output-tensor-type", embd]
             cmd += [f16, out.with_suffix(".tmp"), qtype, self.threads]
             t0 = time.time()
             try:
@@ -294,13 +304,14 @@ class Report:
             QUICK_STOCK_TYPES if a.quick else named.get("stock_types", STOCK_TYPES))
         # with the imatrix first (the fair baselines), then without; the types that refuse without one last
         jobs = [(q, True) for q in stock_types if q not in ANCHOR_TYPES]
-        jobs += [(q, False) for q in stock_types if q not in REFUSED_WITHOUT_IMATRIX]
-        jobs += [(q, False) for q in stock_types if q in REFUSED_WITHOUT_IMATRIX]
+        jobs += [(q, False) for q in stock_types if q.partition(":")[0] not in REFUSED_WITHOUT_IMATRIX]
+        jobs += [(q, False) for q in stock_types if q.partition(":")[0] in REFUSED_WITHOUT_IMATRIX]
         imatrix: Path | None = None
         for qtype, with_imatrix in jobs:
             family = "stock+imatrix" if with_imatrix else "stock"
-            label = qtype + (" +imatrix" if with_imatrix else "")
-            tag = qtype.lower() + ("-imat" if with_imatrix else "")
+            base, _, embd = qtype.partition(":")
+            label = base + (f", embd/output {embd}" if embd else "") + (" +imatrix" if with_imatrix else "")
+            tag = stock_tag(qtype, with_imatrix)
             if with_imatrix and imatrix is None:
                 try:
                     imatrix = self.imatrix(f16)
@@ -471,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bits", type=int, nargs="+", default=[2, 3], choices=(2, 3))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--stock-types", nargs="*", default=None, metavar="TYPE",
-                    help=f"llama-quantize types (default: {' '.join(STOCK_TYPES)})")
+                    help=f"llama-quantize types (default: {' '.join(STOCK_TYPES)}); TYPE:EMBD also sets "
+                         "token_embd and output to EMBD (IQ2_XXS:Q8_0)")
     ap.add_argument("--variants", nargs="*", default=None, choices=list(SLIM_VARIANTS),
                     help=f"slim2gguf rows (default: all of {' '.join(SLIM_VARIANTS)}; none when given empty)")
     ap.add_argument("--slim", action="append", default=None, metavar="[LABEL=]FILE.gguf",

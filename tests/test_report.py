@@ -61,17 +61,21 @@ def test_report_quick(tiny_text_file, tmp_path):
     png = out / "tiny.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # second run: no stock types, no slim2gguf variants, one file made elsewhere; F16 is not measured again
+    # second run: one stock type with its own token_embd/output type, no slim2gguf variants, one file made
+    # elsewhere; F16 and the imatrix come from the cache
     slim_file = tmp_path / "work" / rows["SliM 2-bit"]["file"]
-    f16_log = tmp_path / "work" / "logs" / "perplexity-f16.log"
-    f16_mtime = f16_log.stat().st_mtime_ns
-    res = subprocess.run(common + ["--stock-types", "--variants", "--slim", f"my SLIM file={slim_file}"],
+    cached = [tmp_path / "work" / "logs" / n for n in ("perplexity-f16.log", "imatrix.log")]
+    mtimes = [f.stat().st_mtime_ns for f in cached]
+    res = subprocess.run(common + ["--stock-types", "Q4_0:Q5_0", "--variants", "--slim", f"my SLIM file={slim_file}"],
                          capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert f16_log.stat().st_mtime_ns == f16_mtime   # the F16 measurement and its logits came from the cache
+    assert [f.stat().st_mtime_ns for f in cached] == mtimes
     data2 = json.loads((out / "tiny.json").read_text())
     rows2 = {r["label"]: r for r in data2["rows"]}
-    assert sorted(rows2) == ["F16", "my SLIM file"], sorted(rows2)
+    assert sorted(rows2) == ["F16", "Q4_0, embd/output Q5_0", "Q4_0, embd/output Q5_0 +imatrix", "my SLIM file"], \
+        sorted(rows2)
+    for label in ("Q4_0, embd/output Q5_0", "Q4_0, embd/output Q5_0 +imatrix"):
+        assert "Q5_0" in rows2[label]["types"] and rows2[label]["kld"] is not None, rows2[label]
     assert rows2["F16"]["ppl"] == rows["F16"]["ppl"]
     # the same file under another name measures the same
     assert rows2["my SLIM file"]["ppl"] == pytest.approx(rows["SliM 2-bit"]["ppl"], rel=1e-6)
