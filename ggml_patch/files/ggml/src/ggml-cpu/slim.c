@@ -436,7 +436,7 @@ static void slim_gemm_8_generic(int n, float * GGML_RESTRICT s, size_t bs, const
 #if defined(__AVX2__) && defined(__F16C__)
 
 #if defined(__AVX512VL__)
-#define SLIM_NC 8
+#define SLIM_NC 8   // activation columns per tile call for SLIM2 (slim_gemm_8_avx2); per-call arrays hold 8
 #else
 #define SLIM_NC 4
 #endif
@@ -471,7 +471,7 @@ static inline __attribute__((always_inline)) const uint8_t * slim_tile_group_avx
     const __m256 dv = _mm256_cvtph_ps(_mm_and_si128(_mm_loadu_si128((const __m128i *) p), m7));
     const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (p + 16)));
     p += 32;
-    float ssum[SLIM_NC];
+    float ssum[8];
     for (int k = 0; k < NC; ++k) {
         ssum[k] = 0.0f;
     }
@@ -481,8 +481,8 @@ static inline __attribute__((always_inline)) const uint8_t * slim_tile_group_avx
             w[pl] = _mm256_loadu_si256((const __m256i *) (p + 32*pl));
         }
         p += 32*bits;
-        __m256i iacc[SLIM_NC];
-        const int8_t * qs[SLIM_NC];
+        __m256i iacc[8];
+        const int8_t * qs[8];
         for (int k = 0; k < NC; ++k) {
             iacc[k] = _mm256_setzero_si256();
             qs[k]   = yc[k][j*nq + c].qs;
@@ -515,8 +515,8 @@ static inline __attribute__((always_inline)) void slim_tile_avx2(
         int n, float * GGML_RESTRICT s, size_t bs, const uint8_t * GGML_RESTRICT tile,
         const block_q8_1 * GGML_RESTRICT y, const int b, const int g, const int NC) {
     const int G = n / g;
-    const block_q8_1 * yc[SLIM_NC];
-    __m256 acc[SLIM_NC];
+    const block_q8_1 * yc[8];
+    __m256 acc[8];
     for (int k = 0; k < NC; ++k) {
         yc[k]  = y + (size_t) k*(n/QK8_1);
         acc[k] = _mm256_setzero_ps();
