@@ -18,7 +18,7 @@
 # shapes: scripts/shape_sweep.py: a 4-layer SLIM model per common open model's shape (one SLIM type per layer),
 #         a few greedy tokens with llama-completion (fusion on, off) and llama-cpp-python; fails on any abort
 # untrusted: scripts/gpu_untrusted.py (after models): load time and the loader's SLIM check on the 7B SLIM2 file;
-#         corrupted copies of a small SLIM file refused by llama-completion -ngl 99 (mmap and --no-mmap)
+#         corrupted copies of a small SLIM file refused by llama-completion -ngl 99 (mmap and -lm none)
 # models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, SLIM2/3 g128 of one random LLaMA-7B)
 # bench:  scripts/bench_gpu.py bench --tune (one llama-bench run)
 # clocks: tg128 alone vs after pp512, with SM clock samples

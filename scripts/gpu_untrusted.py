@@ -5,7 +5,7 @@
 1. Load cost on a 7B-shaped SLIM2 file: llama-completion's own "load time" with every layer on the GPU (3 runs),
    and ggml_slim_check_rows (the loader's check) timed alone over all SLIM tensors of the file (page cache warm).
 2. Corrupted copies of a small SLIM file (one row's width, every row's width, an illegal width, a NaN scale, a
-   truncated file) through llama-completion -ngl 99, memory-mapped and with --no-mmap (the chunked upload path):
+   truncated file) through llama-completion -ngl 99, memory-mapped and with -lm none (tensors read, not mapped: the chunked upload path):
    each must be refused with a message and an exit code in 1..127 (never a signal); the intact copy must run.
 Writes OUT_DIR/untrusted.md; exits 1 if a corrupted copy was accepted or a run ended on a signal.
 """
@@ -116,14 +116,14 @@ def main() -> int:
     work = out / "untrusted_tmp"
     work.mkdir(parents=True, exist_ok=True)
     lines = ["# Untrusted SLIM files on the CUDA build", "", *load_cost(bin_dir, Path(args.big)), "",
-             "| file | mmap: exit, message | --no-mmap: exit, message |", "|---|---|---|"]
+             "| file | mmap: exit, message | -lm none: exit, message |", "|---|---|---|"]
     failed = False
     for name, path in corrupt(Path(args.small), work).items():
         cells = []
-        for extra in ((), ("--no-mmap",)):
+        for extra in ((), ("-lm", "none")):
             r = completion(bin_dir, path, *extra)
             text = r.stdout + r.stderr
-            msg = next((ln.strip() for ln in text.splitlines() if "invalid data" in ln or "error" in ln.lower()), "")
+            msg = next((ln.strip() for ln in text.splitlines() if "error loading model" in ln), "")
             ok = r.returncode == 0 if name == "intact" else 0 < r.returncode < 128 and bool(msg)
             failed |= not ok
             cells.append(f"{'ok' if ok else 'FAIL'}: exit {r.returncode}" + (f", `{msg[-150:]}`" if msg else ""))
