@@ -60,6 +60,7 @@ ANCHOR_TYPES = {"Q8_0"}  # high-bit anchors: an imatrix changes next to nothing,
 QUICK_STOCK_TYPES = ["Q8_0", "Q4_0", "Q2_K"]
 # llama-quantize stops on these without an imatrix ("Missing importance matrix for tensor ... in a very low-bit
 # quantization", src/llama-quant.cpp): their no-imatrix rows are made last, and the row records the refusal
+NOT_CACHED = "not measured yet (--cached-only: made from the cache alone)"
 REFUSED_WITHOUT_IMATRIX = {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"}
 
 # models with their own F16 reference and stock-type list (issue 12: a model on which llama.cpp's 2-bit types
@@ -200,6 +201,8 @@ class Report:
                "chunks": int(self.args.imatrix_chunks)}
         if out.exists() and key_file.exists() and json.loads(key_file.read_text()) != key:
             out.unlink()
+        if not out.exists() and self.args.cached_only:
+            raise SlimError(NOT_CACHED)
         if not out.exists():
             print("[report] imatrix on the calibration text", flush=True)
             t0 = time.time()
@@ -217,6 +220,8 @@ class Report:
         qtype, _, embd = spec.partition(":")
         tag = stock_tag(spec, imatrix is not None)
         out = self.work / f"{tag}.gguf"
+        if not out.exists() and self.args.cached_only:
+            raise SlimError(NOT_CACHED)
         if not out.exists():
             cmd = [self.tool("llama-quantize")]
             if imatrix:
@@ -240,6 +245,8 @@ class Report:
 
     def slim(self, bits: int, extra: list[str], tag: str) -> Path:
         out = self.work / f"{tag}.gguf"
+        if not out.exists() and self.args.cached_only:
+            raise SlimError(NOT_CACHED)
         if not out.exists():
             source = NAMED_MODELS[self.args.model]["f16"] if self.args.model in NAMED_MODELS else self.args.model
             cmd = [sys.executable, "-m", "slim2gguf.cli", "convert", source, "--bits", bits, "-o", out,
@@ -265,6 +272,8 @@ class Report:
             fresh = cache.stat().st_mtime_ns >= self.kld_base.stat().st_mtime_ns
         if fresh:
             res = json.loads(cache.read_text())["result"]
+        elif self.args.cached_only:
+            raise SlimError(NOT_CACHED)
         else:
             t0 = time.time()
             res = parse_perplexity(run(cmd, self.logs / f"perplexity-{tag}.log"))
@@ -281,7 +290,14 @@ class Report:
         t0 = time.time()
         row = Row(label, family, path.name, note=note)
         row.file_bytes, row.bpw, row.blk_bpw, row.types = measure_file(path)
-        for k, v in self.perplexity(path, tag, base).items():
+        try:
+            measured = self.perplexity(path, tag, base)
+        except SlimError as e:
+            if base:
+                raise
+            self.failed(label, family, str(e))
+            return
+        for k, v in measured.items():
             if hasattr(row, k):
                 setattr(row, k, v)
         self.rows.append(row)
@@ -291,9 +307,10 @@ class Report:
               f"KLD {kld}  ({time.time() - t0:.0f} s)", flush=True)
 
     def failed(self, label: str, family: str, why: str) -> None:
-        self.rows.append(Row(label, family, "", note=f"not made: {why}"))
+        note = why if why == NOT_CACHED else f"not made: {why}"
+        self.rows.append(Row(label, family, "", note=note))
         self.write()
-        print(f"[report] {label:32s} not made: {why}", flush=True)
+        print(f"[report] {label:32s} {note}", flush=True)
 
     def run_all(self) -> None:
         a = self.args
@@ -492,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder of the patched llama.cpp tools (default: build/cpu/bin); a copy keeps a long run "
                          "safe from rebuilds")
     ap.add_argument("--quick", action="store_true", help="a few rows only (tests)")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="make nothing, measure nothing: the table from the workdir's cache, the rest listed as "
+                         "not measured yet (to write the table while, or after, a long run is stopped)")
     args = ap.parse_args(argv)
     args.model = MODEL_ALIASES.get(args.model, args.model)
     args.tag = args.tag or ("smollm2-135m" if args.model == "demo" else Path(args.model).name)

@@ -80,3 +80,13 @@ def test_report_quick(tiny_text_file, tmp_path):
     # the same file under another name measures the same
     assert rows2["my SLIM file"]["ppl"] == pytest.approx(rows["SliM 2-bit"]["ppl"], rel=1e-6)
     assert rows2["my SLIM file"]["kld"] == pytest.approx(rows["SliM 2-bit"]["kld"], abs=1e-5)
+
+    # third run, from the cache alone: cached rows come back, the rest are listed as not measured yet
+    res = subprocess.run(common + ["--cached-only", "--stock-types", "Q4_0", "Q2_K:Q8_0", "--variants"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows3 = {r["label"]: r for r in json.loads((out / "tiny.json").read_text())["rows"]}
+    assert rows3["Q4_0 +imatrix"]["kld"] == rows["Q4_0 +imatrix"]["kld"]
+    assert rows3["Q2_K, embd/output Q8_0 +imatrix"]["ppl"] is None
+    assert "not measured yet" in rows3["Q2_K, embd/output Q8_0"]["note"]
+    assert not list((tmp_path / "work").glob("q2_k-embd*"))
