@@ -74,7 +74,9 @@ def _sync_tree(src: Path, dst: Path) -> int:
         if target.exists() and filecmp.cmp(path, target, shallow=False):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        # a plain copy takes the current time: copy2 would keep the pristine file's old mtime, and a file reverted
+        # to pristine content would look older than its object, so ninja would keep the stale build
+        shutil.copy(path, target)
         changed += 1
     return changed
 
