@@ -57,13 +57,26 @@ def llama_kv(w, vocab_path: Path, ftype: int) -> None:
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(ftype)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    reader = gguf.GGUFReader(vocab_path)
-    for field in reader.fields.values():
-        if not field.name.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    copy_tokenizer(w, vocab_path)
+
+
+def copy_tokenizer(w, vocab_path: Path) -> None:
+    """Every tokenizer.* field of a llama.cpp vocab file into the writer (the models' random weights need a real
+    tokenizer to run in the tools)."""
+    import gguf
+
+    for field in gguf.GGUFReader(vocab_path).fields.values():
+        if field.name.startswith("tokenizer."):
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+
+
+def write_out(w) -> None:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def make_f16(path: Path, vocab: Path) -> dict[tuple[int, int], np.ndarray]:
@@ -84,10 +97,7 @@ def make_f16(path: Path, vocab: Path) -> dict[tuple[int, int], np.ndarray]:
         w.add_tensor(f"blk.{i}.ffn_norm.weight", norm)
     w.add_tensor("output_norm.weight", norm)
     w.add_tensor("output.weight", mats[(N_VOCAB, N_EMBD)])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
     return mats
 
 
@@ -130,10 +140,7 @@ def make_slim(path: Path, name: str, q4_path: Path, mats, vocab: Path) -> None:
         copy(f"blk.{i}.ffn_norm.weight")
     copy("output_norm.weight")
     copy("output.weight")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
 
 
 def cmd_make(args) -> None:

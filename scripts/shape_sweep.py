@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu import copy_tokenizer, write_out  # noqa: E402
 
 # name: (hidden, FFN, heads, KV heads, head size); Mistral-7B and LLaMA-3-70B share LLaMA-3-8B's / LLaMA-2-70B's
 MODELS = {
@@ -81,11 +83,7 @@ def make_model(path: Path, name: str, vocab: Path) -> None:
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(int(gguf.LlamaFileType.MOSTLY_SLIM2))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    for field in gguf.GGUFReader(vocab).fields.values():
-        if field.name.startswith("tokenizer."):
-            vtype = field.types[0]
-            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-            w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    copy_tokenizer(w, vocab)
 
     def add(tname: str, rows: int, cols: int, avg_bits: int, group: int) -> None:
         data, qtype = slim_tensor(rows, cols, avg_bits, group, rng)
@@ -105,10 +103,7 @@ def make_model(path: Path, name: str, vocab: Path) -> None:
         add(f"blk.{i}.ffn_down.weight", hidden, ffn, bits, group)
     w.add_tensor("output_norm.weight", norm)
     add("output.weight", N_VOCAB, hidden, 2, 64)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
 
 
 def cmd_make(args) -> None:
