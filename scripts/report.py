@@ -58,8 +58,8 @@ STOCK_TYPES = ["Q8_0", "Q4_K_M", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "IQ3_XXS"
                "IQ2_XS", "IQ2_XXS", "Q2_0"]
 ANCHOR_TYPES = {"Q8_0"}  # high-bit anchors: an imatrix changes next to nothing, made once
 QUICK_STOCK_TYPES = ["Q8_0", "Q4_0", "Q2_K"]
-# llama-quantize stops on these without an imatrix ("Missing importance matrix for tensor ... in a very low-bit
-# quantization", src/llama-quant.cpp): their no-imatrix rows are made last, and the row records the refusal
+# llama-quantize stops on these without an imatrix ("ERROR: this quantization requires an importance matrix!",
+# src/llama-quant.cpp): their no-imatrix rows are made last, and the row records the refusal (cached as .refused)
 NOT_CACHED = "not measured yet (--cached-only: made from the cache alone)"
 REFUSED_WITHOUT_IMATRIX = {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M"}
 
@@ -220,6 +220,9 @@ class Report:
         qtype, _, embd = spec.partition(":")
         tag = stock_tag(spec, imatrix is not None)
         out = self.work / f"{tag}.gguf"
+        refused = self.work / f"{tag}.refused"   # a refusal is cached too: it is the row's result
+        if not out.exists() and refused.exists():
+            raise SlimError(refused.read_text().strip())
         if not out.exists() and self.args.cached_only:
             raise SlimError(NOT_CACHED)
         if not out.exists():
@@ -235,9 +238,12 @@ class Report:
             except SlimError as e:
                 out.with_suffix(".tmp").unlink(missing_ok=True)
                 log = (self.logs / f"quantize-{tag}.log").read_text()
-                if m := re.search(r"Missing importance matrix for tensor (\S+)", log):
-                    raise SlimError(f"llama-quantize refuses without an imatrix (stops at {m.group(1)}: "
-                                    "'Missing importance matrix ... in a very low-bit quantization')") from e
+                if m := re.search(r"Missing importance matrix for tensor (\S+)|requires an importance matrix!\s*"
+                                  r"- offending tensor: (\S+)", log):
+                    why = (f"llama-quantize refuses without an imatrix (at {m.group(1) or m.group(2)}: "
+                           "'this quantization requires an importance matrix')")
+                    refused.write_text(why + "\n")
+                    raise SlimError(why) from e
                 raise
             out.with_suffix(".tmp").rename(out)
             self.timings[f"quantize-{tag}"] = round(time.time() - t0)
