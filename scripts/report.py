@@ -329,6 +329,7 @@ class Report:
         jobs = [(q, True) for q in stock_types if q not in ANCHOR_TYPES]
         jobs += [(q, False) for q in stock_types if q.partition(":")[0] not in REFUSED_WITHOUT_IMATRIX]
         jobs += [(q, False) for q in stock_types if q.partition(":")[0] in REFUSED_WITHOUT_IMATRIX]
+        jobs = [j for j in jobs if a.imatrix == "both" or j[1] == (a.imatrix == "with")]
         imatrix: Path | None = None
         for qtype, with_imatrix in jobs:
             family = "stock+imatrix" if with_imatrix else "stock"
@@ -507,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stock-types", nargs="*", default=None, metavar="TYPE",
                     help=f"llama-quantize types (default: {' '.join(STOCK_TYPES)}); TYPE:EMBD also sets "
                          "token_embd and output to EMBD (IQ2_XXS:Q8_0)")
+    ap.add_argument("--imatrix", choices=("both", "with", "without"), default="both",
+                    help="stock types with the imatrix, without, or both (default)")
     ap.add_argument("--variants", nargs="*", default=None, choices=list(SLIM_VARIANTS),
                     help=f"slim2gguf rows (default: all of {' '.join(SLIM_VARIANTS)}; none when given empty)")
     ap.add_argument("--slim", action="append", default=None, metavar="[LABEL=]FILE.gguf",
