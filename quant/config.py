@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .blockwise import DEFAULT_LR, TRAIN_MODES
 from .sqc import DEFAULT_ALPHA, DEFAULT_TAUS, DEFAULT_Z
 
-METHODS = ("slim", "gptq", "rtn")   # SliM-LLM (SBA + SQC + GPTQ), GPTQ with uniform bits, round-to-nearest
+# SliM-LLM (SBA + SQC + GPTQ), SliM-LLM+ (SBA's bit map + block-wise training, quant/blockwise.py), GPTQ with
+# uniform bits, round-to-nearest
+METHODS = ("slim", "slim+", "gptq", "rtn")
+SLIM_METHODS = ("slim", "slim+")    # the methods with SBA/SQC and the 2-bit levers
 AVERAGE_BITS = (2, 3)               # group widths b-1..b+1 must fit the 2-bit tag (1..4)
 GROUP_SIZES = (64, 128)             # the SLIM storage types' group sizes
 FITS = ("weighted", "minmax")       # how a group's (d, m) is chosen (quant/group_fit.py, or min/max + SQC's taus)
@@ -37,6 +41,12 @@ class QuantConfig:
     importance: str = "hdiag"           # IMPORTANCES
     act_order: bool = False             # GPTQ visits whole groups by decreasing sum of diag(H) (static groups)
     true_sequential: bool = False       # q/k/v, o, gate/up, down: each sees the already quantized ones' outputs
+    # slim+ only (issue 14): what the block-wise loop trains, for how many epochs over the calibration batches,
+    # at which AdamW rate (0: the mode's DEFAULT_LR)
+    train: str = "lwc"                  # TRAIN_MODES
+    epochs: int = 4
+    lr: float = 0.0
+    train_batch: int = 2                # sequences per training step (slim+ also captures in batches of this)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -50,15 +60,28 @@ class QuantConfig:
             raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.importance not in IMPORTANCES:
             raise ValueError(f"importance must be one of {IMPORTANCES}, got {self.importance!r}")
-        if self.method != "slim":
+        if self.train not in TRAIN_MODES:
+            raise ValueError(f"train must be one of {TRAIN_MODES}, got {self.train!r}")
+        if self.epochs < 0 or not self.lr >= 0 or self.train_batch < 1:
+            raise ValueError("epochs and lr must not be negative, train_batch at least 1")
+        if self.method not in SLIM_METHODS:
             for name, plain in (("sba", False), ("sqc", False), ("fit", "minmax"), ("act_order", False),
                                 ("true_sequential", False)):
+                object.__setattr__(self, name, plain)
+        if self.method == "slim+":
+            # the trained block replaces GPTQ's ordering tricks; the fit only starts the training
+            object.__setattr__(self, "act_order", False)
+            object.__setattr__(self, "true_sequential", False)
+            if self.lr == 0:
+                object.__setattr__(self, "lr", DEFAULT_LR[self.train])
+        else:
+            for name, plain in (("train", "lwc"), ("epochs", 0), ("lr", 0.0), ("train_batch", 2)):
                 object.__setattr__(self, name, plain)
         object.__setattr__(self, "sqc_taus", tuple(self.sqc_taus))
 
     @property
     def needs_calibration(self) -> bool:
-        """RTN looks at the weights only; GPTQ and SliM need calibration activations."""
+        """RTN looks at the weights only; GPTQ and SliM(+) need calibration activations."""
         return self.method != "rtn"
 
     def key(self) -> dict:

@@ -91,43 +91,59 @@ def candidate_weights(W, U, hdiag, config: QuantConfig, group_size: int, mask) -
     return fake
 
 
+def rtn_group_fit(W: torch.Tensor, U: torch.Tensor, hdiag: torch.Tensor, group_bits: torch.Tensor,
+                  config: QuantConfig, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Storage-grid (d, m) [rows, G] of each group at its width, by the weighted fit on the weights as they are
+    (no error feedback): where SliM+'s block-wise training starts."""
+    wg = group_view(W, group_size)
+    a = column_importance(config, hdiag, torch.diag(U)).reshape(1, -1, group_size).expand_as(wg)
+    if config.sqc:
+        a = a * salience_weight(config, salient_mask(group_view(element_salience(W, U), group_size), config.sqc_z))
+    return fit_group_params(wg, a, group_bits.to(W.device).unsqueeze(0).expand(wg.shape[:2]))
+
+
+def sba_group_bits(W: torch.Tensor, U: torch.Tensor, hdiag: torch.Tensor, X_kl: torch.Tensor, config: QuantConfig,
+                   group_size: int) -> tuple[torch.Tensor, dict]:
+    """SBA's bit map [G] for W (uniform config.bits when SBA is off) and its info (chosen k, KL scores)."""
+    bits = config.bits
+    if not config.sba:
+        return torch.full((W.shape[1] // group_size,), bits, dtype=torch.int8), {}
+    s = element_salience(W, U)
+    mask = salient_mask(group_view(s, group_size), config.sqc_z) if config.sqc else None
+    fake = candidate_weights(W, U, hdiag, config, group_size, mask)
+    X = X_kl.float()
+    ref_logp = torch.log_softmax(X @ W.t(), dim=-1)
+
+    def score(cand: torch.Tensor) -> float:
+        col_bits = cand.repeat_interleave(group_size).to(W.device)
+        W_hat = torch.where(col_bits == bits - 1, fake[bits - 1],
+                            torch.where(col_bits == bits + 1, fake[bits + 1], fake[bits]))
+        return output_kl(X, W, W_hat, ref_logp)
+
+    return allocate_group_bits(group_salience(s, group_size), bits, score)
+
+
 def quantize_linear(W: torch.Tensor, H: torch.Tensor | None, X_kl: torch.Tensor | None, config: QuantConfig,
                     group_size: int) -> tuple[QuantizedLinear, dict]:
     """W [rows, cols]; H [cols, cols] (not needed for rtn); X_kl [tokens, cols] calibration inputs for SBA's
     KL score; group_size: this tensor's (config.group_size is the preference). Returns the QuantizedLinear and
     a small info dict (chosen k, KL scores)."""
-    bits, sba, sqc = config.bits, config.sba, config.sqc
     W = W.float()
-    G = W.shape[1] // group_size
-    uniform = torch.full((G,), bits, dtype=torch.int8)
     if config.method == "rtn":
-        return quantize_groups(W, uniform, group_size), {}
+        return quantize_groups(W, torch.full((W.shape[1] // group_size,), config.bits, dtype=torch.int8),
+                               group_size), {}
     hdiag = torch.diag(H).float()
+    U, dead = inverse_hessian_cholesky(H, config.percdamp)   # one big LAPACK call: all threads help
+    group_bits, info = sba_group_bits(W, U, hdiag, X_kl, config, group_size)
+    if not config.act_order:
+        with single_thread():
+            return gptq_quantize(W, U, group_bits, group_size, group_params_fn(config, hdiag, config.sqc),
+                                 dead), info
+    perm = static_group_order(hdiag, group_size)
+    gperm = perm[::group_size] // group_size
+    Up, deadp = inverse_hessian_cholesky(H[perm][:, perm], config.percdamp)
     with single_thread():
-        U, dead = inverse_hessian_cholesky(H, config.percdamp)
-    info = {}
-    group_bits = uniform
-    if sba:
-        s = element_salience(W, U)
-        mask = salient_mask(group_view(s, group_size), config.sqc_z) if sqc else None
-        fake = candidate_weights(W, U, hdiag, config, group_size, mask)
-        X = X_kl.float()
-        ref_logp = torch.log_softmax(X @ W.t(), dim=-1)
-
-        def score(cand: torch.Tensor) -> float:
-            col_bits = cand.repeat_interleave(group_size).to(W.device)
-            W_hat = torch.where(col_bits == bits - 1, fake[bits - 1],
-                                torch.where(col_bits == bits + 1, fake[bits + 1], fake[bits]))
-            return output_kl(X, W, W_hat, ref_logp)
-
-        group_bits, info = allocate_group_bits(group_salience(s, group_size), bits, score)
-    with single_thread():
-        if not config.act_order:
-            return gptq_quantize(W, U, group_bits, group_size, group_params_fn(config, hdiag, sqc), dead), info
-        perm = static_group_order(hdiag, group_size)
-        gperm = perm[::group_size] // group_size
-        Up, deadp = inverse_hessian_cholesky(H[perm][:, perm], config.percdamp)
         ql = gptq_quantize(W[:, perm], Up, group_bits[gperm], group_size,
-                           group_params_fn(config, hdiag[perm], sqc), deadp)
+                           group_params_fn(config, hdiag[perm], config.sqc), deadp)
     inv, ginv = torch.argsort(perm), torch.argsort(gperm)
     return QuantizedLinear(ql.bits[ginv], ql.q[:, inv], ql.d[:, ginv], ql.m[:, ginv], group_size), info

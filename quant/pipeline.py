@@ -18,8 +18,9 @@ import torch
 
 from .calibration import CalibrationSet
 from .config import QuantConfig
-from .hessian import HessianAccumulator
-from .layer import quantize_linear
+from .blockwise import train_block
+from .hessian import HessianAccumulator, inverse_hessian_cholesky
+from .layer import quantize_linear, rtn_group_fit, sba_group_bits
 from .quantizer import pick_group_size
 from .result import QuantizedLinear
 
@@ -75,6 +76,10 @@ def capture_layer0_inputs(model, input_ids: torch.Tensor, batch_size: int, devic
 
 # true-sequential order: a stage's inputs are computed with the earlier stages already quantized
 SEQUENTIAL_STAGES = (LINEAR_NAMES[:3], LINEAR_NAMES[3:4], LINEAR_NAMES[4:6], LINEAR_NAMES[6:])
+# linears that read the very same input tensor (llama/mistral/qwen2): one Hessian and one set of KL rows serves
+# them all; the down projection's and gate/up's Hessians are most of a layer's Hessian cost on a CPU
+SAME_INPUT_AS = {"self_attn.k_proj": "self_attn.q_proj", "self_attn.v_proj": "self_attn.q_proj",
+                 "mlp.up_proj": "mlp.gate_proj"}
 
 
 @torch.no_grad()
@@ -82,7 +87,10 @@ def _capture_inputs(layer, mods: dict, batches, config: QuantConfig, kl_gen, dev
     """{name: (H, KL rows)} of the given linears of `layer` over the calibration batches (one forward pass):
     the Hessian of each linear's inputs and a seeded sample of its first mini-batch's rows for SBA's KL score."""
     hess, kl_rows, handles = {}, {}, []
+    shared = {n: SAME_INPUT_AS[n] for n in mods if SAME_INPUT_AS.get(n) in mods}
     for n, mod in mods.items():
+        if n in shared:
+            continue
         hess[n] = HessianAccumulator(mod.in_features, device)
 
         def hook(mod, args, out, n=n):
@@ -98,7 +106,43 @@ def _capture_inputs(layer, mods: dict, batches, config: QuantConfig, kl_gen, dev
     finally:
         for h in handles:
             h.remove()
-    return {n: (hess[n].H, kl_rows.get(n)) for n in mods}
+    src = lambda n: shared.get(n, n)
+    return {n: (hess[src(n)].H, kl_rows.get(src(n))) for n in mods}
+
+
+def _train_layer(layer, mods: dict, batches, targets, config: QuantConfig, kl_gen, device, li: int,
+                 progress: bool) -> tuple[dict[str, QuantizedLinear], dict]:
+    """SliM+: SBA's bit map and the weighted fit per linear (Hessians on the quantized path, as in `slim`), then
+    block-wise training of the quantizers (quant/blockwise.py). Returns {name: QuantizedLinear} and the losses."""
+    stats = _capture_inputs(layer, mods, batches, config, kl_gen, device)
+    linears, sba_k = {}, {}
+    for n, mod in mods.items():
+        W = mod.weight.data.float()
+        g = pick_group_size(W.shape[1], config.group_size)
+        if g is None:      # width not divisible by 64: left in full precision (stock type in the file)
+            continue
+        H, X_kl = stats[n]
+        U, _ = inverse_hessian_cholesky(H, config.percdamp)
+        hdiag = torch.diag(H).float()
+        bits, info = sba_group_bits(W, U, hdiag, X_kl, config, g)
+        if "k" in info:
+            sba_k[n] = info["k"]
+        linears[n] = (bits, g, *rtn_group_fit(W, U, hdiag, bits, config, g))
+    del stats
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=config.epochs * len(batches), desc=f"train layer {li} ({config.train})", unit="step",
+                   leave=False)
+    step = (lambda loss: (bar.update(1), bar.set_postfix(mse=f"{loss:.3g}"))) if bar is not None else None
+    try:
+        qls, info = train_block(layer, linears, batches, targets, config.train, config.epochs, config.lr,
+                                seed=config.seed * 1_000_003 + li, on_step=step)
+    finally:
+        if bar is not None:
+            bar.close()
+    info["sba_k"] = sba_k
+    return qls, info
 
 
 def _layer_forward(layer, hs, kw):
@@ -131,7 +175,12 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
     results = QuantizationResult()
     sba_k = {}   # weight name -> SBA's chosen k (number of b+1-bit groups = number of b-1-bit groups)
     need_acts = config.needs_calibration
-    batches = capture_layer0_inputs(model, calibration, config.batch_size, device) if need_acts else []
+    trains = config.method == "slim+"
+    batch = config.train_batch if trains else config.batch_size
+    batches = capture_layer0_inputs(model, calibration, batch, device) if need_acts else []
+    # slim+ trains each block towards the full-precision block's output on the full-precision inputs
+    fp_batches = [(hs.clone(), kw) for hs, kw in batches] if trains else []
+    train_info = {}
     it = range(len(layers))
     if progress:
         from tqdm import tqdm
@@ -140,10 +189,19 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         layer = layers[li].to(device)
         mods = {n: layer.get_submodule(n) for n in LINEAR_NAMES}
         prefix = f"model.layers.{li}."
+        if trains:   # with the original weights, before anything of this layer is quantized
+            with torch.no_grad():
+                targets = [_layer_forward(layer, hs, kw) for hs, kw in fp_batches]
         if li in done_layers:
             prev = done_layers[li]   # keyed by full HF name (short names accepted too)
             qls = {prefix + n + ".weight": prev.get(prefix + n + ".weight", prev.get(n)) for n in LINEAR_NAMES}
             qls = {k: v for k, v in qls.items() if v is not None}
+        elif trains:
+            kl_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + li)
+            qls, info = _train_layer(layer, mods, batches, targets, config, kl_gen, device, li, progress)
+            train_info[prefix[:-1]] = info
+            sba_k.update({prefix + n + ".weight": k for n, k in info.pop("sba_k").items()})
+            qls = {prefix + n + ".weight": ql for n, ql in qls.items()}
         else:
             # one generator per layer, seeded by (seed, layer): a resumed run samples the same KL rows
             kl_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + li)
@@ -173,11 +231,15 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         if need_acts and li + 1 < len(layers):
             with torch.no_grad():   # the next layer sees what the quantized model will compute
                 batches = [(_layer_forward(layer, hs, kw), kw) for hs, kw in batches]
+        if trains:
+            fp_batches = [(t, kw) for t, (_, kw) in zip(targets, fp_batches)]
         layers[li] = layer.to("cpu") if device.type != "cpu" else layer
         results.update(qls)
         if on_layer_done is not None:
             on_layer_done(li, qls)
     results.info = {**config.key(), "calibration": calib_summary, "seconds": time.time() - t0, "sba_k": sba_k}
+    if trains:
+        results.info["training"] = train_info
     return results
 
 

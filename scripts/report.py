@@ -83,6 +83,12 @@ SLIM_VARIANTS = {
     "slim": ("SliM {b}-bit", ["--method", "slim"]),
     "sba": ("SliM {b}-bit SBA only", ["--method", "slim", "--no-sqc"]),
     "sqc": ("SliM {b}-bit SQC only", ["--method", "slim", "--no-sba"]),
+    # the 2-bit levers of issue 12, each alone against the default (weighted fit) and all together
+    "minmax": ("SliM {b}-bit, min/max + SQC fit (SliM before the levers)", ["--method", "slim", "--fit", "minmax"]),
+    "obs": ("SliM {b}-bit, weighted fit with the OBS weight", ["--method", "slim", "--importance", "obs"]),
+    "actorder": ("SliM {b}-bit + act-order", ["--method", "slim", "--act-order"]),
+    "trueseq": ("SliM {b}-bit + true-sequential", ["--method", "slim", "--true-sequential"]),
+    "levers": ("SliM {b}-bit, all levers", ["--method", "slim", "--act-order", "--true-sequential"]),
     # SmolLM2's tied embedding is a fifth of its weights: the same SliM blocks with a 4-bit embedding show what
     # the embedding's type costs on the whole-file axis (2-bit only, to keep the report's run time down)
     "embd": ("SliM {b}-bit, embd Q4_0", ["--method", "slim", "--embd-type", "q4_0", "--output-type", "q4_0"]),

@@ -23,7 +23,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="OUT",
                    help="output GGUF (default: <model name>-SLIM<bits>.gguf in the current directory)")
     p.add_argument("--method", choices=METHODS, default="slim",
-                   help="slim (SBA+SQC+GPTQ), gptq (uniform bits) or rtn (default: slim)")
+                   help="slim (SBA+SQC+GPTQ), slim+ (SBA + block-wise trained quantizers, SliM-LLM+), gptq "
+                        "(uniform bits) or rtn (default: slim)")
     add_quant_options(p)
     stock = ", ".join(STOCK_TYPES)
     p.add_argument("--embd-type", default=DEFAULT_EMBD_TYPE, type=str.lower, choices=STOCK_TYPES, metavar="TYPE",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
+from quant.blockwise import DEFAULT_LR, TRAIN_MODES, default_epochs
 from quant.config import FITS, GROUP_SIZES, IMPORTANCES, QuantConfig
 
 from .calibration import DEFAULT_NSAMPLES, DEFAULT_SEQLEN, CalibrationSpec
@@ -35,12 +38,32 @@ def add_quant_options(p: argparse.ArgumentParser) -> None:
                     default=QuantConfig.true_sequential,
                     help="quantize q/k/v, o, gate/up, down in turn, each on inputs through the quantized earlier ones")
 
+    tr = p.add_argument_group("SliM+ (--method slim+: block-wise training, quant/blockwise.py)")
+    tr.add_argument("--train", choices=TRAIN_MODES, default=QuantConfig.train,
+                    help="lwc: learnable clipping (the paper's SliM-LLM+); round: lwc + learned rounding offsets; "
+                         f"weights: weights and (d, m) trained together (default {QuantConfig.train})")
+    tr.add_argument("--epochs", type=int, default=None,
+                    help=f"epochs over the calibration set per block (default {default_epochs(torch.device('cuda'))} "
+                         f"on CUDA, {default_epochs(torch.device('cpu'))} on CPU)")
+    tr.add_argument("--lr", type=float, default=None,
+                    help="AdamW learning rate (default " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+                         + ")")
+    tr.add_argument("--train-batch", type=int, default=QuantConfig.train_batch,
+                    help=f"calibration sequences per training step (default {QuantConfig.train_batch})")
+
+
+def quant_device(args: argparse.Namespace) -> torch.device:
+    """The device quantization runs on: --device, else CUDA when torch sees a GPU."""
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
 
 def quant_config(args: argparse.Namespace) -> QuantConfig:
     """The quantizer's settings from the parsed options (--method and --bits are each command's own)."""
+    epochs = args.epochs if args.epochs is not None else default_epochs(quant_device(args))
     return QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sba=not args.no_sba,
                        sqc=not args.no_sqc, seed=args.seed, fit=args.fit, importance=args.importance,
-                       act_order=args.act_order, true_sequential=args.true_sequential)
+                       act_order=args.act_order, true_sequential=args.true_sequential, train=args.train,
+                       epochs=epochs, lr=args.lr or 0.0, train_batch=args.train_batch)
 
 
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:

@@ -54,7 +54,12 @@ def kv(path):
 @pytest.mark.parametrize("bits,group,extra", [(2, 128, []), (2, 64, ["--no-sqc"]), (3, 128, ["--no-sqc"]),
                                               (3, 64, ["--no-sqc"]),
                                               (2, 64, ["--no-sqc", "--act-order", "--true-sequential"]),
-                                              (2, 128, ["--fit", "minmax"])])
+                                              (2, 128, ["--fit", "minmax"]),
+                                              (2, 64, ["--no-sqc", "--method", "slim+", "--epochs", "1"]),
+                                              (3, 128, ["--no-sqc", "--method", "slim+", "--train", "round",
+                                                        "--epochs", "1"]),
+                                              (2, 128, ["--no-sqc", "--method", "slim+", "--train", "weights",
+                                                        "--epochs", "1"])])
 def test_tiny_llama_decodes_to_fake_quant_weights(tiny_llama, tmp_path, bits, group, extra):
     """(SQC, the slow part of SliM, is on in one case: the writer does not care where q/d/m come from.)"""
     out = tmp_path / "tiny.gguf"
