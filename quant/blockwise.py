@@ -23,6 +23,13 @@ from .quantizer import group_view, minmax_range, round_scale_fp16
 from .result import QuantizedLinear
 
 TRAIN_MODES = ("lwc", "round", "weights")
+# where the parameters start: the weighted fit of the weights as they are (round to nearest), or SliM's GPTQ
+# result (its codes, (d, m) and error-compensated weights d*q + m), so training starts from the better quantizer
+TRAIN_INITS = ("fit", "gptq")
+# what the quantized block's output is trained towards: the full-precision block on the full-precision inputs
+# (fp: OmniQuant / SliM-LLM+), on the quantized model's own inputs (quant: a local objective, as GPTQ's, that
+# the block can meet without undoing upstream error), or the sum of both (OmniQuant's "aug" loss)
+TRAIN_TARGETS = ("fp", "quant", "both")
 # AdamW learning rates: lwc's is the paper's (on sigmoid logits); round's offsets move in code units; weights
 # mode trains (d, m) at this rate and the weights at WEIGHT_LR_FACTOR of it (EfficientQAT's 1e-4 / 2e-5)
 DEFAULT_LR = {"lwc": 1e-2, "round": 5e-3, "weights": 1e-4}
@@ -122,12 +129,13 @@ def _forward(layer, hs, kw):
 
 
 def train_block(layer: nn.Module, linears: dict[str, tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]],
-                inputs: list[tuple[torch.Tensor, dict]], targets: list[torch.Tensor], mode: str, epochs: int,
+                inputs: list[tuple[torch.Tensor, dict]], targets: list[list[torch.Tensor]], mode: str, epochs: int,
                 lr: float, seed: int = 0, on_step=None) -> tuple[dict[str, QuantizedLinear], dict]:
     """Train the quantizers of `layer`'s linears and return their QuantizedLinears and the losses.
 
     linears: {submodule name: (bits [G], group_size, init_d, init_m)}; inputs: [(hidden_states, layer kwargs)]
-    mini-batches on the quantized path; targets: the full-precision block's outputs for the same batches.
+    mini-batches on the quantized path; targets: one or more lists of the outputs to match for the same batches
+    (the loss is the sum of the mean squared errors against each).
     The layer's weights end as the storage-grid fake-quant weights d*q + m; every other parameter of the block
     is left as it was. Loss = mean squared error over the block output; `on_step(loss)` after every step.
     """
@@ -151,7 +159,8 @@ def train_block(layer: nn.Module, linears: dict[str, tuple[torch.Tensor, int, to
     gen = torch.Generator().manual_seed(seed)
 
     def block_loss(i):
-        return torch.nn.functional.mse_loss(_forward(layer, inputs[i][0], inputs[i][1]).float(), targets[i].float())
+        out = _forward(layer, inputs[i][0], inputs[i][1]).float()
+        return sum(torch.nn.functional.mse_loss(out, t[i].float()) for t in targets)
 
     with torch.no_grad():
         first = sum(float(block_loss(i)) for i in range(len(inputs))) / len(inputs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .blockwise import DEFAULT_LR, TRAIN_MODES
+from .blockwise import DEFAULT_LR, TRAIN_INITS, TRAIN_MODES, TRAIN_TARGETS
 from .sqc import DEFAULT_ALPHA, DEFAULT_TAUS, DEFAULT_Z
 
 # SliM-LLM (SBA + SQC + GPTQ), SliM-LLM+ (SBA's bit map + block-wise training, quant/blockwise.py), GPTQ with
@@ -47,6 +47,8 @@ class QuantConfig:
     epochs: int = 4
     lr: float = 0.0
     train_batch: int = 2                # sequences per training step (slim+ also captures in batches of this)
+    train_init: str = "fit"             # TRAIN_INITS: start from the weighted fit (RTN) or from SliM's GPTQ result
+    train_target: str = "fp"            # TRAIN_TARGETS: what the block output is trained towards
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -62,6 +64,10 @@ class QuantConfig:
             raise ValueError(f"importance must be one of {IMPORTANCES}, got {self.importance!r}")
         if self.train not in TRAIN_MODES:
             raise ValueError(f"train must be one of {TRAIN_MODES}, got {self.train!r}")
+        if self.train_init not in TRAIN_INITS:
+            raise ValueError(f"train_init must be one of {TRAIN_INITS}, got {self.train_init!r}")
+        if self.train_target not in TRAIN_TARGETS:
+            raise ValueError(f"train_target must be one of {TRAIN_TARGETS}, got {self.train_target!r}")
         if self.epochs < 0 or not self.lr >= 0 or self.train_batch < 1:
             raise ValueError("epochs and lr must not be negative, train_batch at least 1")
         if self.method not in SLIM_METHODS:
@@ -75,7 +81,8 @@ class QuantConfig:
             if self.lr == 0:
                 object.__setattr__(self, "lr", DEFAULT_LR[self.train])
         else:
-            for name, plain in (("train", "lwc"), ("epochs", 0), ("lr", 0.0), ("train_batch", 2)):
+            for name, plain in (("train", "lwc"), ("epochs", 0), ("lr", 0.0), ("train_batch", 2),
+                                ("train_init", "fit"), ("train_target", "fp")):
                 object.__setattr__(self, name, plain)
         object.__setattr__(self, "sqc_taus", tuple(self.sqc_taus))
 

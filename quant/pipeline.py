@@ -124,10 +124,16 @@ def _train_layer(layer, mods: dict, batches, targets, config: QuantConfig, kl_ge
         H, X_kl = stats[n]
         U, _ = inverse_hessian_cholesky(H, config.percdamp)
         hdiag = torch.diag(H).float()
-        bits, info = sba_group_bits(W, U, hdiag, X_kl, config, g)
+        if config.train_init == "gptq":     # SliM as `slim` computes it; training starts at its weights
+            ql, info = quantize_linear(W, H, X_kl, config, g)
+            mod.weight.data.copy_(ql.dequantize().to(mod.weight.device, mod.weight.dtype))
+            bits, d0, m0 = ql.bits, ql.d, ql.m
+        else:
+            bits, info = sba_group_bits(W, U, hdiag, X_kl, config, g)
+            d0, m0 = rtn_group_fit(W, U, hdiag, bits, config, g)
         if "k" in info:
             sba_k[n] = info["k"]
-        linears[n] = (bits, g, *rtn_group_fit(W, U, hdiag, bits, config, g))
+        linears[n] = (bits, g, d0, m0)
     del stats
     bar = None
     if progress:
@@ -192,13 +198,17 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         if trains:   # with the original weights, before anything of this layer is quantized
             with torch.no_grad():
                 targets = [_layer_forward(layer, hs, kw) for hs, kw in fp_batches]
+                local = [_layer_forward(layer, hs, kw) for hs, kw in batches] \
+                    if config.train_target != "fp" and li not in done_layers else None
+            train_to = {"fp": [targets], "quant": [local], "both": [targets, local]}[config.train_target]
         if li in done_layers:
             prev = done_layers[li]   # keyed by full HF name (short names accepted too)
             qls = {prefix + n + ".weight": prev.get(prefix + n + ".weight", prev.get(n)) for n in LINEAR_NAMES}
             qls = {k: v for k, v in qls.items() if v is not None}
         elif trains:
             kl_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + li)
-            qls, info = _train_layer(layer, mods, batches, targets, config, kl_gen, device, li, progress)
+            qls, info = _train_layer(layer, mods, batches, train_to, config, kl_gen, device, li, progress)
+            del local, train_to
             train_info[prefix[:-1]] = info
             sba_k.update({prefix + n + ".weight": k for n, k in info.pop("sba_k").items()})
             qls = {prefix + n + ".weight": ql for n, ql in qls.items()}

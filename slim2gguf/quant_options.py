@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from quant.blockwise import DEFAULT_LR, TRAIN_MODES, default_epochs
+from quant.blockwise import DEFAULT_LR, TRAIN_INITS, TRAIN_MODES, TRAIN_TARGETS, default_epochs
 from quant.config import FITS, GROUP_SIZES, IMPORTANCES, QuantConfig
 
 from .calibration import DEFAULT_NSAMPLES, DEFAULT_SEQLEN, CalibrationSpec
@@ -48,6 +48,12 @@ def add_quant_options(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--lr", type=float, default=None,
                     help="AdamW learning rate (default " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
                          + ")")
+    tr.add_argument("--train-init", choices=TRAIN_INITS, default=QuantConfig.train_init,
+                    help="start from the weighted fit of the weights (fit) or from SliM's GPTQ result (gptq; "
+                         f"costs a SliM run first) (default {QuantConfig.train_init})")
+    tr.add_argument("--train-target", choices=TRAIN_TARGETS, default=QuantConfig.train_target,
+                    help="the block output to match: the full-precision model's (fp, the paper's), the full-precision "
+                         f"block on the quantized inputs (quant), or both (default {QuantConfig.train_target})")
     tr.add_argument("--train-batch", type=int, default=QuantConfig.train_batch,
                     help=f"calibration sequences per training step (default {QuantConfig.train_batch})")
 
@@ -63,7 +69,8 @@ def quant_config(args: argparse.Namespace) -> QuantConfig:
     return QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sba=not args.no_sba,
                        sqc=not args.no_sqc, seed=args.seed, fit=args.fit, importance=args.importance,
                        act_order=args.act_order, true_sequential=args.true_sequential, train=args.train,
-                       epochs=epochs, lr=args.lr or 0.0, train_batch=args.train_batch)
+                       epochs=epochs, lr=args.lr or 0.0, train_batch=args.train_batch,
+                       train_init=args.train_init, train_target=args.train_target)
 
 
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:

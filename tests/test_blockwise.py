@@ -49,7 +49,7 @@ def trained(block_and_data, mode, epochs, mixed=True, lr=None):
     layer, batches, targets = block_and_data
     layer = copy.deepcopy(layer)
     lr = lr if lr is not None else QuantConfig(method="slim+", train=mode).lr
-    qls, info = train_block(layer, start_params(layer, mixed), batches, targets, mode, epochs, lr, seed=0)
+    qls, info = train_block(layer, start_params(layer, mixed), batches, [targets], mode, epochs, lr, seed=0)
     return layer, qls, info
 
 
@@ -99,3 +99,21 @@ def test_lwc_starts_at_the_fit():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="train"):
         QuantConfig(method="slim+", train="magic")
+
+
+def test_gptq_init_without_training_is_slim():
+    """--train-init gptq starts every block at SliM's own result: with no epochs the codes, scales and offsets are
+    exactly those of `--method slim` (same calibration batches)."""
+    from quant.pipeline import quantize_model
+    ids = torch.randint(0, 300, (8, 32), generator=torch.Generator().manual_seed(1))
+    out = {}
+    for name, cfg in (("slim", QuantConfig(method="slim", batch_size=4)),
+                      ("plus", QuantConfig(method="slim+", train="weights", train_init="gptq", epochs=0,
+                                           train_batch=4))):
+        out[name] = quantize_model(build_tiny_llama(vocab_size=300, seed=5), ids, cfg, device="cpu",
+                                   progress=False)
+    assert set(out["slim"]) == set(out["plus"]) and len(out["slim"]) == 14
+    for k, a in out["slim"].items():
+        b = out["plus"][k]
+        assert torch.equal(a.bits, b.bits) and torch.equal(a.q, b.q), k
+        assert torch.equal(a.d, b.d) and torch.equal(a.m, b.m), k

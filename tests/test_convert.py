@@ -57,7 +57,7 @@ def kv(path):
                                               (2, 128, ["--fit", "minmax"]),
                                               (2, 64, ["--no-sqc", "--method", "slim+", "--epochs", "1"]),
                                               (3, 128, ["--no-sqc", "--method", "slim+", "--train", "round",
-                                                        "--epochs", "1"]),
+                                                        "--train-target", "both", "--epochs", "1"]),
                                               (2, 128, ["--no-sqc", "--method", "slim+", "--train", "weights",
                                                         "--epochs", "1"])])
 def test_tiny_llama_decodes_to_fake_quant_weights(tiny_llama, tmp_path, bits, group, extra):
