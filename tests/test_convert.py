@@ -164,11 +164,14 @@ def _run_cli(args, kill_after_layer=None):
     return subprocess.run([sys.executable, *entry, *map(str, args)], capture_output=True, text=True, cwd=REPO)
 
 
-def test_resume_after_kill_is_byte_identical(tiny_llama, tmp_path):
+@pytest.mark.parametrize("method", [[], ["--method", "slim+", "--epochs", "1"]], ids=["slim", "slim+"])
+def test_resume_after_kill_is_byte_identical(tiny_llama, tmp_path, method):
+    """slim+ too: a resumed layer's full-precision targets come from the original weights, its quantized-path
+    inputs from the checkpointed layers."""
     ref = tmp_path / "ref" / "m.gguf"
     ref.parent.mkdir()
     out = tmp_path / "m.gguf"
-    args = ["convert", tiny_llama, "--bits", "2", "--no-sqc", *FAST]
+    args = ["convert", tiny_llama, "--bits", "2", "--no-sqc", *FAST, *method]
     r = _run_cli([*args, "-o", ref])
     assert r.returncode == 0, r.stderr[-2000:]
     # killed (SIGKILL, no clean-up) right after layer 1's checkpoint was written
