@@ -106,6 +106,9 @@ def _fit_one_bit(w, a):
 # groups per chunk: the candidate tensors [taus, chunk, g] of a whole matrix do not fit in cache, and this fit is
 # memory-bound; ~0.5M elements per candidate tensor measured fastest on a 2-core EPYC (one thread)
 _CHUNK_ELEMENTS = 1 << 19
+# on a GPU the same chunks are thousands of tiny kernel launches per 7B matrix: 8x larger chunks there (~180 MB per
+# candidate tensor; the speed-up is not measured yet)
+_CHUNK_ELEMENTS_CUDA = 1 << 22
 
 
 def fit_group_params(w: torch.Tensor, a: torch.Tensor, bits, taus=FIT_TAUS, refine: int = FIT_REFINE
@@ -117,7 +120,8 @@ def fit_group_params(w: torch.Tensor, a: torch.Tensor, bits, taus=FIT_TAUS, refi
     a = a.float().expand(*shape, g).reshape(-1, g)
     bits = torch.as_tensor(bits, device=w.device).to(torch.int32).expand(shape).reshape(-1)
     n = w.shape[0]
-    chunk = max(1, _CHUNK_ELEMENTS // (g * max(1, len(taus))))
+    budget = _CHUNK_ELEMENTS_CUDA if w.is_cuda else _CHUNK_ELEMENTS
+    chunk = max(1, budget // (g * max(1, len(taus))))
     d = torch.empty(n, dtype=torch.float16, device=w.device)
     m = torch.empty(n, dtype=torch.float16, device=w.device)
     for i in range(0, n, chunk):
