@@ -51,25 +51,14 @@ class QuantConfig:
     train_target: str = "fp"            # TRAIN_TARGETS: what the block output is trained towards
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.bits not in AVERAGE_BITS:
-            raise ValueError(f"bits must be one of {AVERAGE_BITS}, got {self.bits!r}")
-        if self.group_size not in GROUP_SIZES:
-            raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {self.group_size!r}")
-        # SBA and SQC are parts of SliM: RTN and GPTQ have neither, and the settings (and the file) say so
-        if self.fit not in FITS:
-            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
-        if self.importance not in IMPORTANCES:
-            raise ValueError(f"importance must be one of {IMPORTANCES}, got {self.importance!r}")
-        if self.train not in TRAIN_MODES:
-            raise ValueError(f"train must be one of {TRAIN_MODES}, got {self.train!r}")
-        if self.train_init not in TRAIN_INITS:
-            raise ValueError(f"train_init must be one of {TRAIN_INITS}, got {self.train_init!r}")
-        if self.train_target not in TRAIN_TARGETS:
-            raise ValueError(f"train_target must be one of {TRAIN_TARGETS}, got {self.train_target!r}")
+        for name, allowed in (("method", METHODS), ("bits", AVERAGE_BITS), ("group_size", GROUP_SIZES),
+                              ("fit", FITS), ("importance", IMPORTANCES), ("train", TRAIN_MODES),
+                              ("train_init", TRAIN_INITS), ("train_target", TRAIN_TARGETS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.epochs < 0 or not self.lr >= 0 or self.train_batch < 1:
             raise ValueError("epochs and lr must not be negative, train_batch at least 1")
+        # SBA and SQC are parts of SliM: RTN and GPTQ have neither, and the settings (and the file) say so
         if self.method not in SLIM_METHODS:
             for name, plain in (("sba", False), ("sqc", False), ("fit", "minmax"), ("act_order", False),
                                 ("true_sequential", False)):
