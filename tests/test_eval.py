@@ -39,9 +39,20 @@ def test_eval_cli_tiny_llama(capsys, tiny_llama_dir, tiny_text_file, method, bit
 
 
 def test_eval_self_generated_calibration_is_seeded(capsys, tiny_llama_dir, tiny_text_file):
-    a = _eval(capsys, tiny_llama_dir, "--method", "slim", "--eval-text", str(tiny_text_file))
-    b = _eval(capsys, tiny_llama_dir, "--method", "slim", "--eval-text", str(tiny_text_file))
+    args = ("--method", "slim", "--calib", "self", "--nsamples", "4", "--seqlen", "32", "--eval-text",
+            str(tiny_text_file))
+    a = _eval(capsys, tiny_llama_dir, *args)
+    b = _eval(capsys, tiny_llama_dir, *args)
     assert a["ppl"] == b["ppl"] and a["calibration"]["source"] == "self-generated"
+
+
+def test_default_calibration_is_the_builtin_excerpt(capsys, tiny_llama_dir, tiny_text_file):
+    """No --calib: windows of the packaged Brown excerpt (it ships with the package and is long enough)."""
+    from slim2gguf.calibration import BUILTIN_CALIB
+    assert BUILTIN_CALIB.is_file() and BUILTIN_CALIB.stat().st_size > 100_000
+    res = _eval(capsys, tiny_llama_dir, "--method", "gptq", "--nsamples", "4", "--seqlen", "32", "--eval-text",
+                str(tiny_text_file))
+    assert res["calibration"]["source"] == BUILTIN_CALIB.name and res["calibration"]["nsamples"] == 4
 
 
 def test_quantize_model_api_resume_and_fake_weights(tiny_llama_dir, tiny_text_file):
