@@ -43,11 +43,11 @@ class QuantConfig:
     true_sequential: bool = False       # q/k/v, o, gate/up, down: each sees the already quantized ones' outputs
     # slim+ only (issue 14): what the block-wise loop trains, for how many epochs over the calibration batches,
     # at which AdamW rate (0: the mode's DEFAULT_LR)
-    train: str = "lwc"                  # TRAIN_MODES
+    train: str = "weights"              # TRAIN_MODES (lwc is the paper's SliM-LLM+; weights measured best)
     epochs: int = 4
     lr: float = 0.0
     train_batch: int = 2                # sequences per training step (slim+ also captures in batches of this)
-    train_init: str = "fit"             # TRAIN_INITS: start from the weighted fit (RTN) or from SliM's GPTQ result
+    train_init: str = "gptq"            # TRAIN_INITS: start from SliM's GPTQ result or the weighted fit (RTN)
     train_target: str = "fp"            # TRAIN_TARGETS: what the block output is trained towards
 
     def __post_init__(self):
@@ -70,8 +70,8 @@ class QuantConfig:
             if self.lr == 0:
                 object.__setattr__(self, "lr", DEFAULT_LR[self.train])
         else:
-            for name, plain in (("train", "lwc"), ("epochs", 0), ("lr", 0.0), ("train_batch", 2),
-                                ("train_init", "fit"), ("train_target", "fp")):
+            for name, plain in (("train", "weights"), ("epochs", 0), ("lr", 0.0), ("train_batch", 2),
+                                ("train_init", "gptq"), ("train_target", "fp")):
                 object.__setattr__(self, name, plain)
         object.__setattr__(self, "sqc_taus", tuple(self.sqc_taus))
 

@@ -58,8 +58,8 @@ def kv(path):
                                               (2, 64, ["--no-sqc", "--method", "slim+", "--epochs", "1"]),
                                               (3, 128, ["--no-sqc", "--method", "slim+", "--train", "round",
                                                         "--train-target", "both", "--epochs", "1"]),
-                                              (2, 128, ["--no-sqc", "--method", "slim+", "--train", "weights",
-                                                        "--epochs", "1"])])
+                                              (2, 128, ["--no-sqc", "--method", "slim+", "--train", "lwc",
+                                                        "--train-init", "fit", "--epochs", "1"])])
 def test_tiny_llama_decodes_to_fake_quant_weights(tiny_llama, tmp_path, bits, group, extra):
     """(SQC, the slow part of SliM, is on in one case: the writer does not care where q/d/m come from.)"""
     out = tmp_path / "tiny.gguf"
