@@ -123,7 +123,8 @@ class GroupQuantizer(nn.Module):
         return [{"params": [p for p in self.parameters()], "lr": lr}]
 
 
-def _forward(layer, hs, kw):
+def layer_forward(layer, hs, kw):
+    """A decoder layer's hidden-state output (transformers returns a tuple in some versions)."""
     out = layer(hs, **kw)
     return out[0] if isinstance(out, tuple) else out
 
@@ -159,7 +160,7 @@ def train_block(layer: nn.Module, linears: dict[str, tuple[torch.Tensor, int, to
     gen = torch.Generator().manual_seed(seed)
 
     def block_loss(i):
-        out = _forward(layer, inputs[i][0], inputs[i][1]).float()
+        out = layer_forward(layer, inputs[i][0], inputs[i][1]).float()
         return sum(torch.nn.functional.mse_loss(out, t[i].float()) for t in targets)
 
     with torch.no_grad():

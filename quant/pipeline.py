@@ -18,7 +18,7 @@ import torch
 
 from .calibration import CalibrationSet
 from .config import QuantConfig
-from .blockwise import train_block
+from .blockwise import layer_forward, train_block
 from .hessian import HessianAccumulator, inverse_hessian_cholesky
 from .layer import quantize_linear, rtn_group_fit, sba_group_bits
 from .quantizer import pick_group_size
@@ -102,7 +102,7 @@ def _capture_inputs(layer, mods: dict, batches, config: QuantConfig, kl_gen, dev
         handles.append(mod.register_forward_hook(hook))
     try:
         for hs, kw in batches:
-            _layer_forward(layer, hs, kw)
+            layer_forward(layer, hs, kw)
     finally:
         for h in handles:
             h.remove()
@@ -151,11 +151,6 @@ def _train_layer(layer, mods: dict, batches, targets, config: QuantConfig, kl_ge
     return qls, info
 
 
-def _layer_forward(layer, hs, kw):
-    out = layer(hs, **kw)
-    return out[0] if isinstance(out, tuple) else out
-
-
 def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, config: QuantConfig, *,
                    device=None, done_layers: dict[int, dict[str, QuantizedLinear]] | None = None,
                    on_layer_done: Callable[[int, dict[str, QuantizedLinear]], None] | None = None,
@@ -197,8 +192,8 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         prefix = f"model.layers.{li}."
         if trains:   # with the original weights, before anything of this layer is quantized
             with torch.no_grad():
-                targets = [_layer_forward(layer, hs, kw) for hs, kw in fp_batches]
-                local = [_layer_forward(layer, hs, kw) for hs, kw in batches] \
+                targets = [layer_forward(layer, hs, kw) for hs, kw in fp_batches]
+                local = [layer_forward(layer, hs, kw) for hs, kw in batches] \
                     if config.train_target != "fp" and li not in done_layers else None
             train_to = {"fp": [targets], "quant": [local], "both": [targets, local]}[config.train_target]
         if li in done_layers:
@@ -240,7 +235,7 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
             mod.weight.data.copy_(ql.dequantize().to(mod.weight.device, mod.weight.dtype))
         if need_acts and li + 1 < len(layers):
             with torch.no_grad():   # the next layer sees what the quantized model will compute
-                batches = [(_layer_forward(layer, hs, kw), kw) for hs, kw in batches]
+                batches = [(layer_forward(layer, hs, kw), kw) for hs, kw in batches]
         if trains:
             fp_batches = [(t, kw) for t, (_, kw) in zip(targets, fp_batches)]
         layers[li] = layer.to("cpu") if device.type != "cpu" else layer

@@ -11,10 +11,10 @@ import torch
 from one_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from conftest import build_tiny_llama
-from quant.blockwise import TRAIN_MODES, GroupQuantizer, train_block
+from quant.blockwise import TRAIN_MODES, GroupQuantizer, layer_forward, train_block
 from quant.config import QuantConfig
 from quant.group_fit import fit_group_params
-from quant.pipeline import LINEAR_NAMES, _layer_forward, capture_layer0_inputs
+from quant.pipeline import LINEAR_NAMES, capture_layer0_inputs
 from quant.quantizer import group_view, scale_tag_bits
 from quant.sba import candidate_bits
 
@@ -27,7 +27,7 @@ def block_and_data():
     batches = capture_layer0_inputs(model, ids, 2, "cpu")
     layer = model.model.layers[0]
     with torch.no_grad():
-        targets = [_layer_forward(layer, hs, kw) for hs, kw in batches]
+        targets = [layer_forward(layer, hs, kw) for hs, kw in batches]
     return layer, batches, targets
 
 
