@@ -117,11 +117,6 @@ class GroupQuantizer(nn.Module):
         return QuantizedLinear(self.bits.to(torch.int8).cpu(), q.reshape(W.shape).to(torch.uint8).cpu(),
                                d.cpu(), m.cpu(), self.group_size)
 
-    def param_groups(self, lr: float) -> list[dict]:
-        """AdamW groups: the quantizer's own parameters at lr (weights mode adds the weight at a lower lr
-        through `train_block`)."""
-        return [{"params": [p for p in self.parameters()], "lr": lr}]
-
 
 def layer_forward(layer, hs, kw):
     """A decoder layer's hidden-state output (transformers returns a tuple in some versions)."""
@@ -150,9 +145,9 @@ def train_block(layer: nn.Module, linears: dict[str, tuple[torch.Tensor, int, to
         mod = layer.get_submodule(name)
         W = mod.weight.data
         quantizers[name] = GroupQuantizer(W, bits, g, mode, d0, m0)
-        groups += quantizers[name].param_groups(lr)
+        groups.append({"params": list(quantizers[name].parameters()), "lr": lr})
         parametrize.register_parametrization(mod, "weight", quantizers[name])
-        if mode == "weights":
+        if mode == "weights":   # the weight itself, at a lower rate
             original = mod.parametrizations.weight.original
             original.requires_grad_(True)
             groups.append({"params": [original], "lr": lr * WEIGHT_LR_FACTOR})

@@ -69,14 +69,20 @@ def static_group_order(hdiag: torch.Tensor, group_size: int) -> torch.Tensor:
     return (order.unsqueeze(1) * group_size + torch.arange(group_size)).reshape(-1)
 
 
+def group_fit_weights(wg: torch.Tensor, U: torch.Tensor, hdiag: torch.Tensor, config: QuantConfig, mask
+                      ) -> torch.Tensor:
+    """The weighted fit's a [rows, G, g] for a whole matrix's groups wg: column importance, times SQC's weight on
+    the locally salient weights (mask [rows, G, g], or None)."""
+    a = column_importance(config, hdiag, torch.diag(U)).reshape(1, -1, wg.shape[-1]).expand_as(wg)
+    return a * salience_weight(config, mask) if mask is not None else a
+
+
 def candidate_weights(W, U, hdiag, config: QuantConfig, group_size: int, mask) -> dict:
     """SBA's candidates: the fake-quant weight at each width b-1, b, b+1 for every group (round to nearest with
     the same group fit GPTQ will use), computed once; a candidate bit map picks its groups' columns."""
     wg = group_view(W, group_size)
     if config.fit == "weighted":
-        a = column_importance(config, hdiag, torch.diag(U)).reshape(1, -1, group_size).expand_as(wg)
-        if mask is not None:
-            a = a * salience_weight(config, mask)
+        a = group_fit_weights(wg, U, hdiag, config, mask)
     fake = {}
     for b in (config.bits - 1, config.bits, config.bits + 1):
         if config.fit == "weighted":
@@ -96,10 +102,9 @@ def rtn_group_fit(W: torch.Tensor, U: torch.Tensor, hdiag: torch.Tensor, group_b
     """Storage-grid (d, m) [rows, G] of each group at its width, by the weighted fit on the weights as they are
     (no error feedback): where SliM+'s block-wise training starts."""
     wg = group_view(W, group_size)
-    a = column_importance(config, hdiag, torch.diag(U)).reshape(1, -1, group_size).expand_as(wg)
-    if config.sqc:
-        a = a * salience_weight(config, salient_mask(group_view(element_salience(W, U), group_size), config.sqc_z))
-    return fit_group_params(wg, a, group_bits.to(W.device).unsqueeze(0).expand(wg.shape[:2]))
+    mask = salient_mask(group_view(element_salience(W, U), group_size), config.sqc_z) if config.sqc else None
+    return fit_group_params(wg, group_fit_weights(wg, U, hdiag, config, mask),
+                            group_bits.to(W.device).unsqueeze(0).expand(wg.shape[:2]))
 
 
 def sba_group_bits(W: torch.Tensor, U: torch.Tensor, hdiag: torch.Tensor, X_kl: torch.Tensor, config: QuantConfig,

@@ -122,13 +122,13 @@ def _train_layer(layer, mods: dict, batches, targets, config: QuantConfig, kl_ge
         if g is None:      # width not divisible by 64: left in full precision (stock type in the file)
             continue
         H, X_kl = stats[n]
-        U, _ = inverse_hessian_cholesky(H, config.percdamp)
-        hdiag = torch.diag(H).float()
         if config.train_init == "gptq":     # SliM as `slim` computes it; training starts at its weights
             ql, info = quantize_linear(W, H, X_kl, config, g)
             mod.weight.data.copy_(ql.dequantize().to(mod.weight.device, mod.weight.dtype))
             bits, d0, m0 = ql.bits, ql.d, ql.m
         else:
+            U, _ = inverse_hessian_cholesky(H, config.percdamp)
+            hdiag = torch.diag(H).float()
             bits, info = sba_group_bits(W, U, hdiag, X_kl, config, g)
             d0, m0 = rtn_group_fit(W, U, hdiag, bits, config, g)
         if "k" in info:
@@ -180,7 +180,8 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
     batch = config.train_batch if trains else config.batch_size
     batches = capture_layer0_inputs(model, calibration, batch, device) if need_acts else []
     # slim+ trains each block towards the full-precision block's output on the full-precision inputs
-    fp_batches = [(hs.clone(), kw) for hs, kw in batches] if trains else []
+    # (no copy needed: each layer's pass makes new tensors, nothing writes into these)
+    fp_batches = list(batches) if trains else []
     train_info = {}
     it = range(len(layers))
     if progress:
