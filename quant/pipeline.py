@@ -12,6 +12,7 @@ plus the calibration activations.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -110,13 +111,16 @@ def _capture_inputs(layer, mods: dict, batches, config: QuantConfig, kl_gen, dev
     return {n: (hess[src(n)].H, kl_rows.get(src(n))) for n in mods}
 
 
-def _train_layer(layer, mods: dict, batches, targets, config: QuantConfig, kl_gen, device, li: int,
-                 progress: bool) -> tuple[dict[str, QuantizedLinear], dict]:
+def _train_layer(layer, mods: dict, batches, targets, config_of: Callable[[str], QuantConfig], prefix: str, kl_gen,
+                 device, li: int, progress: bool) -> tuple[dict[str, QuantizedLinear], dict]:
     """SliM+: SBA's bit map and the weighted fit per linear (Hessians on the quantized path, as in `slim`), then
-    block-wise training of the quantizers (quant/blockwise.py). Returns {name: QuantizedLinear} and the losses."""
+    block-wise training of the quantizers (quant/blockwise.py). Returns {name: QuantizedLinear} and the losses.
+    config_of(hf weight name): the settings of that linear (its own average bits under a bit budget)."""
+    config = config_of("")
     stats = _capture_inputs(layer, mods, batches, config, kl_gen, device)
     linears, sba_k = {}, {}
     for n, mod in mods.items():
+        config = config_of(prefix + n + ".weight")
         W = mod.weight.data.float()
         g = pick_group_size(W.shape[1], config.group_size)
         if g is None:      # width not divisible by 64: left in full precision (stock type in the file)
@@ -154,6 +158,8 @@ def _train_layer(layer, mods: dict, batches, targets, config: QuantConfig, kl_ge
 def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, config: QuantConfig, *,
                    device=None, done_layers: dict[int, dict[str, QuantizedLinear]] | None = None,
                    on_layer_done: Callable[[int, dict[str, QuantizedLinear]], None] | None = None,
+                   tensor_bits: dict[str, int] | None = None,
+                   stock_weights: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
                    progress: bool = True) -> QuantizationResult:
     """Quantize every decoder-layer linear of `model` in place (fake-quant weights) and return the results.
 
@@ -161,7 +167,20 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
     RTN, which needs none. done_layers: {layer index: {name: QuantizedLinear}} from an earlier run (resume):
     written into the model, not recomputed. on_layer_done(i, {name: QuantizedLinear}) after each layer
     (checkpointing). Deterministic for a given model, calibration, config and device.
+
+    A whole-file bit budget (quant/bit_budget.py) comes in as tensor_bits {hf weight name: SLIM average bits}
+    (config.bits elsewhere) and stock_weights {hf weight name: W -> what its stock type decodes to}: those
+    tensors get no QuantizedLinear, their fake-quant weight goes into the model before the layer is quantized,
+    so everything after them sees what the file will compute.
     """
+    tensor_bits, stock_weights = tensor_bits or {}, stock_weights or {}
+    configs: dict[int, QuantConfig] = {}
+
+    def config_of(key: str) -> QuantConfig:
+        b = tensor_bits.get(key, config.bits)
+        if b not in configs:
+            configs[b] = config if b == config.bits else replace(config, bits=b)
+        return configs[b]
     calib_summary = None
     if isinstance(calibration, CalibrationSet):
         calib_summary = calibration.summary
@@ -189,8 +208,16 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         it = tqdm(it, desc=f"quantize {config.method} {config.bits}-bit", unit="layer")
     for li in it:
         layer = layers[li].to(device)
-        mods = {n: layer.get_submodule(n) for n in LINEAR_NAMES}
         prefix = f"model.layers.{li}."
+        mods = {}
+        for n in LINEAR_NAMES:
+            mod = layer.get_submodule(n)
+            if prefix + n + ".weight" in stock_weights:
+                with torch.no_grad():
+                    mod.weight.data.copy_(stock_weights[prefix + n + ".weight"](mod.weight.data.float())
+                                          .to(mod.weight.device, mod.weight.dtype))
+            else:
+                mods[n] = mod
         if trains:   # with the original weights, before anything of this layer is quantized
             with torch.no_grad():
                 targets = [layer_forward(layer, hs, kw) for hs, kw in fp_batches]
@@ -199,11 +226,12 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
             train_to = {"fp": [targets], "quant": [local], "both": [targets, local]}[config.train_target]
         if li in done_layers:
             prev = done_layers[li]   # keyed by full HF name (short names accepted too)
-            qls = {prefix + n + ".weight": prev.get(prefix + n + ".weight", prev.get(n)) for n in LINEAR_NAMES}
+            qls = {prefix + n + ".weight": prev.get(prefix + n + ".weight", prev.get(n)) for n in mods}
             qls = {k: v for k, v in qls.items() if v is not None}
         elif trains:
             kl_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + li)
-            qls, info = _train_layer(layer, mods, batches, train_to, config, kl_gen, device, li, progress)
+            qls, info = _train_layer(layer, mods, batches, train_to, config_of, prefix, kl_gen, device, li,
+                                     progress)
             del local, train_to
             train_info[prefix[:-1]] = info
             sba_k.update({prefix + n + ".weight": k for n, k in info.pop("sba_k").items()})
@@ -213,8 +241,9 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
             kl_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + li)
             qls = {}
             for stage in (SEQUENTIAL_STAGES if config.true_sequential else (LINEAR_NAMES,)):
+                stage = [n for n in stage if n in mods]
                 stats = _capture_inputs(layer, {n: mods[n] for n in stage}, batches, config, kl_gen, device) \
-                    if need_acts else {}
+                    if need_acts and stage else {}
                 for n in stage:
                     mod = mods[n]
                     W = mod.weight.data.float()
@@ -222,7 +251,7 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
                     if g is None:    # width not divisible by 64: left in full precision (stock type in the file)
                         continue
                     H, X_kl = stats.get(n, (None, None))
-                    ql, linfo = quantize_linear(W, H, X_kl, config, g)
+                    ql, linfo = quantize_linear(W, H, X_kl, config_of(prefix + n + ".weight"), g)
                     qls[prefix + n + ".weight"] = ql
                     if "k" in linfo:
                         sba_k[prefix + n + ".weight"] = linfo["k"]

@@ -128,6 +128,21 @@ class Checkpoints:
         obj = torch.load(p, weights_only=True)
         return CalibrationSet(obj["input_ids"], obj["summary"])
 
+    # ---------------------------------------------------------------------------------------------- bit budget
+    def save_plan(self, plan) -> None:
+        """plan: a bit_plan.Plan (measured before the first layer: a resume does not measure again)."""
+        _atomic_write_bytes(self.path / "plan.json", json.dumps(plan.state()).encode())
+
+    def load_plan(self):
+        from .bit_plan import Plan
+        p = self.path / "plan.json"
+        if not p.is_file():
+            return None
+        try:
+            return Plan.from_state(json.loads(p.read_text()))
+        except (OSError, ValueError, KeyError) as e:
+            raise SlimError(f"checkpoint {p} is unreadable ({e}); run without --resume") from None
+
     # ---------------------------------------------------------------------------------------------- layers
     def _layer_path(self, index: int) -> Path:
         return self.path / f"layer_{index:05d}.pt"

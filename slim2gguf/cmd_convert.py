@@ -26,6 +26,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="slim (SBA+SQC+GPTQ), slim+ (SBA + block-wise trained quantizers, SliM-LLM+), gptq "
                         "(uniform bits) or rtn (default: slim)")
     add_quant_options(p)
+    p.add_argument("--target-bpw", type=float, metavar="X",
+                   help="whole-file bit budget: choose per tensor SLIM2, SLIM3 or a stock type (Q4_K..Q8_0, and "
+                        "Q2_K.. for token_embd/output) so that the tensors average X bits per weight with the "
+                        "smallest predicted loss; --bits then sets general.file_type and the SLIM default")
+    p.add_argument("--fisher-samples", type=int, default=8, metavar="N",
+                   help="calibration sequences of --target-bpw's sensitivity pass (one backward pass each; default 8)")
     stock = ", ".join(STOCK_TYPES)
     p.add_argument("--embd-type", default=DEFAULT_EMBD_TYPE, type=str.lower, choices=STOCK_TYPES, metavar="TYPE",
                    help=f"type of token_embd ({stock}; default {DEFAULT_EMBD_TYPE})")
@@ -46,8 +52,16 @@ def settings(args: argparse.Namespace):
 
     return ConvertSettings(model=args.model, quant=quant_config(args), calibration=calibration_spec(args),
                            output=args.output, stock=StockTypes(args.embd_type, args.output_type, args.fallback_type),
+                           target_bpw=_positive(args.target_bpw, "--target-bpw"), fisher_samples=args.fisher_samples,
                            device=args.device, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
                            verbose=args.verbose)
+
+
+def _positive(value, flag):
+    from .errors import SlimError
+    if value is not None and not (value > 0 and value < 32):
+        raise SlimError(f"{flag} must be a number of bits per weight between 0 and 32, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

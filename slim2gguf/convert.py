@@ -33,6 +33,8 @@ class ConvertSettings:
     output: Path | None = None                   # None: <model name>-SLIM<bits>.gguf in the current directory
     stock: StockTypes = field(default_factory=StockTypes)
     device: str | None = None                    # None: cuda when torch sees a GPU
+    target_bpw: float | None = None              # whole-file bit budget (bit_plan): per-tensor types
+    fisher_samples: int = 8                      # calibration sequences of the budget's backward passes
     resume: bool = False
     keep_checkpoints: bool = False
     verbose: bool = False                        # llama.cpp converter's log
@@ -69,7 +71,9 @@ def checkpoint_key(s: ConvertSettings, device: str) -> dict[str, Any]:
     from .model_io import resolve_model
 
     return {"model": model_fingerprint(*resolve_model(s.model)), **s.quant.key(), "device": torch.device(device).type,
-            "calibration": s.calibration.key() if s.quant.needs_calibration else None}
+            "calibration": s.calibration.key() if s.quant.needs_calibration else None,
+            "target_bpw": s.target_bpw, "fisher_samples": s.fisher_samples if s.target_bpw else None,
+            "stock": [s.stock.token_embd, s.stock.output, s.stock.fallback]}
 
 
 def convert(s: ConvertSettings) -> ConvertResult:
@@ -116,13 +120,24 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
         if i not in done:      # a resumed layer's checkpoint is already there
             ck.save_layer(i, qls)
 
+    plan, budget = None, {}
+    if s.target_bpw is not None:
+        with times.stage("plan"):
+            plan = _plan(s, model, calib, ck, device)
+        budget = {"tensor_bits": plan.slim_bits(), "stock_weights": _stock_weights(plan)}
     with times.stage("quantize"):
-        res = quantize_model(model, calib, s.quant, device=device, done_layers=done, on_layer_done=checkpoint)
+        res = quantize_model(model, calib, s.quant, device=device, done_layers=done, on_layer_done=checkpoint,
+                             **budget)
+        for name, fake in budget.get("stock_weights", {}).items():   # token_embd / output: outside the layers
+            if not name.startswith("model.layers."):
+                p = model.get_parameter(name)
+                with torch.no_grad():
+                    p.copy_(fake(p.data.float()).to(p.dtype))
     summary = calib.summary if calib is not None else None
     meta = slim_metadata(s.quant, summary, source.source_name, (ql.group_size for ql in res.values()))
     with times.stage("write"):
         written = write_slim_gguf_atomic(source.hf_dir, out, res, avg_bits=s.quant.bits, stock=s.stock,
-                                         slim_meta=meta, model_name=source.model_name,
+                                         slim_meta=meta, plan=plan, model_name=source.model_name,
                                          metadata_override=source.metadata_override, verbose=s.verbose)
     totals = analyze(out)["totals"]
     if not s.keep_checkpoints:
@@ -132,6 +147,36 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
                            calibration=summary)
     return ConvertResult(result, format_summary(result, s.stock.fallback), model, dict(res), written,
                          source.hf_dir, tok, source.model_name, source.general)
+
+
+def _plan(s: ConvertSettings, model, calib, ck: Checkpoints, device: str):
+    """The bit budget's per-tensor types: from the checkpoint when resuming, else measured (quant/plan.py) and
+    allocated (bit_plan), saved, and printed."""
+    from quant.plan import measure_candidates
+
+    from .bit_plan import make_plan, stock_candidates, stock_fake
+
+    if calib is None:
+        raise SlimError("--target-bpw needs calibration data (not available with --method rtn)")
+    plan = ck.load_plan() if s.resume else None
+    if plan is None:
+        stats = measure_candidates(model, calib.input_ids, s.quant, stock_candidates, stock_fake,
+                                   fisher_samples=s.fisher_samples, device=device)
+        plan = make_plan(stats, model, s.target_bpw, s.stock.fallback)
+        ck.save_plan(plan)
+    log_stderr(plan.table())
+    return plan
+
+
+def _stock_weights(plan) -> dict:
+    """{hf name: W -> its planned stock type's decoded weight} for quant.pipeline."""
+    import torch
+
+    from .bit_plan import stock_fake
+
+    def fake(t, imp):
+        return lambda W: stock_fake(t, W, None if imp is None else torch.from_numpy(imp))
+    return {n: fake(t, plan.importance.get(n)) for n, t in plan.stock().items()}
 
 
 def _calibration(s: ConvertSettings, model, tok, ck: Checkpoints):

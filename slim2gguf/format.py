@@ -44,6 +44,13 @@ class Keys:
     SEED = "slim.seed"
     SOURCE = "slim.source"
 
+    class Plan:
+        """A whole-file bit budget's choice (`convert --target-bpw`): parallel arrays, one entry per tensor."""
+        TARGET_BPW = "slim.plan.target_bpw"
+        TENSORS = "slim.plan.tensors"               # GGUF tensor names
+        TYPES = "slim.plan.types"                   # the type chosen for each
+        PREDICTED_LOSS = "slim.plan.predicted_loss"  # its predicted loss increase per token (nats)
+
     class Calibration:
         PREFIX = "slim.calibration."
         SOURCE = "slim.calibration.source"

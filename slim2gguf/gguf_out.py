@@ -140,8 +140,14 @@ def _metadata_adder(writer, key: str, value: Any):
 
 
 def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: StockTypes,
-                  slim_meta: Mapping[str, Any], report: WriteReport):
-    """A subclass of the converter class `base` that writes SLIM rows for the quantized weights."""
+                  slim_meta: Mapping[str, Any], report: WriteReport, plan=None):
+    """A subclass of the converter class `base` that writes SLIM rows for the quantized weights, and (plan: a
+    bit_plan.Plan) the planned stock type of each tensor the plan did not give to SLIM, quantized by ggml's own
+    quantizer with the plan's importance vector (what llama-quantize writes with that imatrix)."""
+    from . import ggml_quants
+    from .format import Keys
+
+    planned_stock = plan.stock() if plan is not None else {}
     import gguf
     import torch
 
@@ -174,6 +180,20 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
 
         def modify_tensors(self, data_torch, name: str, bid: int | None) -> Iterable[tuple[str, Any]]:
             ql = quantized.get(name)
+            if name in planned_stock:
+                t = planned_stock[name]
+                imp = plan.importance.get(name)
+                for new_name, data in super().modify_tensors(data_torch, name, bid):
+                    if hasattr(type(data), "to_eager"):     # the converter's lazy tensors: the values, now
+                        data = type(data).to_eager(data)
+                    W = data.float().numpy()
+                    if W.ndim != 2:
+                        raise SlimError(f"{name}: the plan gives it {t}, but the converter writes it {W.ndim}-D")
+                    packed = ggml_quants.quantize(t, W, imp)   # row permutations keep the columns' importance
+                    self._slim_pending[new_name] = (packed, ggml_quants.qtype(t))
+                    self._slim_hf_names[new_name] = name
+                    yield new_name, placeholder
+                return
             if ql is None:
                 for new_name, data in super().modify_tensors(data_torch, name, bid):
                     self._slim_hf_names[new_name] = name
@@ -191,7 +211,7 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
             if not (torch.equal(moved, moved[:, :1].expand(rows, cols))
                     and torch.equal(torch.sort(perm).values, torch.arange(rows))):
                 raise SlimError(f"{name}: llama.cpp's converter does more than reorder rows; SLIM cannot follow it")
-            st = slim_type(avg_bits, ql.group_size)
+            st = slim_type(round(ql.avg_bits), ql.group_size)   # a bit budget mixes SLIM2 and SLIM3 tensors
             p = perm.numpy()
             packed = pack_quantized(ql, st, row_order=p)
             reference_decoder.validate(packed, cols, st, new_name)
@@ -217,18 +237,26 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
             super().set_gguf_parameters()
             for key, value in slim_meta.items():
                 _metadata_adder(self.gguf_writer, key, value)
+            if plan is not None:
+                by_hf = {hf: g for g, hf in self._slim_hf_names.items()}
+                names = sorted(plan.types, key=lambda n: by_hf.get(n, n))
+                self.gguf_writer.add_float32(Keys.Plan.TARGET_BPW, float(plan.target_bpw))
+                self.gguf_writer.add_array(Keys.Plan.TENSORS, [by_hf.get(n, n) for n in names])
+                self.gguf_writer.add_array(Keys.Plan.TYPES, [plan.types[n] for n in names])
+                self.gguf_writer.add_array(Keys.Plan.PREDICTED_LOSS, [float(plan.losses[n]) for n in names])
 
     return SlimConverter
 
 
 def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], *, avg_bits: int,
-                    stock: StockTypes | None = None, slim_meta: Mapping[str, Any] | None = None,
+                    stock: StockTypes | None = None, slim_meta: Mapping[str, Any] | None = None, plan=None,
                     model_name: str | None = None, metadata_override: Path | None = None,
                     verbose: bool = False) -> WriteReport:
     """Write out_path (directly; the caller handles temp files) from an HF folder and QuantizedLinear results.
 
     quantized: HF parameter name -> QuantizedLinear (bits shared by all rows, group_size 64 or 128).
     slim_meta: extra `slim.*` key/values. Non-quantized tensors are read from hf_dir by the converter.
+    plan: a bit_plan.Plan (`--target-bpw`): its stock tensors in their planned types, the plan in `slim.plan.*`.
     model_name / metadata_override: as convert_hf_to_gguf.py's --model-name / --metadata.
     """
     import gguf
@@ -236,13 +264,13 @@ def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], 
 
     stock = stock or StockTypes()
     report = WriteReport()
-    cls = _hooked_class(converter_class(hf_dir), quantized, avg_bits, stock, dict(slim_meta or {}), report)
+    cls = _hooked_class(converter_class(hf_dir), quantized, avg_bits, stock, dict(slim_meta or {}), report, plan)
     with quiet_converter(verbose), torch.inference_mode():
         model = cls(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, Path(out_path), model_name=model_name,
                     metadata_override=metadata_override)
         model.prepare_tensors()
         model.prepare_metadata(vocab_only=False)
-        missing = sorted(set(quantized) - set(model._slim_hf_names.values()))
+        missing = sorted((set(quantized) | set(plan.stock() if plan else ())) - set(model._slim_hf_names.values()))
         if missing or model._slim_pending:
             raise SlimError(f"quantized tensors not written by the converter: {missing or sorted(model._slim_pending)}")
         model.gguf_writer.write_header_to_file(path=Path(out_path))

@@ -1,0 +1,124 @@
+"""The measuring pass of a whole-file bit budget: every candidate type of every tensor, scored by its predicted
+loss (quant/sensitivity.py), before anything is quantized for real.
+
+One pass through the full-precision model, a decoder layer at a time as in quant/pipeline.py (but without
+quantizing: each layer's inputs are the full-precision ones): each linear's Hessian, then its weight error at
+each candidate type -- SLIM b bits by GPTQ with the weighted group fit (uniform b, SBA left to the real pass) and
+each stock type by the caller's quantizer (llama.cpp's own, with diag(H) as the importance vector, as
+llama-quantize with an imatrix) -- scored with the output Fisher of one backward pass per Fisher sequence. The
+token embedding and the output head get the stock candidates only. quant/ knows no file types: the caller names
+the stock candidates and supplies their fake-quant function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from .config import QuantConfig
+from .hessian import HessianAccumulator
+from .layer import quantize_linear
+from .pipeline import LINEAR_NAMES, _capture_inputs, capture_layer0_inputs, decoder_layers
+from .blockwise import layer_forward
+from .quantizer import pick_group_size
+from .sensitivity import output_fisher
+
+EMBEDDING = "model.embed_tokens.weight"
+OUTPUT = "lm_head.weight"
+SLIM_BITS = (2, 3)
+
+# stock_candidates(hf name, rows, cols) -> stock type names to try (none: SLIM only)
+StockCandidates = Callable[[str, int, int], list]
+# stock_fake(type, W [rows, cols] fp32, importance [cols] or None) -> what the file's tensor decodes to
+StockFake = Callable[[str, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class PlanStats:
+    """losses[hf name][type] (predicted loss per token), importance[hf name] (mean x^2 per input column, the
+    imatrix of the stock quantizers), group_size[hf name] (the SLIM tensors' group), shapes."""
+
+    losses: dict[str, dict[str, float]] = field(default_factory=dict)
+    importance: dict[str, torch.Tensor] = field(default_factory=dict)
+    group_size: dict[str, int] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tied_output: bool = False
+
+
+def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stock_candidates: StockCandidates,
+                       stock_fake: StockFake, *, fisher_samples: int = 8, device=None,
+                       progress: bool = True) -> PlanStats:
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    layers = decoder_layers(model)
+    head = model.get_output_embeddings()
+    embed = model.get_input_embeddings()
+    tied = head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
+    names = [f"model.layers.{li}.{n}" for li in range(len(layers)) for n in LINEAR_NAMES] + ["lm_head"]
+    fisher = output_fisher(model, input_ids[:fisher_samples], names, device)
+    stats = PlanStats(tied_output=tied)
+    slim_config = replace(config, sba=False, method="slim" if config.method == "slim+" else config.method)
+
+    def score_stock(key: str, fisher_name: str | None, W: torch.Tensor, H: torch.Tensor | None, imp, rows_seen=None):
+        for t in stock_candidates(key, *W.shape):
+            dW = stock_fake(t, W, imp) - W
+            loss = 0.0
+            if fisher_name is not None:
+                loss += fisher.linear_loss(fisher_name, dW.to(device), H)
+            if rows_seen is not None:
+                loss += fisher.embedding_loss(dW[rows_seen])
+            stats.losses.setdefault(key, {})[t] = loss
+
+    batches = capture_layer0_inputs(model, input_ids, config.batch_size, device)
+    it = range(len(layers))
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc="measure types per tensor", unit="layer")
+    kl_gen = torch.Generator().manual_seed(config.seed)
+    for li in it:
+        layer = layers[li].to(device)
+        mods = {n: layer.get_submodule(n) for n in LINEAR_NAMES}
+        hs = _capture_inputs(layer, mods, batches, slim_config, kl_gen, device)
+        for n, mod in mods.items():
+            key = f"model.layers.{li}.{n}.weight"
+            W = mod.weight.data.float()
+            H = hs[n][0]
+            g = pick_group_size(W.shape[1], config.group_size)
+            if g is None:
+                continue          # not SLIM-able: the fallback type, outside the budget's choice
+            imp = torch.diag(H).float().cpu() / 2
+            stats.importance[key], stats.group_size[key], stats.shapes[key] = imp, g, tuple(W.shape)
+            fname = f"model.layers.{li}.{n}"
+            for b in SLIM_BITS:
+                ql, _ = quantize_linear(W, H, None, replace(slim_config, bits=b), g)
+                stats.losses.setdefault(key, {})[f"slim{b}"] = fisher.linear_loss(
+                    fname, ql.dequantize().to(W.device) - W, H)
+            score_stock(key, fname, W.cpu(), H, imp)
+        del hs
+        with torch.no_grad():
+            batches = [(layer_forward(layer, h, kw), kw) for h, kw in batches]
+        layers[li] = layer.to("cpu") if device.type != "cpu" else layer
+    # the head reads the final norm's output
+    norm = model.model.norm.to(device)
+    acc = HessianAccumulator(head.in_features, device)
+    with torch.no_grad():
+        for h, _ in batches:
+            acc.add_batch(norm(h))
+    norm.to("cpu")
+    H_out = acc.H
+    imp_out = torch.diag(H_out).float().cpu() / 2
+    seen = fisher.embedding_rows
+    E = embed.weight.data.float()
+    if tied:
+        stats.importance[EMBEDDING], stats.shapes[EMBEDDING] = imp_out, tuple(E.shape)
+        score_stock(EMBEDDING, "lm_head", E, H_out, imp_out, rows_seen=seen)
+    else:
+        stats.importance[EMBEDDING], stats.shapes[EMBEDDING] = None, tuple(E.shape)
+        # only the looked-up rows change the calibration loss: score them alone (the types quantize by row)
+        for t in stock_candidates(EMBEDDING, *E.shape):
+            dE = stock_fake(t, E[seen], None) - E[seen]
+            stats.losses.setdefault(EMBEDDING, {})[t] = fisher.embedding_loss(dE)
+        Wo = head.weight.data.float()
+        stats.importance[OUTPUT], stats.shapes[OUTPUT] = imp_out, tuple(Wo.shape)
+        score_stock(OUTPUT, "lm_head", Wo, H_out, imp_out)
+    return stats

@@ -1,0 +1,131 @@
+"""`convert --target-bpw X`: which type each tensor of the file gets.
+
+quant/plan.py scores every candidate of every tensor (SLIM2/SLIM3 for the decoder linears, llama.cpp's stock
+types for them and for token_embd/output), quant/bit_budget.py picks the cheapest-loss mix that fits
+X bits per weight (tensor bpw: 8 x tensor bytes / weights, slim2gguf.bpw, the report's axis). This module knows
+the file side: which stock types can hold which widths, bytes per type, the budget left after the tensors that
+are not chosen (norms, biases: F32; linears SLIM cannot hold: the fallback type), and the plan's table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from quant.bit_budget import Option, allocate
+from quant.plan import EMBEDDING, OUTPUT, PlanStats
+
+from . import ggml_quants
+from .errors import SlimError
+from .format import slim_type
+
+# candidates, best first where two can hold a width; K types need rows of 256
+LINEAR_STOCK = (("q4_k", "q4_0"), ("q5_k", "q5_0"), ("q6_k",), ("q8_0",))
+TABLE_STOCK = (("q2_k",), ("q3_k",), ("q4_k", "q4_0"), ("q5_k", "q5_0"), ("q6_k",), ("q8_0",))
+FIXED_BYTES_PER_WEIGHT = {"f32": 4, "f16": 2}
+
+
+def stock_candidates(name: str, rows: int, cols: int) -> list[str]:
+    table = TABLE_STOCK if name in (EMBEDDING, OUTPUT) else LINEAR_STOCK
+    out = []
+    for alternatives in table:
+        t = next((t for t in alternatives if ggml_quants.row_bytes(t, cols) is not None), None)
+        if t is not None:
+            out.append(t)
+    return out
+
+
+def stock_fake(t: str, W, importance):
+    import torch
+    imp = None if importance is None else importance.float().cpu().numpy()
+    return torch.from_numpy(ggml_quants.fake_quant(t, W.float().cpu().numpy(), imp)).to(W.device)
+
+
+def type_bytes(t: str, shape: tuple[int, int], group_size: int | None) -> int:
+    rows, cols = shape
+    if t.startswith("slim"):
+        return rows * slim_type(int(t[4:]), group_size).row_bytes(cols)
+    return rows * ggml_quants.row_bytes(t, cols)
+
+
+@dataclass
+class Plan:
+    target_bpw: float
+    types: dict[str, str]                      # hf weight name -> slim2 | slim3 | stock type
+    losses: dict[str, float]                   # predicted loss per token of the chosen type
+    importance: dict[str, np.ndarray | None]   # the stock quantizers' importance vector (imatrix) per tensor
+    nbytes: dict[str, int]
+    fixed_bytes: int
+    weights: int
+    alternatives: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def bpw(self) -> float:
+        return 8 * (sum(self.nbytes.values()) + self.fixed_bytes) / self.weights
+
+    def slim_bits(self) -> dict[str, int]:
+        return {n: int(t[4:]) for n, t in self.types.items() if t.startswith("slim")}
+
+    def stock(self) -> dict[str, str]:
+        return {n: t for n, t in self.types.items() if not t.startswith("slim")}
+
+    def state(self) -> dict:
+        return {"target_bpw": self.target_bpw, "types": self.types, "losses": self.losses,
+                "importance": {k: (None if v is None else np.asarray(v).tolist()) for k, v in self.importance.items()},
+                "nbytes": self.nbytes, "fixed_bytes": self.fixed_bytes, "weights": self.weights,
+                "alternatives": self.alternatives}
+
+    @classmethod
+    def from_state(cls, s: dict) -> "Plan":
+        imp = {k: (None if v is None else np.asarray(v, dtype=np.float32)) for k, v in s["importance"].items()}
+        return cls(s["target_bpw"], s["types"], s["losses"], imp, s["nbytes"], s["fixed_bytes"], s["weights"],
+                   s.get("alternatives", {}))
+
+    def table(self) -> str:
+        """Counts per (tensor kind, type) and the budget line: what the user reads after the plan is made."""
+        from collections import Counter
+        kinds = Counter()
+        for n, t in self.types.items():
+            kind = n.removeprefix("model.").split(".", 2)[-1] if n.startswith("model.layers.") else n
+            kinds[(kind.removesuffix(".weight"), t)] += 1
+        lines = [f"bit budget: target {self.target_bpw:.3f} bpw, planned {self.bpw:.3f} bpw (tensor bytes / weights)",
+                 f"  {'tensor':28s} {'type':7s} count"]
+        for (kind, t), c in sorted(kinds.items()):
+            lines.append(f"  {kind:28s} {t:7s} {c}")
+        return "\n".join(lines)
+
+
+def fixed_bytes_and_weights(model, planned: set[str], fallback: str) -> tuple[int, int]:
+    """Bytes of the tensors the plan does not choose (1-D: F32; 2-D: the fallback type) and all weights."""
+    fixed, weights, seen = 0, 0, set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        weights += p.numel()
+        if name in planned:
+            continue
+        if p.dim() < 2:
+            fixed += 4 * p.numel()
+        else:
+            rb = ggml_quants.row_bytes(fallback, p.shape[1]) if fallback not in FIXED_BYTES_PER_WEIGHT else None
+            fixed += p.shape[0] * rb if rb else p.numel() * FIXED_BYTES_PER_WEIGHT.get(fallback, 2)
+    return fixed, weights
+
+
+def make_plan(stats: PlanStats, model, target_bpw: float, fallback: str) -> Plan:
+    names = set(stats.losses)
+    fixed, weights = fixed_bytes_and_weights(model, names, fallback)
+    options = {n: [Option(t, type_bytes(t, stats.shapes[n], stats.group_size.get(n)), loss)
+                   for t, loss in stats.losses[n].items()] for n in names}
+    budget = target_bpw * weights / 8 - fixed
+    cheapest = sum(min(o.nbytes for o in opts) for opts in options.values())
+    if cheapest > budget:
+        low = 8 * (cheapest + fixed) / weights
+        raise SlimError(f"--target-bpw {target_bpw:g} is below what this model can be made at ({low:.3f} bpw: "
+                        "every linear SLIM2 and the smallest token_embd/output types)")
+    chosen = allocate(options, budget)
+    imp = {n: (None if stats.importance.get(n) is None else stats.importance[n].numpy()) for n in names}
+    return Plan(target_bpw, {n: o.type for n, o in chosen.items()}, {n: o.loss for n, o in chosen.items()}, imp,
+                {n: o.nbytes for n, o in chosen.items()}, fixed, weights,
+                {n: dict(stats.losses[n]) for n in names})
