@@ -47,15 +47,20 @@ class PlanStats:
 
 
 def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stock_candidates: StockCandidates,
-                       stock_fake: StockFake, *, fisher_samples: int = 8, device=None,
+                       stock_fake: StockFake, *, fisher_samples: int = 8, sample_rows: int = 512, device=None,
                        progress: bool = True) -> PlanStats:
+    """PlanStats of every decoder linear, the token embedding and the output head (see the module docstring).
+
+    sample_rows: GPTQ's rows are independent given H, so a SLIM candidate's loss is estimated from this many
+    uniformly sampled output rows (seeded by config.seed), scaled to the whole matrix: the measuring pass then
+    costs a fraction of a conversion on wide models. Stock candidates are exact (ggml quantizes fast)."""
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     layers = decoder_layers(model)
     head = model.get_output_embeddings()
     embed = model.get_input_embeddings()
     tied = head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
     names = [f"model.layers.{li}.{n}" for li in range(len(layers)) for n in LINEAR_NAMES] + ["lm_head"]
-    fisher = output_fisher(model, input_ids[:fisher_samples], names, device)
+    fisher = output_fisher(model, input_ids[:fisher_samples], names, device, progress)
     stats = PlanStats(tied_output=tied)
     slim_config = replace(config, sba=False, method="slim" if config.method == "slim+" else config.method)
 
@@ -75,6 +80,7 @@ def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stoc
         from tqdm import tqdm
         it = tqdm(it, desc="measure types per tensor", unit="layer")
     kl_gen = torch.Generator().manual_seed(config.seed)
+    row_gen = torch.Generator().manual_seed(config.seed + 1)
     for li in it:
         layer = layers[li].to(device)
         mods = {n: layer.get_submodule(n) for n in LINEAR_NAMES}
@@ -89,10 +95,14 @@ def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stoc
             imp = torch.diag(H).float().cpu() / 2
             stats.importance[key], stats.group_size[key], stats.shapes[key] = imp, g, tuple(W.shape)
             fname = f"model.layers.{li}.{n}"
+            rows = None
+            if W.shape[0] > sample_rows:
+                rows = torch.randperm(W.shape[0], generator=row_gen)[:sample_rows].sort().values
+            Ws = W if rows is None else W[rows.to(W.device)]
             for b in SLIM_BITS:
-                ql, _ = quantize_linear(W, H, None, replace(slim_config, bits=b), g)
+                ql, _ = quantize_linear(Ws, H, None, replace(slim_config, bits=b), g)
                 stats.losses.setdefault(key, {})[f"slim{b}"] = fisher.linear_loss(
-                    fname, ql.dequantize().to(W.device) - W, H)
+                    fname, ql.dequantize().to(W.device) - Ws, H, rows)
             score_stock(key, fname, W.cpu(), H, imp)
         del hs
         with torch.no_grad():

@@ -26,12 +26,16 @@ class OutputFisher:
         self.embedding_sq: torch.Tensor | None = None     # [n_seen, hidden]: sum of g^2 over the id's tokens
         self.tokens = 0
 
-    def linear_loss(self, name: str, dW: torch.Tensor, H: torch.Tensor) -> float:
+    def linear_loss(self, name: str, dW: torch.Tensor, H: torch.Tensor, rows: torch.Tensor | None = None) -> float:
         """Predicted loss increase per token for weight error dW [out, in] of linear `name`; H its input
-        Hessian as HessianAccumulator keeps it (2/N sum x x^T)."""
+        Hessian as HessianAccumulator keeps it (2/N sum x x^T). rows: dW holds only these output rows (a
+        uniform sample): the sum over them is scaled up to all rows."""
         dW = dW.float()
         e = ((dW @ H.float().to(dW.device)) * dW).sum(dim=1) / 2    # E[dy_i^2]
-        return 0.5 * float((self.linear[name].to(e.device) * e).sum())
+        f = self.linear[name].to(e.device)
+        if rows is None:
+            return 0.5 * float((f * e).sum())
+        return 0.5 * float((f[rows.to(e.device)] * e).sum()) * f.numel() / rows.numel()
 
     def embedding_loss(self, dE_rows: torch.Tensor) -> float:
         """Predicted loss increase per token for the embedding error of the seen rows (dE_rows [n_seen, hidden],
@@ -39,7 +43,8 @@ class OutputFisher:
         return 0.5 * float((self.embedding_sq * dE_rows.float() ** 2).sum()) / self.tokens
 
 
-def output_fisher(model, input_ids: torch.Tensor, linear_names: list[str], device=None) -> OutputFisher:
+def output_fisher(model, input_ids: torch.Tensor, linear_names: list[str], device=None,
+                  progress: bool = False) -> OutputFisher:
     """One forward and backward pass per sequence of input_ids [n, seqlen] through the full-precision model
     (weights frozen, on `device`), collecting OutputFisher for the named nn.Linear modules (e.g.
     "model.layers.0.mlp.down_proj", "lm_head") and the input embedding."""
@@ -82,7 +87,11 @@ def output_fisher(model, input_ids: torch.Tensor, linear_names: list[str], devic
         for n in linear_names:
             handles.append(modules[n].register_forward_hook(linear_hook(n)))
         handles.append(model.get_input_embeddings().register_forward_hook(embed_hook))
-        for i in range(input_ids.shape[0]):
+        seqs = range(input_ids.shape[0])
+        if progress:
+            from tqdm import tqdm
+            seqs = tqdm(seqs, desc="output Fisher (backward passes)", unit="seq")
+        for i in seqs:
             ids = input_ids[i:i + 1].to(device)
             current_ids[:] = [ids]
             logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()

@@ -15,7 +15,11 @@ against the F16 file's token distributions (`--kl-divergence-base` once on the F
                                            they cannot hold). The IQ2/IQ1 types refuse without an imatrix:
                                            the row says so
   RTN, GPTQ, SliM (SBA only, SQC only, both) at 2 and 3 bits  -- slim2gguf convert
+  --target-bpw X / --match TYPE ...     -- slim2gguf convert --target-bpw: at X, or at each named stock+imatrix
+                                           row's bpw (the whole-file bit budget against llama.cpp's mixes)
   --slim LABEL=FILE.gguf                -- any slim2gguf file made elsewhere, measured as it is
+  --keep-rows                           -- rows already in <tag>.json with the same settings are kept, not
+                                           made again (a fresh checkout has no workdir cache)
 
 Output (in --out, default docs/results/): <tag>.md (table + settings), <tag>.json (everything measured),
 <tag>.png (PPL and KLD against bpw, Pareto front), rewritten after every row. Intermediate files go to
@@ -175,6 +179,41 @@ class Report:
         self.kld_base = self.work / "f16.kld"
         self.eval_info: dict = {}
         self.timings: dict = {}   # tag -> seconds of the last real (uncached) make/measure
+        self.kept = self.rows_to_keep() if args.keep_rows else {}
+
+    def rows_to_keep(self) -> dict[str, Row]:
+        """--keep-rows: the rows of this tag's existing JSON measured with the same text, context, chunks and
+        calibration (a fresh checkout has no workdir cache; these rows are not made or measured again)."""
+        js = Path(self.args.out) / f"{self.args.tag}.json"
+        if not js.is_file():
+            return {}
+        old = json.loads(js.read_text())
+        st = old["settings"]
+        same = (st.get("ctx") == int(self.args.ctx) and st.get("calib_text") == Path(self.args.calib).name
+                and st.get("eval_text", "").endswith(Path(self.args.eval_text).name)
+                and st.get("slim_calibration") == f"{self.args.nsamples} x {self.args.seqlen} tokens")
+        if not same:
+            return {}
+        kept = {}
+        for r in old["rows"]:
+            if r.get("ppl") is None or r["family"] == "f16":
+                continue
+            row = Row(**r)
+            if "kept from" not in row.note:
+                row.note = (row.note + "; " if row.note else "") + f"kept from the {st['date'][:10]} run " \
+                    f"({st.get('slim2gguf_commit', '?')}, {st.get('chunks')} chunks)"
+            kept[row.label] = row
+        return kept
+
+    def keep(self, label: str) -> bool:
+        """Use the kept row for `label` (if any) instead of making and measuring it."""
+        row = self.kept.get(label)
+        if row is None:
+            return False
+        self.rows.append(row)
+        self.write()
+        print(f"[report] {label:32s} kept ({row.note})", flush=True)
+        return True
 
     # -- files ---------------------------------------------------------------------------------------------
     def tool(self, name: str) -> Path:
@@ -342,6 +381,8 @@ class Report:
             base, _, embd = qtype.partition(":")
             label = base + (f", embd/output {embd}" if embd else "") + (" +imatrix" if with_imatrix else "")
             tag = stock_tag(qtype, with_imatrix)
+            if self.keep(label):
+                continue
             if with_imatrix and imatrix is None:
                 try:
                     imatrix = self.imatrix(f16)
@@ -362,17 +403,37 @@ class Report:
                     continue
                 label = label.format(b=bits)
                 tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+                if self.keep(label):
+                    continue
                 try:
                     path = self.slim(bits, extra, tag)
                 except SlimError as e:
                     self.failed(label, "slim", str(e))
                     continue
                 self.add(label, "slim", path, tag)
+        # issue 13: SLIM files made to a whole-file budget, at given bpw and at each stock+imatrix row's bpw
+        targets = [(x, f"SliM --target-bpw {x:.3f}") for x in (a.target_bpw or [])]
+        if a.match:
+            for r in [r for r in self.rows if r.family == "stock+imatrix" and r.ppl is not None]:
+                if r.label.split()[0] in a.match or "all" in a.match:
+                    targets.append((round(r.bpw, 3), f"SliM at {r.label.split()[0]}+imatrix's bpw ({r.bpw:.3f})"))
+        for x, label in targets:
+            tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+            if self.keep(label):
+                continue
+            try:
+                path = self.slim(2, ["--target-bpw", f"{x:.3f}", "--fisher-samples", str(a.fisher_samples)], tag)
+            except SlimError as e:
+                self.failed(label, "slim", str(e))
+                continue
+            self.add(label, "slim", path, tag)
         for spec in a.slim or []:
             label, _, file = spec.rpartition("=")
             path = Path(file)
             label = label or path.stem
             tag = "file-" + re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+            if not path.is_file() and self.keep(label):
+                continue
             if not path.is_file():
                 self.failed(label, "slim", f"{path} not found")
                 continue
@@ -518,11 +579,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="stock types with the imatrix, without, or both (default)")
     ap.add_argument("--variants", nargs="*", default=None, choices=list(SLIM_VARIANTS),
                     help=f"slim2gguf rows (default: all of {' '.join(SLIM_VARIANTS)}; none when given empty)")
+    ap.add_argument("--target-bpw", type=float, nargs="*", default=None, metavar="X",
+                    help="also SLIM files made with convert --target-bpw X (tensor bpw)")
+    ap.add_argument("--match", nargs="*", default=None, metavar="TYPE",
+                    help="also a SLIM --target-bpw file at the bpw of each of these stock+imatrix rows ('all': every "
+                         "one), side by side (issue 13)")
     ap.add_argument("--slim", action="append", default=None, metavar="[LABEL=]FILE.gguf",
                     help="also measure this slim2gguf file (made elsewhere) as a row; repeatable")
     ap.add_argument("--bin", default=None,
                     help="folder of the patched llama.cpp tools (default: build/cpu/bin); a copy keeps a long run "
                          "safe from rebuilds")
+    ap.add_argument("--fisher-samples", type=int, default=8, help="convert --fisher-samples of the budget files")
+    ap.add_argument("--keep-rows", action="store_true",
+                    help="reuse the rows of the existing <out>/<tag>.json measured with the same settings instead of "
+                         "making them again (the F16 reference is measured again for the KLD of new rows)")
     ap.add_argument("--quick", action="store_true", help="a few rows only (tests)")
     ap.add_argument("--cached-only", action="store_true",
                     help="make nothing, measure nothing: the table from the workdir's cache, the rest listed as "

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from .errors import SlimError
-from .file_report import analyze, format_report
+from .file_report import BLOCK_RE, analyze, format_report
 
-_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+?)(\.weight)?$")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -37,7 +36,7 @@ def plot_allocation(rep: dict[str, Any], out_png: Path) -> Path:
 
     kinds: dict[str, dict[int, list[int]]] = defaultdict(dict)
     for e in rep["tensors"]:
-        m = _BLOCK_RE.match(e["name"])
+        m = BLOCK_RE.match(e["name"])
         if m and "bits" in e:
             kinds[m.group(2)][int(m.group(1))] = e["bits"]
     if not kinds:

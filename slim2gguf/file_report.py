@@ -4,6 +4,7 @@ the same report of the file it wrote.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from .bpw import BpwTotals, bits_per_weight
 from .format import SLIM_TYPES, Keys, is_slim, row_bits
 from .gguf_in import metadata, open_gguf
 
+BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+?)(\.weight)?$")   # blk.N.KIND[.weight]
 # metadata shown with the report besides the slim.* keys
 _SHOWN_KEYS = ("general.architecture", "general.name", "general.file_type")
 
@@ -77,11 +79,40 @@ def fmt_bytes(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
+def plan_summary(meta: dict[str, Any]) -> str:
+    """A bit budget's plan (`slim.plan.*`): per tensor kind, the type of each layer, runs collapsed."""
+    kinds: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    other = []
+    for name, t in zip(meta[Keys.Plan.TENSORS], meta[Keys.Plan.TYPES]):
+        m = BLOCK_RE.match(name)
+        if m:
+            kinds[m.group(2)].append((int(m.group(1)), t))
+        else:
+            other.append(f"{name.removesuffix('.weight')} {t}")
+    lines = [f"bit budget plan (target {meta.get(Keys.Plan.TARGET_BPW, 0):.3f} bpw): " + ", ".join(other)]
+    for kind, per_layer in sorted(kinds.items()):
+        per_layer.sort()
+        runs, start = [], 0
+        for i in range(1, len(per_layer) + 1):
+            if i == len(per_layer) or per_layer[i][1] != per_layer[start][1]:
+                a, b = per_layer[start][0], per_layer[i - 1][0]
+                runs.append(f"{per_layer[start][1]} ({a}" + (f"-{b})" if b > a else ")"))
+                start = i
+        lines.append(f"  {kind:<12} " + ", ".join(runs))
+    return "\n".join(lines)
+
+
 def format_report(rep: dict[str, Any], all_tensors: bool = False) -> str:
     """The report as `inspect` prints it: metadata, a table of the (SLIM) tensors, totals by type and file."""
     lines = [f"{rep['file']}"]
-    for k, v in rep["metadata"].items():
+    meta = rep["metadata"]
+    plan_arrays = (Keys.Plan.TENSORS, Keys.Plan.TYPES, Keys.Plan.PREDICTED_LOSS)
+    for k, v in meta.items():
+        if k in plan_arrays:
+            v = f"[{len(v)} entries: see the plan below]"
         lines.append(f"  {k} = {v}")
+    if Keys.Plan.TENSORS in meta:
+        lines += ["", plan_summary(meta)]
     shown = [e for e in rep["tensors"] if all_tensors or "group_size" in e]
     if shown:
         widths = sorted({int(b) for e in rep["tensors"] if "groups" in e for b in e["groups"]})
@@ -101,7 +132,8 @@ def format_report(rep: dict[str, Any], all_tensors: bool = False) -> str:
     grp = ", ".join(f"{b}-bit {n:,d}" for b, n in t["slim_groups"].items())
     lines += ["",
               f"file: {fmt_bytes(t['file_bytes'])} ({t['file_bytes']:,d} bytes), {t['tensors']} tensors, "
-              f"{t['elements']:,d} weights, {t['bpw_file']:.4f} bpw",
+              f"{t['elements']:,d} weights, {t['bpw_file']:.4f} bpw (tensors alone: "
+              f"{8 * sum(v['bytes'] for v in t['by_type'].values()) / max(t['elements'], 1):.4f} bpw)",
               f"SLIM: {t['slim_tensors']} tensors, {t['slim_elements']:,d} weights, "
               f"{fmt_bytes(t['slim_bytes'])}, {t['bpw_slim']:.4f} bpw" + (f"; groups: {grp}" if grp else "")]
     return "\n".join(lines)

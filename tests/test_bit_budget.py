@@ -143,3 +143,24 @@ def test_target_bpw_file_lands_on_budget_and_decodes(tiny_llama, tmp_path, targe
         elif t.name.startswith("blk.") and ("attn_q" in t.name or "attn_k" in t.name):
             continue      # stock q/k rows are in the converter's RoPE order; checked through SLIM tensors
         assert np.array_equal(got, want.astype(np.float32)), t.name
+
+
+def test_linear_loss_is_half_fisher_times_output_error():
+    import torch
+
+    from quant.hessian import HessianAccumulator
+    from quant.sensitivity import OutputFisher
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 64, generator=g)
+    dW = torch.randn(32, 64, generator=g) * 0.01
+    f = torch.rand(32, generator=g)
+    acc = HessianAccumulator(64)
+    acc.add_batch(X)
+    fisher = OutputFisher()
+    fisher.linear["lin"] = f
+    want = 0.5 * float((f * (X @ dW.t()).pow(2).mean(dim=0)).sum())
+    assert fisher.linear_loss("lin", dW, acc.H) == pytest.approx(want, rel=1e-4)
+    # a row sample scales to the whole matrix: all rows given = the full sum
+    rows = torch.arange(32)
+    assert fisher.linear_loss("lin", dW[rows], acc.H, rows) == pytest.approx(want, rel=1e-4)
