@@ -395,22 +395,6 @@ class Report:
                 self.failed(label, family, str(e))
                 continue
             self.add(label, family, path, tag)
-        keys = a.variants if a.variants is not None else (QUICK_SLIM_VARIANTS if a.quick else list(SLIM_VARIANTS))
-        for bits in a.bits:
-            for key in keys:
-                label, extra = SLIM_VARIANTS[key]
-                if key == "embd" and bits not in EMBD_VARIANT_BITS:
-                    continue
-                label = label.format(b=bits)
-                tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-                if self.keep(label):
-                    continue
-                try:
-                    path = self.slim(bits, extra, tag)
-                except SlimError as e:
-                    self.failed(label, "slim", str(e))
-                    continue
-                self.add(label, "slim", path, tag)
         # issue 13: SLIM files made to a whole-file budget, at given bpw and at each stock+imatrix row's bpw
         targets = [(x, f"SliM --target-bpw {x:.3f}") for x in (a.target_bpw or [])]
         if a.match:
@@ -427,6 +411,22 @@ class Report:
                 self.failed(label, "slim", str(e))
                 continue
             self.add(label, "slim", path, tag)
+        keys = a.variants if a.variants is not None else (QUICK_SLIM_VARIANTS if a.quick else list(SLIM_VARIANTS))
+        for bits in a.bits:
+            for key in keys:
+                label, extra = SLIM_VARIANTS[key]
+                if key == "embd" and bits not in EMBD_VARIANT_BITS:
+                    continue
+                label = label.format(b=bits)
+                tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+                if self.keep(label):
+                    continue
+                try:
+                    path = self.slim(bits, extra, tag)
+                except SlimError as e:
+                    self.failed(label, "slim", str(e))
+                    continue
+                self.add(label, "slim", path, tag)
         for spec in a.slim or []:
             label, _, file = spec.rpartition("=")
             path = Path(file)

@@ -35,16 +35,23 @@ def plot_allocation(rep: dict[str, Any], out_png: Path) -> Path:
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
     kinds: dict[str, dict[int, list[int]]] = defaultdict(dict)
+    stock: dict[str, dict[int, str]] = defaultdict(dict)   # block tensors in a stock type (a bit budget's plan)
     for e in rep["tensors"]:
         m = BLOCK_RE.match(e["name"])
         if m and "bits" in e:
             kinds[m.group(2)][int(m.group(1))] = e["bits"]
+        elif m and len(e["shape"]) == 2 and min(e["shape"]) > 1:
+            stock[m.group(2)][int(m.group(1))] = e["type"]
     if not kinds:
         raise SlimError(f"{rep['file']}: no SLIM tensors to plot")
+    if not any(k in kinds for k in stock):
+        stock = {}     # a plain SLIM file: its fallback tensors are not part of the picture
+    for k in stock:
+        kinds.setdefault(k, {})
     order = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
     names = sorted(kinds, key=lambda k: (order.index(k) if k in order else len(order), k))
-    n_layers = 1 + max(b for k in kinds.values() for b in k)
-    widths = [max(len(v) for v in kinds[k].values()) for k in names]
+    n_layers = 1 + max([b for k in kinds.values() for b in k] + [b for k in stock.values() for b in k])
+    widths = [max([len(v) for v in kinds[k].values()] + [1]) for k in names]
     all_bits = sorted({b for k in kinds.values() for v in k.values() for b in v})
     lo, hi = min(all_bits), max(all_bits)
     levels = list(range(lo, hi + 1))
@@ -63,6 +70,8 @@ def plot_allocation(rep: dict[str, Any], out_png: Path) -> Path:
         for layer, bits in kinds[name].items():
             grid[layer, : len(bits)] = bits
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+        for layer, t in stock.get(name, {}).items():   # grey row, labelled with its stock type
+            ax.text((w - 1) / 2, layer, t, ha="center", va="center", fontsize=6)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("group", fontsize=8)
         ax.tick_params(labelsize=7)
