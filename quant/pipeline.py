@@ -24,6 +24,11 @@ from .hessian import HessianAccumulator, inverse_hessian_cholesky
 from .layer import quantize_linear, rtn_group_fit, sba_group_bits
 from .quantizer import pick_group_size
 from .result import QuantizedLinear
+from .rtn import fit_groups
+
+# a bit budget may make these SLIM too (quant/plan.py names them the same way)
+EMBEDDING = "model.embed_tokens.weight"
+HEAD = "lm_head.weight"
 
 # Order matters only for reading the progress output; all seven see the same layer input pass.
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -171,7 +176,9 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
     A whole-file bit budget (quant/bit_budget.py) comes in as tensor_bits {hf weight name: SLIM average bits}
     (config.bits elsewhere) and stock_weights {hf weight name: W -> what its stock type decodes to}: those
     tensors get no QuantizedLinear, their fake-quant weight goes into the model before the layer is quantized,
-    so everything after them sees what the file will compute.
+    so everything after them sees what the file will compute. An untied EMBEDDING or HEAD in tensor_bits is
+    made SLIM too (the embedding by the weighted fit before anything else, the head after the last layer, its
+    result passed to on_layer_done as layer number n_layers).
     """
     tensor_bits, stock_weights = tensor_bits or {}, stock_weights or {}
     configs: dict[int, QuantConfig] = {}
@@ -197,6 +204,13 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
     need_acts = config.needs_calibration
     trains = config.method == "slim+"
     batch = config.train_batch if trains else config.batch_size
+    if EMBEDDING in tensor_bits:     # before the capture: layer 0 sees the embedding the file will hold
+        emb = model.get_input_embeddings().weight
+        g = pick_group_size(emb.shape[1], config.group_size)
+        ql = fit_groups(emb.data.float(), tensor_bits[EMBEDDING], g)
+        with torch.no_grad():
+            emb.data.copy_(ql.dequantize().to(emb.dtype))
+        results[EMBEDDING] = ql
     batches = capture_layer0_inputs(model, calibration, batch, device) if need_acts else []
     # slim+ trains each block towards the full-precision block's output on the full-precision inputs
     # (no copy needed: each layer's pass makes new tensors, nothing writes into these)
@@ -263,7 +277,7 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
             if ql is None:
                 continue
             mod.weight.data.copy_(ql.dequantize().to(mod.weight.device, mod.weight.dtype))
-        if need_acts and li + 1 < len(layers):
+        if need_acts and (li + 1 < len(layers) or HEAD in tensor_bits):   # the head reads the last one's
             with torch.no_grad():   # the next layer sees what the quantized model will compute
                 batches = [(layer_forward(layer, hs, kw), kw) for hs, kw in batches]
         if trains:
@@ -272,10 +286,40 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         results.update(qls)
         if on_layer_done is not None:
             on_layer_done(li, qls)
+    if HEAD in tensor_bits:
+        n = len(layers)
+        qls = done_layers.get(n) or {HEAD: _quantize_head(model, batches, config_of(HEAD), device)}
+        head = model.get_output_embeddings().weight
+        with torch.no_grad():
+            head.data.copy_(qls[HEAD].dequantize().to(head.dtype))
+        results.update(qls)
+        if on_layer_done is not None:
+            on_layer_done(n, qls)
     results.info = {**config.key(), "calibration": calib_summary, "seconds": time.time() - t0, "sba_k": sba_k}
     if trains:
         results.info["training"] = train_info
     return results
+
+
+@torch.no_grad()
+def _quantize_head(model, batches, config: QuantConfig, device) -> QuantizedLinear:
+    """The output head as a SLIM tensor (a bit budget chose it): SliM on the final norm's output of the
+    quantized model, like a decoder linear (checkpointed as one more 'layer')."""
+    norm = model.model.norm.to(device)
+    head = model.get_output_embeddings()
+    acc = HessianAccumulator(head.in_features, device)
+    kl_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + len(decoder_layers(model)))
+    X_kl = None
+    for hs, _ in batches:
+        x = norm(hs)
+        acc.add_batch(x)
+        if X_kl is None:
+            flat = x.reshape(-1, x.shape[-1]).float()
+            X_kl = flat[torch.randperm(flat.shape[0], generator=kl_gen)[:config.kl_tokens].to(flat.device)]
+    norm.to("cpu")
+    W = head.weight.data.float().to(device)
+    ql, _ = quantize_linear(W, acc.H, X_kl, config, pick_group_size(W.shape[1], config.group_size))
+    return ql
 
 
 def average_bits(results: dict[str, QuantizedLinear]) -> tuple[float, float]:

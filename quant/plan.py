@@ -6,7 +6,8 @@ quantizing: each layer's inputs are the full-precision ones): each linear's Hess
 each candidate type -- SLIM b bits by GPTQ with the weighted group fit (uniform b, SBA left to the real pass) and
 each stock type by the caller's quantizer (llama.cpp's own, with diag(H) as the importance vector, as
 llama-quantize with an imatrix) -- scored with the output Fisher of one backward pass per Fisher sequence. The
-token embedding and the output head get the stock candidates only. quant/ knows no file types: the caller names
+token embedding and the output head get the stock candidates, and SLIM too when they are not tied (the head by
+GPTQ on the final norm's output; the embedding, which has no Hessian, by the weighted fit alone). quant/ knows no file types: the caller names
 the stock candidates and supplies their fake-quant function.
 """
 from __future__ import annotations
@@ -19,13 +20,12 @@ import torch
 from .config import QuantConfig
 from .hessian import HessianAccumulator
 from .layer import quantize_linear
-from .pipeline import LINEAR_NAMES, _capture_inputs, capture_layer0_inputs, decoder_layers
+from .pipeline import EMBEDDING, HEAD as OUTPUT, LINEAR_NAMES, _capture_inputs, capture_layer0_inputs, decoder_layers
 from .blockwise import layer_forward
 from .quantizer import pick_group_size
+from .rtn import fit_groups
 from .sensitivity import output_fisher
 
-EMBEDDING = "model.embed_tokens.weight"
-OUTPUT = "lm_head.weight"
 SLIM_BITS = (2, 3)
 
 # stock_candidates(hf name, rows, cols) -> stock type names to try (none: SLIM only)
@@ -74,13 +74,25 @@ def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stoc
                 loss += fisher.embedding_loss(dW[rows_seen])
             stats.losses.setdefault(key, {})[t] = loss
 
+    row_gen = torch.Generator().manual_seed(config.seed + 1)
+
+    def score_slim(key: str, fisher_name: str, W: torch.Tensor, H: torch.Tensor, g: int):
+        """SLIM b for b in SLIM_BITS: GPTQ with the weighted fit, on sample_rows rows when W has more."""
+        rows = None
+        if W.shape[0] > sample_rows:
+            rows = torch.randperm(W.shape[0], generator=row_gen)[:sample_rows].sort().values
+        Ws = W if rows is None else W[rows.to(W.device)]
+        for b in SLIM_BITS:
+            ql, _ = quantize_linear(Ws, H, None, replace(slim_config, bits=b), g)
+            stats.losses.setdefault(key, {})[f"slim{b}"] = fisher.linear_loss(
+                fisher_name, ql.dequantize().to(W.device) - Ws, H, rows)
+
     batches = capture_layer0_inputs(model, input_ids, config.batch_size, device)
     it = range(len(layers))
     if progress:
         from tqdm import tqdm
         it = tqdm(it, desc="measure types per tensor", unit="layer")
     kl_gen = torch.Generator().manual_seed(config.seed)
-    row_gen = torch.Generator().manual_seed(config.seed + 1)
     for li in it:
         layer = layers[li].to(device)
         mods = {n: layer.get_submodule(n) for n in LINEAR_NAMES}
@@ -95,14 +107,7 @@ def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stoc
             imp = torch.diag(H).float().cpu() / 2
             stats.importance[key], stats.group_size[key], stats.shapes[key] = imp, g, tuple(W.shape)
             fname = f"model.layers.{li}.{n}"
-            rows = None
-            if W.shape[0] > sample_rows:
-                rows = torch.randperm(W.shape[0], generator=row_gen)[:sample_rows].sort().values
-            Ws = W if rows is None else W[rows.to(W.device)]
-            for b in SLIM_BITS:
-                ql, _ = quantize_linear(Ws, H, None, replace(slim_config, bits=b), g)
-                stats.losses.setdefault(key, {})[f"slim{b}"] = fisher.linear_loss(
-                    fname, ql.dequantize().to(W.device) - Ws, H, rows)
+            score_slim(key, fname, W, H, g)
             score_stock(key, fname, W.cpu(), H, imp)
         del hs
         with torch.no_grad():
@@ -123,12 +128,24 @@ def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stoc
         stats.importance[EMBEDDING], stats.shapes[EMBEDDING] = imp_out, tuple(E.shape)
         score_stock(EMBEDDING, "lm_head", E, H_out, imp_out, rows_seen=seen)
     else:
+        # untied: each may also be SLIM (the embedding by the weighted fit alone: it has no Hessian; the head by
+        # GPTQ on the final norm's output, like a decoder linear)
         stats.importance[EMBEDDING], stats.shapes[EMBEDDING] = None, tuple(E.shape)
         # only the looked-up rows change the calibration loss: score them alone (the types quantize by row)
         for t in stock_candidates(EMBEDDING, *E.shape):
             dE = stock_fake(t, E[seen], None) - E[seen]
             stats.losses.setdefault(EMBEDDING, {})[t] = fisher.embedding_loss(dE)
+        g = pick_group_size(E.shape[1], config.group_size)
+        if g is not None:
+            stats.group_size[EMBEDDING] = g
+            for b in SLIM_BITS:
+                dE = fit_groups(E[seen], b, g).dequantize() - E[seen]
+                stats.losses[EMBEDDING][f"slim{b}"] = fisher.embedding_loss(dE)
         Wo = head.weight.data.float()
         stats.importance[OUTPUT], stats.shapes[OUTPUT] = imp_out, tuple(Wo.shape)
         score_stock(OUTPUT, "lm_head", Wo, H_out, imp_out)
+        g = pick_group_size(Wo.shape[1], config.group_size)
+        if g is not None:
+            stats.group_size[OUTPUT] = g
+            score_slim(OUTPUT, "lm_head", Wo.to(device), H_out, g)
     return stats
