@@ -113,6 +113,38 @@ def fixed_bytes_and_weights(model, planned: set[str], fallback: str) -> tuple[in
     return fixed, weights
 
 
+def reachable_range(model, preferred_group: int, fallback: str) -> tuple[float, float]:
+    """(lowest, highest) tensor bpw the candidates of quant/plan.py can give this model, from shapes alone: a
+    target outside it is refused before minutes of measuring."""
+    from quant.pipeline import LINEAR_NAMES
+    from quant.quantizer import pick_group_size
+
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
+    shapes = {f"model.layers.{li}.{n}.weight": tuple(model.get_submodule(f"model.layers.{li}.{n}").weight.shape)
+              for li in range(model.config.num_hidden_layers) for n in LINEAR_NAMES}
+    shapes = {n: s for n, s in shapes.items() if pick_group_size(s[1], preferred_group) is not None}
+    shapes[EMBEDDING] = tuple(embed.weight.shape)
+    if not tied:
+        shapes[OUTPUT] = tuple(head.weight.shape)
+    lo = hi = 0
+    for n, (rows, cols) in shapes.items():
+        g = pick_group_size(cols, preferred_group)
+        sizes = [type_bytes(t, (rows, cols), None) for t in stock_candidates(n, rows, cols)]
+        if g is not None and (n not in (EMBEDDING, OUTPUT) or not tied):
+            sizes += [type_bytes(f"slim{b}", (rows, cols), g) for b in (2, 3)]
+        lo, hi = lo + min(sizes), hi + max(sizes)
+    fixed, weights = fixed_bytes_and_weights(model, set(shapes), fallback)
+    return 8 * (lo + fixed) / weights, 8 * (hi + fixed) / weights
+
+
+def check_target(model, target_bpw: float, preferred_group: int, fallback: str) -> None:
+    lo, hi = reachable_range(model, preferred_group, fallback)
+    if not lo <= target_bpw <= hi:
+        raise SlimError(f"--target-bpw {target_bpw:g} is outside what this model can be made at ({lo:.3f} to "
+                        f"{hi:.3f} bpw: every tensor at its smallest or largest candidate type)")
+
+
 def make_plan(stats: PlanStats, model, target_bpw: float, fallback: str) -> Plan:
     names = set(stats.losses)
     fixed, weights = fixed_bytes_and_weights(model, names, fallback)

@@ -154,12 +154,13 @@ def _plan(s: ConvertSettings, model, calib, ck: Checkpoints, device: str):
     allocated (bit_plan), saved, and printed."""
     from quant.plan import measure_candidates
 
-    from .bit_plan import make_plan, stock_candidates, stock_fake
+    from .bit_plan import check_target, make_plan, stock_candidates, stock_fake
 
     if calib is None:
         raise SlimError("--target-bpw needs calibration data (not available with --method rtn)")
     plan = ck.load_plan() if s.resume else None
     if plan is None:
+        check_target(model, s.target_bpw, s.quant.group_size, s.stock.fallback)
         stats = measure_candidates(model, calib.input_ids, s.quant, stock_candidates, stock_fake,
                                    fisher_samples=s.fisher_samples, device=device)
         plan = make_plan(stats, model, s.target_bpw, s.stock.fallback)

@@ -167,3 +167,14 @@ def test_linear_loss_is_half_fisher_times_output_error():
     # a row sample scales to the whole matrix: all rows given = the full sum
     rows = torch.arange(32)
     assert fisher.linear_loss("lin", dW[rows], acc.H, rows) == pytest.approx(want, rel=1e-4)
+
+
+@needs_ggml
+@pytest.mark.parametrize("target", ["1.5", "9.5"])
+def test_unreachable_target_is_one_line_error_before_measuring(capsys, tiny_llama, tmp_path, target):
+    from test_convert import _cli
+
+    rc, err = _cli(capsys, "convert", tiny_llama, "--bits", "2", "--target-bpw", target, "-o", tmp_path / "o.gguf",
+                   "--nsamples", "2", "--seqlen", "32")
+    assert rc == 2 and len(err) == 1 and f"--target-bpw {target} is outside what this model can be made at" in err[0]
+    assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "o.gguf.ckpt").exists()
