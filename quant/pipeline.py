@@ -204,7 +204,11 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
     need_acts = config.needs_calibration
     trains = config.method == "slim+"
     batch = config.train_batch if trains else config.batch_size
-    if EMBEDDING in tensor_bits:     # before the capture: layer 0 sees the embedding the file will hold
+    if EMBEDDING in stock_weights:   # before the capture: layer 0 sees the embedding the file will hold
+        emb = model.get_input_embeddings().weight
+        with torch.no_grad():
+            emb.data.copy_(stock_weights[EMBEDDING](emb.data.float()).to(emb.dtype))
+    if EMBEDDING in tensor_bits:
         emb = model.get_input_embeddings().weight
         g = pick_group_size(emb.shape[1], config.group_size)
         ql = fit_groups(emb.data.float(), tensor_bits[EMBEDDING], g)

@@ -128,8 +128,8 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
     with times.stage("quantize"):
         res = quantize_model(model, calib, s.quant, device=device, done_layers=done, on_layer_done=checkpoint,
                              **budget)
-        for name, fake in budget.get("stock_weights", {}).items():   # token_embd / output: outside the layers
-            if not name.startswith("model.layers."):
+        for name, fake in budget.get("stock_weights", {}).items():   # a stock output head: after the layers
+            if name == "lm_head.weight":
                 p = model.get_parameter(name)
                 with torch.no_grad():
                     p.copy_(fake(p.data.float()).to(p.dtype))
