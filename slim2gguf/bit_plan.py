@@ -161,3 +161,18 @@ def make_plan(stats: PlanStats, model, target_bpw: float, fallback: str) -> Plan
     return Plan(target_bpw, {n: o.type for n, o in chosen.items()}, {n: o.loss for n, o in chosen.items()}, imp,
                 {n: o.nbytes for n, o in chosen.items()}, fixed, weights,
                 {n: dict(stats.losses[n]) for n in names})
+
+
+def load_plan_file(path, model) -> Plan:
+    """`convert --plan FILE`: a plan measured before (an OUT.ckpt/plan.json of a --target-bpw run, kept with
+    --keep-checkpoints), checked against this model's tensors."""
+    import json
+    try:
+        plan = Plan.from_state(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SlimError(f"cannot read the plan {path}: {e}") from None
+    params = dict(model.named_parameters(remove_duplicate=False))
+    unknown = sorted(n for n in plan.types if n not in params)
+    if unknown:
+        raise SlimError(f"the plan {path} names tensors this model does not have: {', '.join(unknown[:3])}")
+    return plan

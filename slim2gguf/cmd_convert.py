@@ -30,6 +30,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="whole-file bit budget: choose per tensor SLIM2, SLIM3 or a stock type (Q4_K..Q8_0, and "
                         "Q2_K.. for token_embd/output) so that the tensors average X bits per weight with the "
                         "smallest predicted loss; --bits then sets general.file_type and the SLIM default")
+    p.add_argument("--plan", type=Path, metavar="PLAN.json",
+                   help="per-tensor types from an earlier --target-bpw run (its OUT.ckpt/plan.json, kept with "
+                        "--keep-checkpoints) instead of measuring them again: other settings at the same plan")
     p.add_argument("--fisher-samples", type=int, default=8, metavar="N",
                    help="calibration sequences of --target-bpw's sensitivity pass (one backward pass each; default 8)")
     stock = ", ".join(STOCK_TYPES)
@@ -53,8 +56,16 @@ def settings(args: argparse.Namespace):
     return ConvertSettings(model=args.model, quant=quant_config(args), calibration=calibration_spec(args),
                            output=args.output, stock=StockTypes(args.embd_type, args.output_type, args.fallback_type),
                            target_bpw=_positive(args.target_bpw, "--target-bpw"), fisher_samples=args.fisher_samples,
+                           plan_file=_existing(args.plan, "--plan"),
                            device=args.device, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
                            verbose=args.verbose)
+
+
+def _existing(path, flag):
+    from .errors import SlimError
+    if path is not None and not path.is_file():
+        raise SlimError(f"{flag}: file not found: {path}")
+    return path
 
 
 def _positive(value, flag):

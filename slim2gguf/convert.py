@@ -14,7 +14,7 @@ from typing import Any
 from quant.config import QuantConfig
 
 from .calibration import CalibrationSpec, calibration_set, log_stderr
-from .checkpoint import Checkpoints, checkpoint_dir, model_fingerprint
+from .checkpoint import Checkpoints, checkpoint_dir, file_fingerprint, model_fingerprint
 from .convert_summary import StageTimes, build_summary, format_summary
 from .errors import SlimError
 from .gguf_out import StockTypes, check_writable, slim_metadata, write_slim_gguf_atomic
@@ -34,6 +34,7 @@ class ConvertSettings:
     stock: StockTypes = field(default_factory=StockTypes)
     device: str | None = None                    # None: cuda when torch sees a GPU
     target_bpw: float | None = None              # whole-file bit budget (bit_plan): per-tensor types
+    plan_file: Path | None = None                # a plan an earlier --target-bpw run measured (its plan.json)
     fisher_samples: int = 8                      # calibration sequences of the budget's backward passes
     resume: bool = False
     keep_checkpoints: bool = False
@@ -73,6 +74,7 @@ def checkpoint_key(s: ConvertSettings, device: str) -> dict[str, Any]:
     return {"model": model_fingerprint(*resolve_model(s.model)), **s.quant.key(), "device": torch.device(device).type,
             "calibration": s.calibration.key() if s.quant.needs_calibration else None,
             "target_bpw": s.target_bpw, "fisher_samples": s.fisher_samples if s.target_bpw else None,
+            "plan_file": file_fingerprint(Path(s.plan_file)) if s.plan_file else None,
             "stock": [s.stock.token_embd, s.stock.output, s.stock.fallback]}
 
 
@@ -121,7 +123,7 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
             ck.save_layer(i, qls)
 
     plan, budget = None, {}
-    if s.target_bpw is not None:
+    if s.target_bpw is not None or s.plan_file is not None:
         with times.stage("plan"):
             plan = _plan(s, model, calib, ck, device)
         budget = {"tensor_bits": plan.slim_bits(), "stock_weights": _stock_weights(plan)}
@@ -154,11 +156,14 @@ def _plan(s: ConvertSettings, model, calib, ck: Checkpoints, device: str):
     allocated (bit_plan), saved, and printed."""
     from quant.plan import measure_candidates
 
-    from .bit_plan import check_target, make_plan, stock_candidates, stock_fake
+    from .bit_plan import check_target, load_plan_file, make_plan, stock_candidates, stock_fake
 
     if calib is None:
         raise SlimError("--target-bpw needs calibration data (not available with --method rtn)")
     plan = ck.load_plan() if s.resume else None
+    if plan is None and s.plan_file is not None:
+        plan = load_plan_file(Path(s.plan_file), model)
+        ck.save_plan(plan)
     if plan is None:
         check_target(model, s.target_bpw, s.quant.group_size, s.stock.fallback)
         stats = measure_candidates(model, calib.input_ids, s.quant, stock_candidates, stock_fake,

@@ -178,3 +178,25 @@ def test_unreachable_target_is_one_line_error_before_measuring(capsys, tiny_llam
                    "--nsamples", "2", "--seqlen", "32")
     assert rc == 2 and len(err) == 1 and f"--target-bpw {target} is outside what this model can be made at" in err[0]
     assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "o.gguf.ckpt").exists()
+
+
+@needs_ggml
+def test_plan_file_reuses_the_types(tiny_llama, tmp_path, capsys):
+    """--plan: the per-tensor types of an earlier run (kept checkpoints), here with other SliM settings."""
+    import shutil
+
+    from slim2gguf.convert import convert
+    from slim2gguf.file_report import analyze
+    from test_convert import _cli, convert_args
+
+    first = tmp_path / "a.gguf"
+    convert(convert_args(tiny_llama, first, 2, "--target-bpw", "2.9", "--fisher-samples", "2", "--keep-checkpoints"))
+    plan = tmp_path / "plan.json"
+    shutil.copy(tmp_path / "a.gguf.ckpt" / "plan.json", plan)
+    second = tmp_path / "b.gguf"
+    convert(convert_args(tiny_llama, second, 2, "--plan", str(plan), "--no-sba"))
+    types = [{e["name"]: e["type"] for e in analyze(p)["tensors"]} for p in (first, second)]
+    assert types[0] == types[1]
+    rc, err = _cli(capsys, "convert", tiny_llama, "--bits", "2", "--plan", tmp_path / "none.json", "-o",
+                   tmp_path / "c.gguf")
+    assert rc == 2 and err == [f"slim2gguf: error: --plan: file not found: {tmp_path / 'none.json'}"]
