@@ -117,6 +117,13 @@ class Row:
     note: str = ""
 
 
+BUDGET_LABELS = ("SliM --target-bpw", "SliM at ")   # rows made with convert --target-bpw (--target-bpw, --match)
+
+
+def is_budget_row(r: "Row") -> bool:
+    return r.family == "slim" and r.label.startswith(BUDGET_LABELS)
+
+
 def run(cmd: list, log: Path, env: dict | None = None) -> str:
     """Run a tool, keep its whole output in `log`, raise one line on failure."""
     cmd = [str(c) for c in cmd]
@@ -396,11 +403,11 @@ class Report:
                 continue
             self.add(label, family, path, tag)
         # issue 13: SLIM files made to a whole-file budget, at given bpw and at each stock+imatrix row's bpw
-        targets = [(x, f"SliM --target-bpw {x:.3f}") for x in (a.target_bpw or [])]
+        targets = [(x, f"{BUDGET_LABELS[0]} {x:.3f}") for x in (a.target_bpw or [])]
         if a.match:
             for r in [r for r in self.rows if r.family == "stock+imatrix" and r.ppl is not None]:
                 if r.label.split()[0] in a.match or "all" in a.match:
-                    targets.append((round(r.bpw, 3), f"SliM at {r.label.split()[0]}+imatrix's bpw ({r.bpw:.3f})"))
+                    targets.append((round(r.bpw, 3), f"{BUDGET_LABELS[1]}{r.label.split()[0]}+imatrix's bpw ({r.bpw:.3f})"))
         for x, label in targets:
             tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
             if self.keep(label):
@@ -539,6 +546,11 @@ class Report:
                     for r in pts:
                         ax.annotate(r.label, (getattr(r, xattr), getattr(r, yattr)), fontsize=6, xytext=(3, 3),
                                     textcoords="offset points")
+            budget = sorted((r for r in rows if is_budget_row(r) and getattr(r, yattr) is not None),
+                            key=lambda r: getattr(r, xattr))
+            if budget:    # the whole-file bit budget (convert --target-bpw) as one curve
+                ax.plot([getattr(r, xattr) for r in budget], [getattr(r, yattr) for r in budget], color="tab:red",
+                        lw=1.5, label="slim2gguf --target-bpw", zorder=2)
             fr = sorted((r for r in rows if r.label in front), key=lambda r: r.bpw)
             if xattr == "bpw" and yattr == "ppl" and fr:
                 ax.step([r.bpw for r in fr], [r.ppl for r in fr], where="post", color="gray", ls="--",

@@ -19,7 +19,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     from .gguf_out import DEFAULT_EMBD_TYPE, DEFAULT_FALLBACK_TYPE, DEFAULT_OUTPUT_TYPE, STOCK_TYPES
 
     p.add_argument("model", metavar="MODEL", help="Hugging Face folder, GGUF file of higher precision, or 'demo'")
-    p.add_argument("--bits", type=int, choices=AVERAGE_BITS, required=True, help="average bits per weight")
+    p.add_argument("--bits", type=int, choices=AVERAGE_BITS,
+                   help="average bits per weight of every SLIM tensor (required unless --target-bpw or --plan "
+                        "chooses the types: then 2, the file type's name and SBA's centre for SLIM2 tensors)")
     p.add_argument("-o", "--output", type=Path, metavar="OUT",
                    help="output GGUF (default: <model name>-SLIM<bits>.gguf in the current directory)")
     p.add_argument("--method", choices=METHODS, default="slim",
@@ -52,6 +54,12 @@ def settings(args: argparse.Namespace):
     """The parsed options as convert.ConvertSettings (SlimError for values the parser cannot check)."""
     from .convert import ConvertSettings
     from .gguf_out import StockTypes
+    from .errors import SlimError
+
+    if args.bits is None:
+        if args.target_bpw is None and args.plan is None:
+            raise SlimError("give --bits 2|3, or --target-bpw X to let the tool choose each tensor's type")
+        args.bits = 2
 
     return ConvertSettings(model=args.model, quant=quant_config(args), calibration=calibration_spec(args),
                            output=args.output, stock=StockTypes(args.embd_type, args.output_type, args.fallback_type),

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SlimError
+from .format import Keys
 from .file_report import BLOCK_RE, analyze, format_report
 
 
@@ -84,7 +85,9 @@ def plot_allocation(rep: dict[str, Any], out_png: Path) -> Path:
     meta = rep["metadata"]
     t = rep["totals"]
     title = (f"{Path(rep['file']).name}: SLIM bit allocation per layer and tensor\n"
-             f"(avg {meta.get('slim.bits', '?')} bits; SLIM {t['bpw_slim']:.3f} bpw, file {t['bpw_file']:.3f} bpw)")
+             + (f"(bit budget {meta[Keys.Plan.TARGET_BPW]:.3f} bpw: SLIM2/SLIM3/stock per tensor; "
+                if Keys.Plan.TARGET_BPW in meta else f"(avg {meta.get('slim.bits', '?')} bits; ")
+             + f"SLIM {t['bpw_slim']:.3f} bpw, file {t['bpw_file']:.3f} bpw)")
     fig.suptitle(title, fontsize=10)
     cbar = fig.colorbar(im, ax=axes[0].tolist(), ticks=levels, fraction=0.03, pad=0.01)
     cbar.set_label("bits per weight of the group")

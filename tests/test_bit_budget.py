@@ -200,3 +200,11 @@ def test_plan_file_reuses_the_types(tiny_llama, tmp_path, capsys):
     rc, err = _cli(capsys, "convert", tiny_llama, "--bits", "2", "--plan", tmp_path / "none.json", "-o",
                    tmp_path / "c.gguf")
     assert rc == 2 and err == [f"slim2gguf: error: --plan: file not found: {tmp_path / 'none.json'}"]
+
+
+def test_bits_or_target_is_required(capsys, tiny_llama, tmp_path):
+    from test_convert import _cli
+
+    rc, err = _cli(capsys, "convert", tiny_llama, "-o", tmp_path / "o.gguf")
+    assert rc == 2 and err == ["slim2gguf: error: give --bits 2|3, or --target-bpw X to let the tool choose each "
+                               "tensor's type"]
