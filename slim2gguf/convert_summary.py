@@ -50,6 +50,7 @@ def build_summary(*, out: Path, model: str, config, n_layers: int, resumed_layer
         "load_seconds": round(times.seconds["load"], 1),
         "calibration_seconds": round(times.seconds["calibration"], 1),
         "quantize_seconds": round(times.seconds["quantize"], 1), "write_seconds": round(times.seconds["write"], 1),
+        "plan_seconds": round(times.seconds.get("plan", 0.0), 1),   # --target-bpw's measuring pass
         "peak_rss_mib": round(peak_rss_mib(), 1), "peak_gpu_mib": round(gpu_peak, 1) if gpu_peak is not None else None,
         "device": device, "calibration": calibration,
     }
@@ -75,7 +76,9 @@ def format_summary(s: dict[str, Any], fallback_type: str) -> str:
                      f" (width not divisible by 64): {', '.join(fallbacks[:4])}{' ...' if len(fallbacks) > 4 else ''}")
     lines += [
         f"  time         {s['seconds']:.1f} s (loading {s['load_seconds']:.1f} s, calibration "
-        f"{s['calibration_seconds']:.1f} s, quantization {s['quantize_seconds']:.1f} s for "
+        f"{s['calibration_seconds']:.1f} s, "
+        + (f"bit budget measuring {s['plan_seconds']:.1f} s, " if s["plan_seconds"] else "")
+        + f"quantization {s['quantize_seconds']:.1f} s for "
         f"{s['layers'] - s['resumed_layers']} of {s['layers']} layers, writing {s['write_seconds']:.1f} s); "
         f"CPU time {s['cpu_seconds']:.1f} s",
         f"  peak memory  {s['peak_rss_mib']:.0f} MiB RSS"
