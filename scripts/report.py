@@ -301,7 +301,7 @@ class Report:
             self.timings[f"quantize-{tag}"] = round(time.time() - t0)
         return out
 
-    def slim(self, bits: int, extra: list[str], tag: str) -> Path:
+    def slim(self, bits: int, extra: list[str], tag: str, env: dict | None = None) -> Path:
         out = self.work / f"{tag}.gguf"
         if not out.exists() and self.args.cached_only:
             raise SlimError(NOT_CACHED)
@@ -310,7 +310,9 @@ class Report:
             cmd = [sys.executable, "-m", "slim2gguf.cli", "convert", source, "--bits", bits, "-o", out,
                    "--calib", self.args.calib, "--nsamples", self.args.nsamples, "--seqlen", self.args.seqlen,
                    *extra]
-            run(cmd, self.logs / f"convert-{tag}.log")
+            t0 = time.time()
+            run(cmd, self.logs / f"convert-{tag}.log", env)
+            self.timings[f"convert-{tag}"] = round(time.time() - t0)
         return out
 
     # -- measuring -----------------------------------------------------------------------------------------
@@ -408,16 +410,7 @@ class Report:
             for r in [r for r in self.rows if r.family == "stock+imatrix" and r.ppl is not None]:
                 if r.label.split()[0] in a.match or "all" in a.match:
                     targets.append((round(r.bpw, 3), f"{BUDGET_LABELS[1]}{r.label.split()[0]}+imatrix's bpw ({r.bpw:.3f})"))
-        for x, label in targets:
-            tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-            if self.keep(label):
-                continue
-            try:
-                path = self.slim(2, ["--target-bpw", f"{x:.3f}", "--fisher-samples", str(a.fisher_samples)], tag)
-            except SlimError as e:
-                self.failed(label, "slim", str(e))
-                continue
-            self.add(label, "slim", path, tag)
+        self.budget_rows(targets)
         keys = a.variants if a.variants is not None else (QUICK_SLIM_VARIANTS if a.quick else list(SLIM_VARIANTS))
         for bits in a.bits:
             for key in keys:
@@ -445,6 +438,49 @@ class Report:
                 self.failed(label, "slim", f"{path} not found")
                 continue
             self.add(label, "slim", path, tag, note=path.name)
+
+    def budget_rows(self, targets: list[tuple[float, str]]) -> None:
+        """The --target-bpw / --match rows. They share one measuring pass: the first file measures and saves the
+        plan (convert --save-plan), the others allocate its measured losses at their own target (convert --plan
+        P --target-bpw X). With --jobs N the others are converted N at a time (a GPU machine: each process is
+        mostly idle on the GPU), each with cpu_count / N threads; the rows are measured afterwards, in order."""
+        a = self.args
+        todo = []
+        for x, label in targets:
+            if label in self.kept:
+                continue
+            todo.append((x, label, re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")))
+        plan = self.work / f"plan-{Path(a.calib).stem}-{a.nsamples}x{a.seqlen}-f{a.fisher_samples}.json"
+        made: dict[str, Path | SlimError] = {}
+
+        def make(x: float, tag: str, env: dict | None = None) -> None:
+            extra = ["--target-bpw", f"{x:.3f}", "--fisher-samples", str(a.fisher_samples)]
+            extra += ["--plan", plan] if plan.exists() else ["--save-plan", plan]
+            try:
+                made[tag] = self.slim(2, extra, tag, env)
+            except SlimError as e:
+                made[tag] = e
+
+        if todo and not (self.work / f"{todo[0][2]}.gguf").exists() and not plan.exists():
+            make(todo[0][0], todo[0][2])        # measures and saves the plan the others reuse
+        rest = [t for t in todo if t[2] not in made]
+        if a.jobs > 1 and len(rest) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // a.jobs))}
+            with ThreadPoolExecutor(a.jobs) as pool:
+                list(pool.map(lambda t: make(t[0], t[2], env), rest))
+        else:
+            for x, _, tag in rest:
+                make(x, tag)
+        for x, label in targets:
+            if self.keep(label):
+                continue
+            tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+            res = made[tag]
+            if isinstance(res, SlimError):
+                self.failed(label, "slim", str(res))
+            else:
+                self.add(label, "slim", res, tag, note=a.row_note)
 
     # -- output --------------------------------------------------------------------------------------------
     def settings(self) -> dict:
@@ -602,6 +638,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder of the patched llama.cpp tools (default: build/cpu/bin); a copy keeps a long run "
                          "safe from rebuilds")
     ap.add_argument("--fisher-samples", type=int, default=8, help="convert --fisher-samples of the budget files")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="convert the --target-bpw/--match files this many at a time after the first (which measures "
+                         "the plan they share); for a GPU machine")
+    ap.add_argument("--row-note", default="", help="a note on every budget row made in this run (where it was made)")
     ap.add_argument("--keep-rows", action="store_true",
                     help="reuse the rows of the existing <out>/<tag>.json measured with the same settings instead of "
                          "making them again (the F16 reference is measured again for the KLD of new rows)")

@@ -146,10 +146,31 @@ def check_target(model, target_bpw: float, preferred_group: int, fallback: str) 
 
 
 def make_plan(stats: PlanStats, model, target_bpw: float, fallback: str) -> Plan:
-    names = set(stats.losses)
+    imp = {n: (None if v is None else v.numpy()) for n, v in stats.importance.items()}
+    return _allocate(stats.losses, stats.shapes, stats.group_size, imp, model, target_bpw, fallback)
+
+
+def retarget(plan: Plan, model, target_bpw: float, preferred_group: int, fallback: str) -> Plan:
+    """The plan's measured losses (every candidate of every tensor) allocated again at another target: one
+    measuring pass serves files of several sizes (`convert --plan PLAN.json --target-bpw Y`)."""
+    from quant.quantizer import pick_group_size
+
+    if not plan.alternatives:
+        raise SlimError("this plan holds no measured alternatives (made before they were kept): measure again "
+                        "with --target-bpw alone")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    shapes = {n: tuple(params[n].shape) for n in plan.alternatives}
+    groups = {n: g for n, (_, cols) in shapes.items() if (g := pick_group_size(cols, preferred_group)) is not None}
+    return _allocate(plan.alternatives, shapes, groups, plan.importance, model, target_bpw, fallback)
+
+
+def _allocate(losses: dict[str, dict[str, float]], shapes: dict, groups: dict, importance: dict, model,
+              target_bpw: float, fallback: str) -> Plan:
+    """The cheapest-loss choice of one candidate per tensor within target_bpw (quant/bit_budget.allocate)."""
+    names = set(losses)
     fixed, weights = fixed_bytes_and_weights(model, names, fallback)
-    options = {n: [Option(t, type_bytes(t, stats.shapes[n], stats.group_size.get(n)), loss)
-                   for t, loss in stats.losses[n].items()] for n in names}
+    options = {n: [Option(t, type_bytes(t, shapes[n], groups.get(n)), loss) for t, loss in losses[n].items()]
+               for n in names}
     budget = target_bpw * weights / 8 - fixed
     cheapest = sum(min(o.nbytes for o in opts) for opts in options.values())
     if cheapest > budget:
@@ -157,14 +178,13 @@ def make_plan(stats: PlanStats, model, target_bpw: float, fallback: str) -> Plan
         raise SlimError(f"--target-bpw {target_bpw:g} is below what this model can be made at ({low:.3f} bpw: "
                         "every linear SLIM2 and the smallest token_embd/output types)")
     chosen = allocate(options, budget)
-    imp = {n: (None if stats.importance.get(n) is None else stats.importance[n].numpy()) for n in names}
-    return Plan(target_bpw, {n: o.type for n, o in chosen.items()}, {n: o.loss for n, o in chosen.items()}, imp,
-                {n: o.nbytes for n, o in chosen.items()}, fixed, weights,
-                {n: dict(stats.losses[n]) for n in names})
+    return Plan(target_bpw, {n: o.type for n, o in chosen.items()}, {n: o.loss for n, o in chosen.items()},
+                {n: importance.get(n) for n in names}, {n: o.nbytes for n, o in chosen.items()}, fixed, weights,
+                {n: dict(losses[n]) for n in names})
 
 
 def load_plan_file(path, model) -> Plan:
-    """`convert --plan FILE`: a plan measured before (an OUT.ckpt/plan.json of a --target-bpw run, kept with
+    """`convert --plan FILE`: a plan measured before (written by --save-plan, or an OUT.ckpt/plan.json kept with
     --keep-checkpoints), checked against this model's tensors."""
     import json
     try:
@@ -176,3 +196,15 @@ def load_plan_file(path, model) -> Plan:
     if unknown:
         raise SlimError(f"the plan {path} names tensors this model does not have: {', '.join(unknown[:3])}")
     return plan
+
+
+def save_plan_file(plan: Plan, path) -> None:
+    """`convert --save-plan FILE`: the plan with every measured alternative, through a temporary file."""
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(plan.state()))
+    os.replace(tmp, path)

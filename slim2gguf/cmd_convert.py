@@ -33,8 +33,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "Q2_K.. for token_embd/output) so that the tensors average X bits per weight with the "
                         "smallest predicted loss; --bits then sets general.file_type and the SLIM default")
     p.add_argument("--plan", type=Path, metavar="PLAN.json",
-                   help="per-tensor types from an earlier --target-bpw run (its OUT.ckpt/plan.json, kept with "
-                        "--keep-checkpoints) instead of measuring them again: other settings at the same plan")
+                   help="a plan an earlier --target-bpw run measured (--save-plan, or OUT.ckpt/plan.json kept with "
+                        "--keep-checkpoints), not measured again: alone, its per-tensor types (other settings at "
+                        "the same plan); with --target-bpw, its measured losses allocated at the new target")
+    p.add_argument("--save-plan", type=Path, metavar="PLAN.json",
+                   help="write the plan (types and every measured alternative) here, for --plan later")
     p.add_argument("--fisher-samples", type=int, default=8, metavar="N",
                    help="calibration sequences of --target-bpw's sensitivity pass (one backward pass each; default 8)")
     stock = ", ".join(STOCK_TYPES)
@@ -64,7 +67,7 @@ def settings(args: argparse.Namespace):
     return ConvertSettings(model=args.model, quant=quant_config(args), calibration=calibration_spec(args),
                            output=args.output, stock=StockTypes(args.embd_type, args.output_type, args.fallback_type),
                            target_bpw=_positive(args.target_bpw, "--target-bpw"), fisher_samples=args.fisher_samples,
-                           plan_file=_existing(args.plan, "--plan"),
+                           plan_file=_existing(args.plan, "--plan"), save_plan=args.save_plan,
                            device=args.device, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
                            verbose=args.verbose)
 

@@ -35,6 +35,7 @@ class ConvertSettings:
     device: str | None = None                    # None: cuda when torch sees a GPU
     target_bpw: float | None = None              # whole-file bit budget (bit_plan): per-tensor types
     plan_file: Path | None = None                # a plan an earlier --target-bpw run measured (its plan.json)
+    save_plan: Path | None = None                # where to keep the measured plan (for --plan with other targets)
     fisher_samples: int = 8                      # calibration sequences of the budget's backward passes
     resume: bool = False
     keep_checkpoints: bool = False
@@ -156,13 +157,17 @@ def _plan(s: ConvertSettings, model, calib, ck: Checkpoints, device: str):
     allocated (bit_plan), saved, and printed."""
     from quant.plan import measure_candidates
 
-    from .bit_plan import check_target, load_plan_file, make_plan, stock_candidates, stock_fake
+    from .bit_plan import (check_target, load_plan_file, make_plan, retarget, save_plan_file, stock_candidates,
+                           stock_fake)
 
     if calib is None:
         raise SlimError("--target-bpw needs calibration data (not available with --method rtn)")
     plan = ck.load_plan() if s.resume else None
     if plan is None and s.plan_file is not None:
         plan = load_plan_file(Path(s.plan_file), model)
+        if s.target_bpw is not None:      # the measured losses, allocated again at this target
+            check_target(model, s.target_bpw, s.quant.group_size, s.stock.fallback)
+            plan = retarget(plan, model, s.target_bpw, s.quant.group_size, s.stock.fallback)
         ck.save_plan(plan)
     if plan is None:
         check_target(model, s.target_bpw, s.quant.group_size, s.stock.fallback)
@@ -170,6 +175,8 @@ def _plan(s: ConvertSettings, model, calib, ck: Checkpoints, device: str):
                                    fisher_samples=s.fisher_samples, device=device)
         plan = make_plan(stats, model, s.target_bpw, s.stock.fallback)
         ck.save_plan(plan)
+    if s.save_plan is not None:
+        save_plan_file(plan, s.save_plan)
     log_stderr(plan.table())
     return plan
 

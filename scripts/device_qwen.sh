@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Issue 13's Qwen2.5-Coder-1.5B rows on the GPU machine: SLIM files made with --target-bpw at each llama.cpp
+# 2-bit type's whole-file bpw (scripts/report.py --match), converted with torch on the GPU, measured by the same
+# patched CPU llama-perplexity build as the stock rows (carried from here), against the F16 made there from the
+# same Q4_K_M. The 1.1 GB Q4_K_M cannot travel in one call (64 MiB), so it goes in pieces, one per call, to a
+# machine kept warm by calling back to back.
+#
+#   here:    bash scripts/device_qwen.sh pack
+#            -> .devq/ (gguf-py + its dist-info, the two texts, the model's sha256, the report's JSON)
+#               .devq-p00/ .. .devq-pNN/ (one piece each: hard links into .cache/qwen-pieces/)
+#   device:  call 1:  carry .devq .devq-p00                   bash scripts/device_qwen.sh setup piece
+#            calls 2..N: carry .devq-pNN                       bash scripts/device_qwen.sh piece
+#            then:    bash scripts/device_qwen.sh join start   (the report runs on, detached)
+#            then:    bash scripts/device_qwen.sh wait 540     (until it ends or 540 s pass; results to $OUT)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/slim-out}
+Q=/tmp/qwen
+MODELS=.cache/models
+Q4=$MODELS/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+F16=$MODELS/qwen2.5-coder-1.5b-instruct-f16.gguf
+FIRST_PIECE_MIB=40       # the first call also carries .devq (CPU tools, texts, gguf-py: ~21 MB)
+PIECE_MIB=61             # + the tracked tree (~2 MB) stays under the 64 MiB a call may carry
+MATCH=${MATCH:-"Q2_K IQ2_XS IQ2_XXS IQ2_S IQ2_M Q3_K_S"}
+JOBS=${JOBS:-5}
+PY=${PYTHON:-python3}        # the GPU machine's python has torch, transformers, numba
+mkdir -p "$OUT" "$Q/parts"
+export PYTHONUNBUFFERED=1
+stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+
+stage_pack() {
+  local src=$MODELS/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf pieces=.cache/qwen-pieces
+  [ -f "$src" ] || { echo "no $src: run .venv/bin/python scripts/fetch_qwen.py first"; return 1; }
+  for d in .devq '.devq-p*'; do
+    grep -qxF "/$d/" .git/info/exclude || echo "/$d/" >> .git/info/exclude
+  done
+  rm -rf .devq .devq-p* "$pieces" && mkdir -p .devq/data/austen .devq/site "$pieces"
+  cp -r build/llama.cpp/gguf-py/gguf .devq/site/
+  # the CPU tools the rows are measured with and ggml's quantizers (bit_plan's stock types), and the converter
+  mkdir -p .devq/bin .devq/llama
+  (cd build/cpu/bin && cp -a llama-perplexity llama-quantize libllama-perplexity-impl.so libllama-quantize-impl.so \
+     libggml*.so* libllama.so* libllama-common.so* "$OLDPWD/.devq/bin/")
+  cp -r build/llama.cpp/conversion build/llama.cpp/convert_hf_to_gguf.py .devq/llama/
+  find .devq -name __pycache__ -prune -exec rm -rf {} +
+  mkdir -p .devq/site/gguf-0.19.0.dist-info
+  printf 'Metadata-Version: 2.1\nName: gguf\nVersion: 0.19.0\n' > .devq/site/gguf-0.19.0.dist-info/METADATA
+  cp ../shared/data/brown.txt .devq/data/ && cp ../shared/data/austen/pride_and_prejudice.txt .devq/data/austen/
+  cp docs/results/qwen2.5-coder-1.5b.json .devq/
+  sha256sum "$src" | cut -d' ' -f1 > .devq/sha256
+  stat -c %s "$src" > .devq/size
+  head -c $((FIRST_PIECE_MIB << 20)) "$src" > "$pieces/part00"
+  tail -c +$(((FIRST_PIECE_MIB << 20) + 1)) "$src" | split -b $((PIECE_MIB << 20)) -d -a 2 --numeric-suffixes=1 - "$pieces/part"
+  for f in "$pieces"/part*; do
+    local n=${f##*part}
+    mkdir -p ".devq-p$n" && ln "$f" ".devq-p$n/"
+  done
+  ls .devq-p* -d | wc -l | xargs echo "pieces:"
+  du -sh .devq
+}
+
+stage_setup() {
+  [ -d .devq/site/gguf ] || { echo "no .devq: carry it"; return 1; }
+  # the texts where the report looks for them (../shared/data beside the checkout)
+  mkdir -p ../shared/data/austen && cp .devq/data/brown.txt ../shared/data/ &&
+    cp .devq/data/austen/pride_and_prejudice.txt ../shared/data/austen/ || return 1
+  mkdir -p build/cpu/bin build/llama.cpp && cp -a .devq/bin/. build/cpu/bin/ && cp -r .devq/llama/. build/llama.cpp/ || return 1
+  build/cpu/bin/llama-quantize --help > /dev/null 2>&1; local rc=$?
+  [ $rc -eq 0 ] || [ $rc -eq 1 ] || { echo "the carried CPU build does not run here (exit $rc)"; return 1; }
+  "$PY" -c "import sys; sys.path.insert(0, '.devq/site'); import gguf, importlib.metadata as m; print('gguf', m.version('gguf'))"
+  nproc; free -g | head -2; df -h . /tmp | tail -2; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+}
+
+stage_piece() {
+  local d
+  for d in .devq-p*; do
+    [ -d "$d" ] || continue
+    mv "$d"/part* "$Q/parts/" && stamp "have $(ls "$Q/parts" | wc -l) pieces ($(du -sh "$Q/parts" | cut -f1))"
+  done
+}
+
+stage_join() {
+  mkdir -p "$MODELS"
+  cat "$Q"/parts/part* > "$Q4.tmp" || return 1
+  local want got
+  want=$(cat .devq/sha256); got=$(sha256sum "$Q4.tmp" | cut -d' ' -f1)
+  [ "$want" = "$got" ] || { echo "assembled model: sha256 $got, expected $want ($(stat -c %s "$Q4.tmp") bytes)"; return 1; }
+  mv "$Q4.tmp" "$Q4" && rm -rf "$Q/parts"
+  stamp "Q4_K_M assembled; F16 by llama-quantize"
+  build/cpu/bin/llama-quantize --allow-requantize "$Q4" "$F16.tmp" F16 "$(nproc)" > "$Q/f16.log" 2>&1 &&
+    mv "$F16.tmp" "$F16" || { tail -5 "$Q/f16.log"; return 1; }
+  stamp "F16 $(stat -c %s "$F16") bytes"
+}
+
+stage_start() {
+  mkdir -p "$Q/results" && cp .devq/qwen2.5-coder-1.5b.json "$Q/results/"
+  export PYTHONPATH=$PWD/.devq/site:$PWD
+  setsid nohup "$PY" scripts/report.py --model qwen --out "$Q/results" --bin build/cpu/bin \
+    --chunks 16 --imatrix-chunks 16 --threads "$(nproc)" --bits 2 --variants rtn --keep-rows \
+    --stock-types IQ2_XXS IQ2_XS Q2_K IQ2_S IQ2_M Q3_K_S Q4_0 IQ2_XXS:Q8_0 \
+    --slim "SliM 2-bit, all levers (Q8_0 embd/output)=build/qwen/slim2-default.gguf" \
+    --match $MATCH --fisher-samples 4 --jobs "$JOBS" \
+    --row-note "converted on the H200 (torch $("$PY" -c 'import torch; print(torch.__version__)'), CUDA), measured there by the carried CPU llama-perplexity" \
+    > "$Q/report.log" 2>&1 < /dev/null &
+  echo $! > "$Q/report.pid"
+  stamp "report started (pid $(cat "$Q/report.pid"))"
+}
+
+collect() {
+  cp "$Q"/results/qwen2.5-coder-1.5b.{md,json,png} "$OUT/" 2>/dev/null
+  cp "$Q/report.log" "$OUT/" 2>/dev/null
+  tar -C build/report/qwen2.5-coder-1.5b -cJf "$OUT/logs.tar.xz" logs $(cd build/report/qwen2.5-coder-1.5b && ls plan-*.json 2>/dev/null) 2>/dev/null
+}
+
+stage_wait() {
+  local limit=${1:-540} t0=$SECONDS pid
+  pid=$(cat "$Q/report.pid")
+  while kill -0 "$pid" 2>/dev/null && [ $((SECONDS - t0)) -lt "$limit" ]; do sleep 10; done
+  grep -a "^\[report\]" "$Q/report.log" | tail -20
+  tail -c 1500 "$Q/report.log" | tr '\r' '\n' | tail -6
+  ls -la build/report/qwen2.5-coder-1.5b/ | grep -v "^total"
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null; df -h . | tail -1
+  kill -0 "$pid" 2>/dev/null && echo "report still running" || echo "report ended"
+  collect
+}
+
+for stage in "$@"; do
+  case "$stage" in
+    pack|setup|piece|join|start) "stage_$stage" || { echo "stage $stage failed"; exit 1; } ;;
+    wait) shift_next=1 ;;
+    [0-9]*) [ "${shift_next:-0}" = 1 ] && { stage_wait "$stage"; shift_next=0; } ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
+[ "${shift_next:-0}" = 1 ] && stage_wait 540
+exit 0
