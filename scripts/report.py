@@ -125,16 +125,21 @@ def is_budget_row(r: "Row") -> bool:
 
 
 def run(cmd: list, log: Path, env: dict | None = None) -> str:
-    """Run a tool, keep its whole output in `log`, raise one line on failure."""
+    """Run a tool, its whole output going to `log` as it comes (a long conversion can be watched there); raise
+    one line on failure."""
     cmd = [str(c) for c in cmd]
     t0 = time.time()
-    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env={**os.environ, **(env or {})})
-    log.write_text("$ " + " ".join(cmd) + "\n" + res.stdout + f"\n[report] {time.time() - t0:.0f} s\n")
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        res = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+        f.write(f"\n[report] {time.time() - t0:.0f} s\n")
+    out = log.read_text(errors="replace").split("\n", 1)[1]
     if res.returncode != 0:
-        tail = [ln for ln in res.stdout.strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
-        raise SlimError(f"{Path(cmd[0]).name} failed (exit {res.returncode}): {tail[0][:200]} [log: {log}]")
-    return res.stdout
+        tail = [ln for ln in out.strip().splitlines() if ln.strip() and not ln.startswith("[report]")][-1:]
+        raise SlimError(f"{Path(cmd[0]).name} failed (exit {res.returncode}): {(tail or ['(no output)'])[0][:200]} "
+                        f"[log: {log}]")
+    return out
 
 
 def measure_file(path: Path) -> tuple[int, float, float, dict]:
@@ -461,9 +466,10 @@ class Report:
             except SlimError as e:
                 made[tag] = e
 
-        if todo and not (self.work / f"{todo[0][2]}.gguf").exists() and not plan.exists():
-            make(todo[0][0], todo[0][2])        # measures and saves the plan the others reuse
-        rest = [t for t in todo if t[2] not in made]
+        rest = list(todo)
+        while rest and not plan.exists():     # one at a time until a file has measured and saved the plan
+            x, _, tag = rest.pop(0)
+            make(x, tag)
         if a.jobs > 1 and len(rest) > 1:
             from concurrent.futures import ThreadPoolExecutor
             env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // a.jobs))}
