@@ -22,7 +22,7 @@ F16=$MODELS/qwen2.5-coder-1.5b-instruct-f16.gguf
 FIRST_PIECE_MIB=40       # the first call also carries .devq (CPU tools, texts, gguf-py: ~21 MB)
 PIECE_MIB=61             # + the tracked tree (~2 MB) stays under the 64 MiB a call may carry
 MATCH=${MATCH:-"Q2_K IQ2_XS IQ2_XXS IQ2_S IQ2_M Q3_K_S"}
-JOBS=${JOBS:-5}
+JOBS=${JOBS:-}            # default: as many as the disk holds (each conversion keeps a 6.7 GB fp32 copy meanwhile), <= 5
 PY=${PYTHON:-python3}        # the GPU machine's python has torch, transformers, numba
 mkdir -p "$OUT" "$Q/parts"
 export PYTHONUNBUFFERED=1
@@ -94,6 +94,11 @@ stage_join() {
 stage_start() {
   mkdir -p "$Q/results" && cp .devq/qwen2.5-coder-1.5b.json "$Q/results/"
   export PYTHONPATH=$PWD/.devq/site:$PWD
+  if [ -z "$JOBS" ]; then
+    local free_gb; free_gb=$(df -BG --output=avail . | tail -1 | tr -dc 0-9)
+    JOBS=$(( (free_gb - 12) / 7 - 1 )); [ "$JOBS" -gt 5 ] && JOBS=5; [ "$JOBS" -lt 1 ] && JOBS=1
+    stamp "$free_gb GB free: $JOBS conversions at a time after the first"
+  fi
   setsid nohup "$PY" scripts/report.py --model qwen --out "$Q/results" --bin build/cpu/bin \
     --chunks 16 --imatrix-chunks 16 --threads "$(nproc)" --bits 2 --variants rtn --keep-rows \
     --stock-types IQ2_XXS IQ2_XS Q2_K IQ2_S IQ2_M Q3_K_S Q4_0 IQ2_XXS:Q8_0 \
