@@ -80,8 +80,16 @@ def quantize(name: str, W: np.ndarray, imatrix: np.ndarray | None = None) -> np.
     imat = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
     if imat is not None and imat.shape != (cols,):
         raise SlimError(f"importance vector of {imat.shape} for rows of {cols}")
-    n = _lib().ggml_quantize_chunk(int(t), W.ctypes.data, out.ctypes.data, 0, rows, cols,
-                                   None if imat is None else imat.ctypes.data)
+    imat_ptr = None if imat is None else imat.ctypes.data
+
+    def chunk(first_last: tuple[int, int]) -> int:
+        # ggml_quantize_chunk(type, src, dst, start element, rows, row length, imatrix) writes rows from
+        # `start / cols` on, at the same offsets in dst: disjoint row ranges can run at once (ctypes drops the GIL)
+        first, last = first_last
+        return _lib().ggml_quantize_chunk(int(t), W.ctypes.data, out.ctypes.data, first * cols, last - first, cols,
+                                          imat_ptr)
+
+    n = sum(_map(chunk, _row_ranges(rows)))
     if n != out.nbytes:
         raise SlimError(f"ggml_quantize_chunk wrote {n} bytes for {name}, expected {out.nbytes}")
     return out
@@ -89,7 +97,30 @@ def quantize(name: str, W: np.ndarray, imatrix: np.ndarray | None = None) -> np.
 
 def dequantize(name: str, data: np.ndarray) -> np.ndarray:
     import gguf
-    return gguf.quants.dequantize(data, qtype(name)).astype(np.float32, copy=False)
+    t = qtype(name)
+    parts = _map(lambda r: gguf.quants.dequantize(data[r[0]:r[1]], t).astype(np.float32, copy=False),
+                 _row_ranges(data.shape[0]) if data.ndim == 2 else [(0, None)])
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+MIN_ROWS_PER_THREAD = 256
+
+
+def _row_ranges(rows: int) -> list[tuple[int, int]]:
+    import os
+    n = max(1, min(os.cpu_count() or 1, rows // MIN_ROWS_PER_THREAD))
+    edges = [rows * i // n for i in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _map(fn, ranges) -> list:
+    """fn over row ranges, on a thread each when there are several (a wide tensor quantizes in seconds, not
+    tens of seconds: the bit budget's measuring pass quantizes every tensor at every stock type)."""
+    if len(ranges) == 1:
+        return [fn(ranges[0])]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        return list(pool.map(fn, ranges))
 
 
 def fake_quant(name: str, W: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:

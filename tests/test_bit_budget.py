@@ -88,6 +88,26 @@ def test_ggml_quantizer_roundtrip(t):
         assert not np.array_equal(ggml_quants.quantize(t, W, imp), ggml_quants.quantize(t, W, None))
 
 
+@needs_ggml
+@pytest.mark.parametrize("t", ["q4_k", "q2_k", "q8_0"])
+def test_quantizing_on_threads_writes_the_bytes_of_one_call(t, monkeypatch):
+    """ggml_quantize_chunk on disjoint row ranges at once = one call over all rows (and the same decode)."""
+    import os
+
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((1000, 256)).astype(np.float32)
+    imp = rng.random(256).astype(np.float32)
+    monkeypatch.setattr(ggml_quants, "MIN_ROWS_PER_THREAD", 10**9)
+    one = ggml_quants.quantize(t, W, imp)
+    assert len(ggml_quants._row_ranges(1000)) == 1
+    monkeypatch.setattr(ggml_quants, "MIN_ROWS_PER_THREAD", 64)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert len(ggml_quants._row_ranges(1000)) == 6
+    many = ggml_quants.quantize(t, W, imp)
+    assert np.array_equal(one, many)
+    assert np.array_equal(ggml_quants.dequantize(t, many), ggml_quants.dequantize(t, one))
+
+
 def test_row_bytes_refuses_widths_a_type_cannot_hold():
     assert ggml_quants.row_bytes("q4_k", 576) is None
     assert ggml_quants.row_bytes("q4_0", 576) == 576 // 32 * 18
