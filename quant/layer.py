@@ -129,16 +129,18 @@ def sba_group_bits(W: torch.Tensor, U: torch.Tensor, hdiag: torch.Tensor, X_kl: 
 
 
 def quantize_linear(W: torch.Tensor, H: torch.Tensor | None, X_kl: torch.Tensor | None, config: QuantConfig,
-                    group_size: int) -> tuple[QuantizedLinear, dict]:
+                    group_size: int, factor: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> tuple[QuantizedLinear, dict]:
     """W [rows, cols]; H [cols, cols] (not needed for rtn); X_kl [tokens, cols] calibration inputs for SBA's
-    KL score; group_size: this tensor's (config.group_size is the preference). Returns the QuantizedLinear and
-    a small info dict (chosen k, KL scores)."""
+    KL score; group_size: this tensor's (config.group_size is the preference); factor: H's
+    inverse_hessian_cholesky(H, config.percdamp) when the caller already has it (several quantizations of one H).
+    Returns the QuantizedLinear and a small info dict (chosen k, KL scores)."""
     W = W.float()
     if config.method == "rtn":
         return quantize_groups(W, torch.full((W.shape[1] // group_size,), config.bits, dtype=torch.int8),
                                group_size), {}
     hdiag = torch.diag(H).float()
-    U, dead = inverse_hessian_cholesky(H, config.percdamp)   # one big LAPACK call: all threads help
+    U, dead = factor if factor is not None else inverse_hessian_cholesky(H, config.percdamp)   # all threads help
     group_bits, info = sba_group_bits(W, U, hdiag, X_kl, config, group_size)
     if not config.act_order:
         with single_thread():

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from .config import QuantConfig
-from .hessian import HessianAccumulator
+from .hessian import HessianAccumulator, inverse_hessian_cholesky
 from .layer import quantize_linear
 from .pipeline import EMBEDDING, HEAD as OUTPUT, LINEAR_NAMES, _capture_inputs, capture_layer0_inputs, decoder_layers
 from .blockwise import layer_forward
@@ -82,8 +82,9 @@ def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stoc
         if W.shape[0] > sample_rows:
             rows = torch.randperm(W.shape[0], generator=row_gen)[:sample_rows].sort().values
         Ws = W if rows is None else W[rows.to(W.device)]
+        factor = inverse_hessian_cholesky(H, slim_config.percdamp)     # once for every width tried
         for b in SLIM_BITS:
-            ql, _ = quantize_linear(Ws, H, None, replace(slim_config, bits=b), g)
+            ql, _ = quantize_linear(Ws, H, None, replace(slim_config, bits=b), g, factor)
             stats.losses.setdefault(key, {})[f"slim{b}"] = fisher.linear_loss(
                 fisher_name, ql.dequantize().to(W.device) - Ws, H, rows)
 
