@@ -309,21 +309,29 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
 def _quantize_head(model, batches, config: QuantConfig, device) -> QuantizedLinear:
     """The output head as a SLIM tensor (a bit budget chose it): SliM on the final norm's output of the
     quantized model, like a decoder linear (checkpointed as one more 'layer')."""
-    norm = model.model.norm.to(device)
-    head = model.get_output_embeddings()
-    acc = HessianAccumulator(head.in_features, device)
     kl_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + len(decoder_layers(model)))
-    X_kl = None
-    for hs, _ in batches:
-        x = norm(hs)
-        acc.add_batch(x)
-        if X_kl is None:
-            flat = x.reshape(-1, x.shape[-1]).float()
-            X_kl = flat[torch.randperm(flat.shape[0], generator=kl_gen)[:config.kl_tokens].to(flat.device)]
-    norm.to("cpu")
-    W = head.weight.data.float().to(device)
-    ql, _ = quantize_linear(W, acc.H, X_kl, config, pick_group_size(W.shape[1], config.group_size))
+    H, X_kl = head_hessian(model, batches, device, config.kl_tokens, kl_gen)
+    W = model.get_output_embeddings().weight.data.float().to(device)
+    ql, _ = quantize_linear(W, H, X_kl, config, pick_group_size(W.shape[1], config.group_size))
     return ql
+
+
+def head_hessian(model, batches, device, kl_tokens: int = 0, kl_gen: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """GPTQ's Hessian of the output head (its input is the final norm's output of the last layer's `batches`)
+    and, with kl_tokens, that many of those inputs sampled for SBA's KL score."""
+    norm = model.model.norm.to(device)
+    acc = HessianAccumulator(model.get_output_embeddings().in_features, device)
+    X_kl = None
+    with torch.no_grad():
+        for hs, _ in batches:
+            x = norm(hs)
+            acc.add_batch(x)
+            if kl_tokens and X_kl is None:
+                flat = x.reshape(-1, x.shape[-1]).float()
+                X_kl = flat[torch.randperm(flat.shape[0], generator=kl_gen)[:kl_tokens].to(flat.device)]
+    norm.to("cpu")
+    return acc.H, X_kl
 
 
 def average_bits(results: dict[str, QuantizedLinear]) -> tuple[float, float]:

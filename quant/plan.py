@@ -18,9 +18,10 @@ from typing import Callable
 import torch
 
 from .config import QuantConfig
-from .hessian import HessianAccumulator, inverse_hessian_cholesky
+from .hessian import inverse_hessian_cholesky
 from .layer import quantize_linear
-from .pipeline import EMBEDDING, HEAD as OUTPUT, LINEAR_NAMES, _capture_inputs, capture_layer0_inputs, decoder_layers
+from .pipeline import (EMBEDDING, HEAD as OUTPUT, LINEAR_NAMES, _capture_inputs, capture_layer0_inputs, decoder_layers,
+                       head_hessian)
 from .blockwise import layer_forward
 from .quantizer import pick_group_size
 from .rtn import fit_groups
@@ -114,14 +115,7 @@ def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stoc
         with torch.no_grad():
             batches = [(layer_forward(layer, h, kw), kw) for h, kw in batches]
         layers[li] = layer.to("cpu") if device.type != "cpu" else layer
-    # the head reads the final norm's output
-    norm = model.model.norm.to(device)
-    acc = HessianAccumulator(head.in_features, device)
-    with torch.no_grad():
-        for h, _ in batches:
-            acc.add_batch(norm(h))
-    norm.to("cpu")
-    H_out = acc.H
+    H_out, _ = head_hessian(model, batches, device)       # the head reads the final norm's output
     imp_out = torch.diag(H_out).float().cpu() / 2
     seen = fisher.embedding_rows
     E = embed.weight.data.float()
