@@ -22,7 +22,9 @@ F16=$MODELS/qwen2.5-coder-1.5b-instruct-f16.gguf
 FIRST_PIECE_MIB=40       # the first call also carries .devq (CPU tools, texts, gguf-py: ~21 MB)
 PIECE_MIB=61             # + the tracked tree (~2 MB) stays under the 64 MiB a call may carry
 MATCH=${MATCH:-"Q2_K IQ2_XS IQ2_XXS IQ2_S IQ2_M Q3_K_S"}
-JOBS=${JOBS:-}            # default: as many as the disk holds (each conversion keeps a 6.7 GB fp32 copy meanwhile), <= 5
+VARIANTS=${VARIANTS:-"rtn minmax gptq actorder trueseq levers"}   # issue 12's lever rows (rtn: kept)
+PLAN=${PLAN:-}            # a measured plan (convert --save-plan) to carry: the budget rows then measure nothing
+JOBS=${JOBS:-}            # default: as many as the disk holds (each conversion keeps a 6.7 GB fp32 copy meanwhile), <= 6
 PY=${PYTHON:-python3}        # the GPU machine's python has torch, transformers, numba
 mkdir -p "$OUT" "$Q/parts"
 export PYTHONUNBUFFERED=1
@@ -46,6 +48,7 @@ stage_pack() {
   printf 'Metadata-Version: 2.1\nName: gguf\nVersion: 0.19.0\n' > .devq/site/gguf-0.19.0.dist-info/METADATA
   cp ../shared/data/brown.txt .devq/data/ && cp ../shared/data/austen/pride_and_prejudice.txt .devq/data/austen/
   cp docs/results/qwen2.5-coder-1.5b.json .devq/
+  [ -z "$PLAN" ] || cp "$PLAN" .devq/plan-brown-16x512-f4.json
   sha256sum "$src" | cut -d' ' -f1 > .devq/sha256
   stat -c %s "$src" > .devq/size
   head -c $((FIRST_PIECE_MIB << 20)) "$src" > "$pieces/part00"
@@ -92,15 +95,16 @@ stage_join() {
 }
 
 stage_start() {
-  mkdir -p "$Q/results" && cp .devq/qwen2.5-coder-1.5b.json "$Q/results/"
+  mkdir -p "$Q/results" build/report/qwen2.5-coder-1.5b && cp .devq/qwen2.5-coder-1.5b.json "$Q/results/"
+  cp .devq/plan-*.json build/report/qwen2.5-coder-1.5b/ 2>/dev/null && stamp "the measured plan is carried"
   export PYTHONPATH=$PWD/.devq/site:$PWD
   if [ -z "$JOBS" ]; then
     local free_gb; free_gb=$(df -BG --output=avail . | tail -1 | tr -dc 0-9)
-    JOBS=$(( (free_gb - 12) / 7 - 1 )); [ "$JOBS" -gt 5 ] && JOBS=5; [ "$JOBS" -lt 1 ] && JOBS=1
+    JOBS=$(( (free_gb - 12) / 7 )); [ "$JOBS" -gt 6 ] && JOBS=6; [ "$JOBS" -lt 1 ] && JOBS=1
     stamp "$free_gb GB free: $JOBS conversions at a time after the first"
   fi
   setsid nohup "$PY" scripts/report.py --model qwen --out "$Q/results" --bin build/cpu/bin \
-    --chunks 16 --imatrix-chunks 16 --threads "$(nproc)" --bits 2 --variants rtn --keep-rows \
+    --chunks 16 --imatrix-chunks 16 --threads "$(nproc)" --bits 2 --variants $VARIANTS --keep-rows \
     --stock-types IQ2_XXS IQ2_XS Q2_K IQ2_S IQ2_M Q3_K_S Q4_0 IQ2_XXS:Q8_0 \
     --slim "SliM 2-bit, all levers (Q8_0 embd/output)=build/qwen/slim2-default.gguf" \
     --match $MATCH --fisher-samples 4 --jobs "$JOBS" \

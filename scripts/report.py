@@ -117,6 +117,20 @@ class Row:
     note: str = ""
 
 
+@dataclass
+class SlimJob:
+    """One slim2gguf row to make: convert at `bits` with `extra` arguments; budget: a --target-bpw file (it
+    shares the measured plan)."""
+    label: str
+    bits: int
+    extra: list
+    budget: bool = False
+
+    @property
+    def tag(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+
+
 BUDGET_LABELS = ("SliM --target-bpw", "SliM at ")   # rows made with convert --target-bpw (--target-bpw, --match)
 
 
@@ -415,7 +429,8 @@ class Report:
             for r in [r for r in self.rows if r.family == "stock+imatrix" and r.ppl is not None]:
                 if r.label.split()[0] in a.match or "all" in a.match:
                     targets.append((round(r.bpw, 3), f"{BUDGET_LABELS[1]}{r.label.split()[0]}+imatrix's bpw ({r.bpw:.3f})"))
-        self.budget_rows(targets)
+        jobs = [SlimJob(label, 2, ["--target-bpw", f"{x:.3f}", "--fisher-samples", str(a.fisher_samples)], True)
+                for x, label in targets if not self.keep(label)]
         keys = a.variants if a.variants is not None else (QUICK_SLIM_VARIANTS if a.quick else list(SLIM_VARIANTS))
         for bits in a.bits:
             for key in keys:
@@ -423,15 +438,9 @@ class Report:
                 if key == "embd" and bits not in EMBD_VARIANT_BITS:
                     continue
                 label = label.format(b=bits)
-                tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-                if self.keep(label):
-                    continue
-                try:
-                    path = self.slim(bits, extra, tag)
-                except SlimError as e:
-                    self.failed(label, "slim", str(e))
-                    continue
-                self.add(label, "slim", path, tag)
+                if not self.keep(label):
+                    jobs.append(SlimJob(label, bits, extra))
+        self.slim_rows(jobs)
         for spec in a.slim or []:
             label, _, file = spec.rpartition("=")
             path = Path(file)
@@ -444,49 +453,44 @@ class Report:
                 continue
             self.add(label, "slim", path, tag, note=path.name)
 
-    def budget_rows(self, targets: list[tuple[float, str]]) -> None:
-        """The --target-bpw / --match rows. They share one measuring pass: the first file measures and saves the
-        plan (convert --save-plan), the others allocate its measured losses at their own target (convert --plan
-        P --target-bpw X). With --jobs N the others are converted N at a time (a GPU machine: each process is
-        mostly idle on the GPU), each with cpu_count / N threads; the rows are measured afterwards, in order."""
+    def slim_rows(self, jobs: list["SlimJob"]) -> None:
+        """Make and measure the slim2gguf rows. The budget rows (--target-bpw, --match) share one measuring pass:
+        the first measures and saves the plan (convert --save-plan), the others allocate its measured losses at
+        their own target (convert --plan P --target-bpw X). With --jobs N the files are converted N at a time
+        once the plan exists (a GPU machine: each process leaves the GPU mostly idle), each with cpu_count / N
+        threads, and every row is measured as soon as its file is made."""
         a = self.args
-        todo = []
-        for x, label in targets:
-            if label in self.kept:
-                continue
-            todo.append((x, label, re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")))
         plan = self.work / f"plan-{Path(a.calib).stem}-{a.nsamples}x{a.seqlen}-f{a.fisher_samples}.json"
-        made: dict[str, Path | SlimError] = {}
 
-        def make(x: float, tag: str, env: dict | None = None) -> None:
-            extra = ["--target-bpw", f"{x:.3f}", "--fisher-samples", str(a.fisher_samples)]
-            extra += ["--plan", plan] if plan.exists() else ["--save-plan", plan]
+        def make(job: SlimJob, env: dict | None = None) -> Path:
+            extra = list(job.extra)
+            if job.budget:
+                extra += ["--plan", plan] if plan.exists() else ["--save-plan", plan]
+            return self.slim(job.bits, extra, job.tag, env)
+
+        def finish(job: SlimJob, made) -> None:
             try:
-                made[tag] = self.slim(2, extra, tag, env)
+                path = made()
             except SlimError as e:
-                made[tag] = e
+                self.failed(job.label, "slim", str(e))
+                return
+            self.add(job.label, "slim", path, job.tag, note=a.row_note)
 
-        rest = list(todo)
-        while rest and not plan.exists():     # one at a time until a file has measured and saved the plan
-            x, _, tag = rest.pop(0)
-            make(x, tag)
-        if a.jobs > 1 and len(rest) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+        pending = list(jobs)
+        while any(j.budget for j in pending) and not plan.exists():   # one at a time until a plan is saved
+            job = next(j for j in pending if j.budget)
+            pending.remove(job)
+            finish(job, lambda: make(job))
+        if a.jobs > 1 and len(pending) > 1:
+            from concurrent.futures import ThreadPoolExecutor, as_completed
             env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // a.jobs))}
             with ThreadPoolExecutor(a.jobs) as pool:
-                list(pool.map(lambda t: make(t[0], t[2], env), rest))
+                futures = {pool.submit(make, j, env): j for j in pending}
+                for f in as_completed(futures):
+                    finish(futures[f], f.result)
         else:
-            for x, _, tag in rest:
-                make(x, tag)
-        for x, label in targets:
-            if self.keep(label):
-                continue
-            tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-            res = made[tag]
-            if isinstance(res, SlimError):
-                self.failed(label, "slim", str(res))
-            else:
-                self.add(label, "slim", res, tag, note=a.row_note)
+            for job in pending:
+                finish(job, lambda: make(job))
 
     # -- output --------------------------------------------------------------------------------------------
     def settings(self) -> dict:
@@ -645,9 +649,9 @@ def main(argv: list[str] | None = None) -> int:
                          "safe from rebuilds")
     ap.add_argument("--fisher-samples", type=int, default=8, help="convert --fisher-samples of the budget files")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="convert the --target-bpw/--match files this many at a time after the first (which measures "
-                         "the plan they share); for a GPU machine")
-    ap.add_argument("--row-note", default="", help="a note on every budget row made in this run (where it was made)")
+                    help="convert the SLIM files this many at a time (after the first budget file, which measures the "
+                         "plan the others share); for a GPU machine")
+    ap.add_argument("--row-note", default="", help="a note on every SLIM row made in this run (where it was made)")
     ap.add_argument("--keep-rows", action="store_true",
                     help="reuse the rows of the existing <out>/<tag>.json measured with the same settings instead of "
                          "making them again (the F16 reference is measured again for the KLD of new rows)")
