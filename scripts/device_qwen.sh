@@ -8,10 +8,11 @@
 #   here:    bash scripts/device_qwen.sh pack
 #            -> .devq/ (gguf-py + its dist-info, the two texts, the model's sha256, the report's JSON)
 #               .devq-p00/ .. .devq-pNN/ (one piece each: hard links into .cache/qwen-pieces/)
-#   device:  call 1:  carry .devq .devq-p00                   bash scripts/device_qwen.sh setup piece
+#   device:  call 1:  carry .devq .devq-p00 .devcarry         bash scripts/device_qwen.sh setup piece
 #            calls 2..N: carry .devq-pNN                       bash scripts/device_qwen.sh piece
 #            then:    bash scripts/device_qwen.sh join start   (the report runs on, detached)
 #            then:    bash scripts/device_qwen.sh wait 540     (until it ends or 540 s pass; results to $OUT)
+#            optional: cudabuild (beside the conversions), then cuda (GPU perplexity + llama-bench of mixed files)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/slim-out}
@@ -19,7 +20,7 @@ Q=/tmp/qwen
 MODELS=.cache/models
 Q4=$MODELS/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 F16=$MODELS/qwen2.5-coder-1.5b-instruct-f16.gguf
-FIRST_PIECE_MIB=40       # the first call also carries .devq (CPU tools, texts, gguf-py: ~21 MB)
+FIRST_PIECE_MIB=33       # the first call also carries .devq (CPU tools, texts, gguf-py: ~22 MB) and .devcarry (5 MB)
 PIECE_MIB=61             # + the tracked tree (~2 MB) stays under the 64 MiB a call may carry
 MATCH=${MATCH:-"Q2_K IQ2_XS IQ2_XXS IQ2_S IQ2_M Q3_K_S"}
 VARIANTS=${VARIANTS:-"rtn minmax sba sqc actorder trueseq gptq levers"}   # issue 12's lever rows (rtn: kept)
@@ -114,6 +115,34 @@ stage_start() {
   stamp "report started (pid $(cat "$Q/report.pid"))"
 }
 
+stage_cudabuild() {
+  # the CUDA build (scripts/device_cuda.sh, ~5 min) beside the conversions, for stage cuda
+  [ -f .devcarry/llama-src.tar.xz ] || { echo "no .devcarry/llama-src.tar.xz: run scripts/device_pack.sh, carry .devcarry"; return 1; }
+  OUT=$Q/cudaout setsid nohup nice -n 5 bash scripts/device_cuda.sh build > "$Q/cudabuild.log" 2>&1 < /dev/null &
+  stamp "CUDA build started"
+}
+
+stage_cuda() {
+  # the mixed (--target-bpw) files on the GPU: perplexity as on the CPU, and one llama-bench run against an
+  # all-SLIM2 file and llama.cpp's Q4_0 / Q2_K of the same model
+  local bin=/tmp/slimdev/build/bin w=build/report/qwen2.5-coder-1.5b f files=()
+  [ -x "$bin/llama-bench" ] || { tail -5 "$Q/cudabuild.log"; echo "no CUDA build yet"; return 1; }
+  for t in Q4_0 Q2_K; do
+    [ -f "$Q/$t.gguf" ] || "$bin/llama-quantize" "$F16" "$Q/$t.gguf" "$t" "$(nproc)" > /dev/null 2>&1
+  done
+  for f in "$w"/slim-at-iq2-xs-*.gguf "$w"/slim-at-q2-k-*.gguf; do
+    [ -f "$f" ] || continue
+    stamp "$(basename "$f"): perplexity on the GPU"
+    "$bin/llama-perplexity" -m "$f" -f ../shared/data/austen/pride_and_prejudice.txt -c 512 --chunks 16 -b 512 \
+      -ngl 99 2>&1 | grep -a "Final estimate" | tee -a "$OUT/cuda.log"
+  done
+  for f in "$w"/slim-at-iq2-xs-*.gguf "$w"/slim-2-bit-sqc-only.gguf "$w"/slim-2-bit-sba-only.gguf "$Q/Q4_0.gguf" "$Q/Q2_K.gguf"; do
+    [ -f "$f" ] && files+=(-m "$f")
+  done
+  stamp "llama-bench ${files[*]}"
+  "$bin/llama-bench" "${files[@]}" -ngl 99 -p 512 -n 128 -r 3 2>&1 | tee -a "$OUT/cuda.log" | grep -a "|"
+}
+
 collect() {
   cp "$Q"/results/qwen2.5-coder-1.5b.{md,json,png} "$OUT/" 2>/dev/null
   cp "$Q/report.log" "$OUT/" 2>/dev/null
@@ -134,7 +163,7 @@ stage_wait() {
 
 for stage in "$@"; do
   case "$stage" in
-    pack|setup|piece|join|start) "stage_$stage" || { echo "stage $stage failed"; exit 1; } ;;
+    pack|setup|piece|join|start|cudabuild|cuda) "stage_$stage" || { echo "stage $stage failed"; exit 1; } ;;
     wait) shift_next=1 ;;
     [0-9]*) [ "${shift_next:-0}" = 1 ] && { stage_wait "$stage"; shift_next=0; } ;;
     *) echo "unknown stage $stage"; exit 2 ;;
