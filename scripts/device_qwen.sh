@@ -23,7 +23,7 @@ F16=$MODELS/qwen2.5-coder-1.5b-instruct-f16.gguf
 FIRST_PIECE_MIB=33       # the first call also carries .devq (CPU tools, texts, gguf-py: ~22 MB) and .devcarry (5 MB)
 PIECE_MIB=61             # + the tracked tree (~2 MB) stays under the 64 MiB a call may carry
 MATCH=${MATCH:-"Q2_K IQ2_XS IQ2_XXS IQ2_S IQ2_M Q3_K_S"}
-VARIANTS=${VARIANTS:-"rtn minmax sba sqc actorder trueseq gptq levers"}   # issue 12's lever rows (rtn: kept)
+VARIANTS=${VARIANTS:-"rtn minmax sba sqc plain actorder trueseq levers gptq"}   # issue 12's lever rows (rtn: kept)
 PLAN=${PLAN:-}            # a measured plan (convert --save-plan) to carry: the budget rows then measure nothing
 JOBS=${JOBS:-}            # default: as many as the disk holds (each conversion keeps a 6.7 GB fp32 copy meanwhile), <= 6
 PY=${PYTHON:-python3}        # the GPU machine's python has torch, transformers, numba

@@ -87,6 +87,7 @@ SLIM_VARIANTS = {
     "slim": ("SliM {b}-bit", ["--method", "slim"]),
     "sba": ("SliM {b}-bit SBA only", ["--method", "slim", "--no-sqc"]),
     "sqc": ("SliM {b}-bit SQC only", ["--method", "slim", "--no-sba"]),
+    "plain": ("SliM {b}-bit without SBA and SQC (GPTQ + weighted fit)", ["--method", "slim", "--no-sba", "--no-sqc"]),
     # the 2-bit levers of issue 12, each alone against the default (weighted fit) and all together
     "minmax": ("SliM {b}-bit, min/max + SQC fit (SliM before the levers)", ["--method", "slim", "--fit", "minmax"]),
     "obs": ("SliM {b}-bit, weighted fit with the OBS weight", ["--method", "slim", "--importance", "obs"]),
