@@ -8,9 +8,9 @@
 #   here:    bash scripts/device_qwen.sh pack
 #            -> .devq/ (gguf-py + its dist-info, the two texts, the model's sha256, the report's JSON)
 #               .devq-p00/ .. .devq-pNN/ (one piece each: hard links into .cache/qwen-pieces/)
-#   device:  call 1:  carry .devq .devq-p00 .devcarry         bash scripts/device_qwen.sh setup piece
+#   device:  call 1:  carry .devq .devcarry                   bash scripts/device_qwen.sh setup
 #            calls 2..N: carry .devq-pNN                       bash scripts/device_qwen.sh piece
-#            then:    bash scripts/device_qwen.sh join start   (the report runs on, detached)
+#            then:    carry .devq    bash scripts/device_qwen.sh join start   (the report runs on, detached)
 #            then:    bash scripts/device_qwen.sh wait 540     (until it ends or 540 s pass; results to $OUT)
 #            optional: cudabuild (beside the conversions), then cuda (GPU perplexity + llama-bench of mixed files)
 set -uo pipefail
@@ -67,10 +67,12 @@ stage_setup() {
   # the texts where the report looks for them (../shared/data beside the checkout)
   mkdir -p ../shared/data/austen && cp .devq/data/brown.txt ../shared/data/ &&
     cp .devq/data/austen/pride_and_prejudice.txt ../shared/data/austen/ || return 1
-  mkdir -p build/cpu/bin build/llama.cpp && cp -a .devq/bin/. build/cpu/bin/ && cp -r .devq/llama/. build/llama.cpp/ || return 1
+  # copies outside the carried folder: a later call that does not carry .devq finds them still
+  mkdir -p build/cpu/bin build/llama.cpp && cp -a .devq/bin/. build/cpu/bin/ && cp -r .devq/llama/. build/llama.cpp/ &&
+    rm -rf "$Q/site" && cp -r .devq/site "$Q/site" || return 1
   build/cpu/bin/llama-quantize --help > /dev/null 2>&1; local rc=$?
   [ $rc -eq 0 ] || [ $rc -eq 1 ] || { echo "the carried CPU build does not run here (exit $rc)"; return 1; }
-  "$PY" -c "import sys; sys.path.insert(0, '.devq/site'); import gguf, importlib.metadata as m; print('gguf', m.version('gguf'))"
+  "$PY" -c "import sys; sys.path.insert(0, '$Q/site'); import gguf, importlib.metadata as m; print('gguf', m.version('gguf'))"
   nproc; free -g | head -2; df -h . /tmp | tail -2; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 }
 
@@ -98,7 +100,7 @@ stage_join() {
 stage_start() {
   mkdir -p "$Q/results" build/report/qwen2.5-coder-1.5b && cp .devq/qwen2.5-coder-1.5b.json "$Q/results/"
   cp .devq/plan-*.json build/report/qwen2.5-coder-1.5b/ 2>/dev/null && stamp "the measured plan is carried"
-  export PYTHONPATH=$PWD/.devq/site:$PWD
+  export PYTHONPATH=$Q/site:$PWD
   if [ -z "$JOBS" ]; then
     local free_gb; free_gb=$(df -BG --output=avail . | tail -1 | tr -dc 0-9)
     JOBS=$(( (free_gb - 12) / 7 )); [ "$JOBS" -gt 6 ] && JOBS=6; [ "$JOBS" -lt 1 ] && JOBS=1
