@@ -201,57 +201,46 @@ def test_unreachable_target_is_one_line_error_before_measuring(capsys, tiny_llam
 
 
 @needs_ggml
-def test_plan_file_reuses_the_types(tiny_llama, tmp_path, capsys):
-    """--plan: the per-tensor types of an earlier run (kept checkpoints), here with other SliM settings."""
+def test_plan_file_reuses_the_types(tiny_llama, tmp_path, capsys, monkeypatch):
+    """--plan: the per-tensor types of an earlier run (kept checkpoints), here with other SliM settings;
+    --save-plan then --plan FILE --target-bpw Y: the measured losses allocated again at Y (no second measuring
+    pass); at the plan's own target the same types come back."""
+    import json
     import shutil
 
+    import quant.plan
+    from slim2gguf.bit_plan import Plan, retarget
     from slim2gguf.convert import convert
     from slim2gguf.file_report import analyze
     from test_convert import _cli, convert_args
 
-    first = tmp_path / "a.gguf"
-    convert(convert_args(tiny_llama, first, 2, "--target-bpw", "2.9", "--fisher-samples", "2", "--keep-checkpoints"))
+    first, saved = tmp_path / "a.gguf", tmp_path / "saved.json"
+    settings = convert_args(tiny_llama, first, 2, "--target-bpw", "2.9", "--fisher-samples", "2",
+                            "--keep-checkpoints", "--save-plan", str(saved))
+    res = convert(settings)
     plan = tmp_path / "plan.json"
     shutil.copy(tmp_path / "a.gguf.ckpt" / "plan.json", plan)
     second = tmp_path / "b.gguf"
     convert(convert_args(tiny_llama, second, 2, "--plan", str(plan), "--no-sba"))
     types = [{e["name"]: e["type"] for e in analyze(p)["tensors"]} for p in (first, second)]
     assert types[0] == types[1]
-    rc, err = _cli(capsys, "convert", tiny_llama, "--bits", "2", "--plan", tmp_path / "none.json", "-o",
-                   tmp_path / "c.gguf")
-    assert rc == 2 and err == [f"slim2gguf: error: --plan: file not found: {tmp_path / 'none.json'}"]
 
-
-@needs_ggml
-def test_saved_plan_serves_other_targets_without_measuring(tiny_llama, tmp_path, monkeypatch):
-    """--save-plan then --plan FILE --target-bpw Y: the measured losses allocated again at Y (no second measuring
-    pass); at the plan's own target the same types come back."""
-    import json
-
-    import quant.plan
-    from slim2gguf.bit_plan import Plan, retarget
-    from slim2gguf.convert import convert
-    from slim2gguf.file_report import analyze
-    from test_convert import convert_args
-
-    saved = tmp_path / "plan.json"
-    first = tmp_path / "a.gguf"
-    settings = convert_args(tiny_llama, first, 2, "--target-bpw", "2.9", "--fisher-samples", "2",
-                            "--save-plan", str(saved))
-    res = convert(settings)
-    plan = Plan.from_state(json.loads(saved.read_text()))
-    assert plan.alternatives and all(len(v) > 1 for v in plan.alternatives.values())
-    same = retarget(plan, res.model, 2.9, settings.quant.group_size, settings.stock.fallback)
-    assert same.types == plan.types
+    kept = Plan.from_state(json.loads(saved.read_text()))
+    assert kept.alternatives and all(len(v) > 1 for v in kept.alternatives.values())
+    assert retarget(kept, res.model, 2.9, settings.quant.group_size, settings.stock.fallback).types == kept.types
 
     def no_measuring(*a, **k):
         raise AssertionError("measured again")
     monkeypatch.setattr(quant.plan, "measure_candidates", no_measuring)
-    second = tmp_path / "b.gguf"
-    convert(convert_args(tiny_llama, second, 2, "--plan", str(saved), "--target-bpw", "2.6"))
+    third = tmp_path / "c.gguf"
+    convert(convert_args(tiny_llama, third, 2, "--plan", str(saved), "--target-bpw", "2.6"))
     bpw = [8 * sum(e["bytes"] for e in r["tensors"]) / sum(e["elements"] for e in r["tensors"])
-           for r in (analyze(first), analyze(second))]
+           for r in (analyze(first), analyze(third))]
     assert bpw[1] <= 2.6 + 1e-9 < bpw[0]
+
+    rc, err = _cli(capsys, "convert", tiny_llama, "--bits", "2", "--plan", tmp_path / "none.json", "-o",
+                   tmp_path / "c.gguf")
+    assert rc == 2 and err == [f"slim2gguf: error: --plan: file not found: {tmp_path / 'none.json'}"]
 
 
 def test_bits_or_target_is_required(capsys, tiny_llama, tmp_path):
