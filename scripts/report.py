@@ -118,6 +118,11 @@ class Row:
     note: str = ""
 
 
+def slug(label: str) -> str:
+    """A row's label as a file-name stem in the workdir."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
 @dataclass
 class SlimJob:
     """One slim2gguf row to make: convert at `bits` with `extra` arguments; budget: a --target-bpw file (it
@@ -129,7 +134,7 @@ class SlimJob:
 
     @property
     def tag(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+        return slug(self.label)
 
 
 BUDGET_LABELS = ("SliM --target-bpw", "SliM at ")   # rows made with convert --target-bpw (--target-bpw, --match)
@@ -446,7 +451,7 @@ class Report:
             label, _, file = spec.rpartition("=")
             path = Path(file)
             label = label or path.stem
-            tag = "file-" + re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+            tag = "file-" + slug(label)
             if not path.is_file() and self.keep(label):
                 continue
             if not path.is_file():

@@ -199,12 +199,9 @@ def load_plan_file(path, model) -> Plan:
 
 
 def save_plan_file(plan: Plan, path) -> None:
-    """`convert --save-plan FILE`: the plan with every measured alternative, through a temporary file."""
+    """The plan with every measured alternative (`convert --save-plan FILE`, and the checkpoint's plan.json)."""
     import json
-    import os
     from pathlib import Path
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(plan.state()))
-    os.replace(tmp, path)
+    from .checkpoint import atomic_write_bytes
+    atomic_write_bytes(Path(path), json.dumps(plan.state()).encode())

@@ -54,7 +54,7 @@ def checkpoint_dir(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".ckpt")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -69,7 +69,7 @@ def _torch_save_atomic(obj: Any, path: Path) -> None:
     import torch
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 class Checkpoints:
@@ -102,7 +102,7 @@ class Checkpoints:
             self.remove()
         try:
             self.path.mkdir(parents=True)
-            _atomic_write_bytes(manifest, (json.dumps({"version": MANIFEST_VERSION, "settings": self.settings},
+            atomic_write_bytes(manifest, (json.dumps({"version": MANIFEST_VERSION, "settings": self.settings},
                                                       indent=1, sort_keys=True) + "\n").encode())
         except OSError as e:
             raise SlimError(f"cannot write checkpoints to {self.path}: {e.strerror or e}") from None
@@ -131,7 +131,8 @@ class Checkpoints:
     # ---------------------------------------------------------------------------------------------- bit budget
     def save_plan(self, plan) -> None:
         """plan: a bit_plan.Plan (measured before the first layer: a resume does not measure again)."""
-        _atomic_write_bytes(self.path / "plan.json", json.dumps(plan.state()).encode())
+        from .bit_plan import save_plan_file
+        save_plan_file(plan, self.path / "plan.json")
 
     def load_plan(self):
         from .bit_plan import Plan

@@ -63,6 +63,7 @@ def analyze(path: Path, *, validate: bool = True) -> dict[str, Any]:
         "elements": totals.weights,
         "tensor_bytes": totals.tensor_bytes,
         "bpw_file": totals.bpw_file,
+        "bpw_tensors": totals.bpw_tensors,
         "slim_tensors": sum(1 for e in tensors if "group_size" in e),
         "slim_elements": totals.slim_weights,
         "slim_bytes": totals.slim_bytes,
@@ -133,7 +134,7 @@ def format_report(rep: dict[str, Any], all_tensors: bool = False) -> str:
     lines += ["",
               f"file: {fmt_bytes(t['file_bytes'])} ({t['file_bytes']:,d} bytes), {t['tensors']} tensors, "
               f"{t['elements']:,d} weights, {t['bpw_file']:.4f} bpw (tensors alone: "
-              f"{8 * sum(v['bytes'] for v in t['by_type'].values()) / max(t['elements'], 1):.4f} bpw)",
+              f"{t['bpw_tensors']:.4f} bpw)",
               f"SLIM: {t['slim_tensors']} tensors, {t['slim_elements']:,d} weights, "
               f"{fmt_bytes(t['slim_bytes'])}, {t['bpw_slim']:.4f} bpw" + (f"; groups: {grp}" if grp else "")]
     return "\n".join(lines)

@@ -138,7 +138,7 @@ def test_target_bpw_file_lands_on_budget_and_decodes(tiny_llama, tmp_path, targe
     out = tmp_path / "tiny.gguf"
     res = convert(convert_args(tiny_llama, out, 2, "--target-bpw", str(target), "--fisher-samples", "2"))
     rep = analyze(out)
-    bpw = 8 * sum(e["bytes"] for e in rep["tensors"]) / sum(e["elements"] for e in rep["tensors"])
+    bpw = rep["totals"]["bpw_tensors"]
     assert bpw <= target + 1e-9
     assert target - bpw < 0.02 or not lands
     kv = metadata(open_gguf(out))
@@ -234,8 +234,7 @@ def test_plan_file_reuses_the_types(tiny_llama, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(quant.plan, "measure_candidates", no_measuring)
     third = tmp_path / "c.gguf"
     convert(convert_args(tiny_llama, third, 2, "--plan", str(saved), "--target-bpw", "2.6"))
-    bpw = [8 * sum(e["bytes"] for e in r["tensors"]) / sum(e["elements"] for e in r["tensors"])
-           for r in (analyze(first), analyze(third))]
+    bpw = [analyze(p)["totals"]["bpw_tensors"] for p in (first, third)]
     assert bpw[1] <= 2.6 + 1e-9 < bpw[0]
 
     rc, err = _cli(capsys, "convert", tiny_llama, "--bits", "2", "--plan", tmp_path / "none.json", "-o",
