@@ -23,7 +23,8 @@ F16=$MODELS/qwen2.5-coder-1.5b-instruct-f16.gguf
 FIRST_PIECE_MIB=33       # the first call also carries .devq (CPU tools, texts, gguf-py: ~22 MB) and .devcarry (5 MB)
 PIECE_MIB=61             # + the tracked tree (~2 MB) stays under the 64 MiB a call may carry
 MATCH=${MATCH:-"Q2_K IQ2_XS IQ2_XXS IQ2_S IQ2_M Q3_K_S"}
-VARIANTS=${VARIANTS:-"rtn minmax sba sqc plain actorder trueseq levers gptq"}   # issue 12's lever rows (rtn: kept)
+VARIANTS=${VARIANTS:-"rtn slim minmax actorder trueseq levers gptq"}   # issue 12's lever rows (rtn, slim: kept)
+REMAKE=${REMAKE:-"SliM at IQ2_XS"}   # rows of the carried JSON made again here (stage cuda runs that file on the GPU)
 PLAN=${PLAN:-}            # a measured plan (convert --save-plan) to carry: the budget rows then measure nothing
 JOBS=${JOBS:-}            # default: as many as the disk holds (each conversion keeps a 6.7 GB fp32 copy meanwhile), <= 6
 PY=${PYTHON:-python3}        # the GPU machine's python has torch, transformers, numba
@@ -48,7 +49,13 @@ stage_pack() {
   mkdir -p .devq/site/gguf-0.19.0.dist-info
   printf 'Metadata-Version: 2.1\nName: gguf\nVersion: 0.19.0\n' > .devq/site/gguf-0.19.0.dist-info/METADATA
   cp ../shared/data/brown.txt .devq/data/ && cp ../shared/data/austen/pride_and_prejudice.txt .devq/data/austen/
-  cp docs/results/qwen2.5-coder-1.5b.json .devq/
+  "${PYTHON:-.venv/bin/python}" - "$REMAKE" > .devq/qwen2.5-coder-1.5b.json <<'PY' || return 1
+import json, sys
+d = json.load(open("docs/results/qwen2.5-coder-1.5b.json"))
+remake = [p for p in sys.argv[1].split(",") if p]
+d["rows"] = [r for r in d["rows"] if not any(r["label"].startswith(p) for p in remake)]
+print(json.dumps(d))
+PY
   [ -z "$PLAN" ] || cp "$PLAN" .devq/plan-brown-16x512-f4.json
   sha256sum "$src" | cut -d' ' -f1 > .devq/sha256
   stat -c %s "$src" > .devq/size
@@ -109,7 +116,6 @@ stage_start() {
   setsid nohup "$PY" scripts/report.py --model qwen --out "$Q/results" --bin build/cpu/bin \
     --chunks 16 --imatrix-chunks 16 --threads "$(nproc)" --bits 2 --variants $VARIANTS --keep-rows \
     --stock-types IQ2_XXS IQ2_XS Q2_K IQ2_S IQ2_M Q3_K_S Q4_0 IQ2_XXS:Q8_0 \
-    --slim "SliM 2-bit, all levers (Q8_0 embd/output)=build/qwen/slim2-default.gguf" \
     --match $MATCH --fisher-samples 4 --jobs "$JOBS" \
     --row-note "converted on the H200 (torch $("$PY" -c 'import torch; print(torch.__version__)'), CUDA), measured there by the carried CPU llama-perplexity" \
     > "$Q/report.log" 2>&1 < /dev/null &
@@ -120,7 +126,10 @@ stage_start() {
 stage_cudabuild() {
   # the CUDA build (scripts/device_cuda.sh, ~5 min) beside the conversions, for stage cuda
   [ -f .devcarry/llama-src.tar.xz ] || { echo "no .devcarry/llama-src.tar.xz: run scripts/device_pack.sh, carry .devcarry"; return 1; }
-  OUT=$Q/cudaout setsid nohup nice -n 5 bash scripts/device_cuda.sh build > "$Q/cudabuild.log" 2>&1 < /dev/null &
+  # from a copy of the tree: the next call, which carries other folders, removes .devcarry here
+  rm -rf "$Q/tree" && mkdir -p "$Q/tree" &&
+    tar -c --exclude=./build --exclude='./.devq*' --exclude=./.cache --exclude=./.git . | tar -x -C "$Q/tree" || return 1
+  OUT=$Q/cudaout setsid nohup nice -n 5 bash "$Q/tree/scripts/device_cuda.sh" build > "$Q/cudabuild.log" 2>&1 < /dev/null &
   stamp "CUDA build started"
 }
 
@@ -138,7 +147,8 @@ stage_cuda() {
     "$bin/llama-perplexity" -m "$f" -f ../shared/data/austen/pride_and_prejudice.txt -c 512 --chunks 16 -b 512 \
       -ngl 99 2>&1 | grep -a "Final estimate" | tee -a "$OUT/cuda.log"
   done
-  for f in "$w"/slim-at-iq2-xs-*.gguf "$w"/slim-2-bit-sqc-only.gguf "$w"/slim-2-bit-sba-only.gguf "$Q/Q4_0.gguf" "$Q/Q2_K.gguf"; do
+  # the mixed file against all-SLIM2 files (every tensor but embd/output SLIM2) and llama.cpp's types
+  for f in "$w"/slim-at-iq2-xs-*.gguf "$w"/slim-2-bit-all-levers.gguf "$w"/slim-2-bit-act-order.gguf "$Q/Q4_0.gguf" "$Q/Q2_K.gguf"; do
     [ -f "$f" ] && files+=(-m "$f")
   done
   stamp "llama-bench ${files[*]}"
