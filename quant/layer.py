@@ -66,7 +66,7 @@ def static_group_order(hdiag: torch.Tensor, group_size: int) -> torch.Tensor:
     absorb their error."""
     G = hdiag.numel() // group_size
     order = torch.argsort(hdiag.reshape(G, group_size).sum(dim=1), descending=True, stable=True)
-    return (order.unsqueeze(1) * group_size + torch.arange(group_size)).reshape(-1)
+    return (order.unsqueeze(1) * group_size + torch.arange(group_size, device=order.device)).reshape(-1)
 
 
 def group_fit_weights(wg: torch.Tensor, U: torch.Tensor, hdiag: torch.Tensor, config: QuantConfig, mask
@@ -146,11 +146,13 @@ def quantize_linear(W: torch.Tensor, H: torch.Tensor | None, X_kl: torch.Tensor 
         with single_thread():
             return gptq_quantize(W, U, group_bits, group_size, group_params_fn(config, hdiag, config.sqc),
                                  dead), info
-    perm = static_group_order(hdiag, group_size)
+    # the permutation lives on the CPU like the bit map and GPTQ's result; W and H are indexed on their device
+    perm = static_group_order(hdiag.cpu(), group_size)
     gperm = perm[::group_size] // group_size
-    Up, deadp = inverse_hessian_cholesky(H[perm][:, perm], config.percdamp)
+    perm_dev = perm.to(W.device)
+    Up, deadp = inverse_hessian_cholesky(H[perm_dev][:, perm_dev], config.percdamp)
     with single_thread():
-        ql = gptq_quantize(W[:, perm], Up, group_bits[gperm], group_size,
-                           group_params_fn(config, hdiag[perm], config.sqc), deadp)
+        ql = gptq_quantize(W[:, perm_dev], Up, group_bits[gperm], group_size,
+                           group_params_fn(config, hdiag[perm_dev], config.sqc), deadp)
     inv, ginv = torch.argsort(perm), torch.argsort(gperm)
     return QuantizedLinear(ql.bits[ginv], ql.q[:, inv], ql.d[:, ginv], ql.m[:, ginv], group_size), info

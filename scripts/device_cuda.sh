@@ -22,6 +22,8 @@
 # models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, SLIM2/3 g128 of one random LLaMA-7B)
 # bench:  scripts/bench_gpu.py bench --tune (one llama-bench run)
 # clocks: tg128 alone vs after pp512, with SM clock samples
+# mixed:  issue 13: --target-bpw files (MIXED_DIR, one folder per call, kept between calls): GPU/CPU perplexity,
+#         greedy text, then one llama-bench run over every file carried so far
 # order:  the six-file run in reverse order; SLIM2 with CUDA graphs off
 # profile: ncu of the decode mat-vec kernels
 set -uo pipefail
@@ -90,10 +92,14 @@ stage_check() {
 }
 
 stage_smol() {
+  stage_smol_files "${SMOL_DIR:-.devcarry/smol}"/*.gguf
+}
+
+stage_smol_files() {
   local txt f chunks=${SMOL_CHUNKS:-40} dir=${SMOL_DIR:-.devcarry/smol}
   txt=$(ls "$dir"/*.txt 2>/dev/null | head -1)
   [ -n "$txt" ] || { echo "no eval text in $dir"; return 1; }
-  for f in "$dir"/*.gguf; do
+  for f in "$@"; do
     [ -f "$f" ] || { echo "no SmolLM2 files in $dir"; return 1; }
     local n; n=$(basename "$f" .gguf)
     stamp "$n: perplexity GPU"
@@ -111,6 +117,19 @@ stage_smol() {
     cmp -s "$W/gen_gpu.txt" "$W/gen_cpu.txt" && echo "same text on GPU and CPU" || echo "GPU and CPU texts differ"
     echo
   done
+}
+
+stage_mixed() {
+  # issue 13: whole-file-budget (--target-bpw) files, SLIM mixed with stock types, on the GPU. Each call carries
+  # one folder (MIXED_DIR) of files + the eval text; they are kept in $W/mixed, so a later call adds files and
+  # the llama-bench run covers all of them: the mixed file against files of the same tensors in SLIM.
+  local dir=${MIXED_DIR:-.devmix} f n
+  mkdir -p "$W/mixed" && cp "$dir"/* "$W/mixed/" || return 1
+  SMOL_DIR=$W/mixed SMOL_CHUNKS=${SMOL_CHUNKS:-16} stage_smol_files "$dir"/*.gguf || return 1
+  local files=()
+  for f in "$W"/mixed/*.gguf; do files+=(-m "$f"); done
+  stamp "llama-bench: ${files[*]}"
+  "$BIN/llama-bench" "${files[@]}" -ngl 99 -p 512 -n 128 -r 3 2>&1 | tee "$OUT/mixed_bench.log" | grep -a "|"
 }
 
 stage_shapes() {

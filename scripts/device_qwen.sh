@@ -27,6 +27,7 @@ VARIANTS=${VARIANTS:-"rtn slim minmax actorder trueseq levers gptq"}   # issue 1
 REMAKE=${REMAKE:-"SliM at IQ2_XS"}   # rows of the carried JSON made again here (stage cuda runs that file on the GPU)
 PLAN=${PLAN:-}            # a measured plan (convert --save-plan) to carry: the budget rows then measure nothing
 JOBS=${JOBS:-}            # default: as many as the disk holds (each conversion keeps a 6.7 GB fp32 copy meanwhile), <= 6
+RUN=${RUN:-}             # a second report beside a running one: RUN=2 -> results2/, report2.log (merge the JSONs here)
 PY=${PYTHON:-python3}        # the GPU machine's python has torch, transformers, numba
 mkdir -p "$OUT" "$Q/parts"
 export PYTHONUNBUFFERED=1
@@ -105,7 +106,8 @@ stage_join() {
 }
 
 stage_start() {
-  mkdir -p "$Q/results" build/report/qwen2.5-coder-1.5b && cp .devq/qwen2.5-coder-1.5b.json "$Q/results/"
+  mkdir -p "$Q/results$RUN" build/report/qwen2.5-coder-1.5b
+  if [ -n "$RUN" ]; then cp "$Q/results/qwen2.5-coder-1.5b.json" "$Q/results$RUN/"; else cp .devq/qwen2.5-coder-1.5b.json "$Q/results/"; fi
   cp .devq/plan-*.json build/report/qwen2.5-coder-1.5b/ 2>/dev/null && stamp "the measured plan is carried"
   export PYTHONPATH=$Q/site:$PWD
   if [ -z "$JOBS" ]; then
@@ -113,14 +115,14 @@ stage_start() {
     JOBS=$(( (free_gb - 12) / 7 )); [ "$JOBS" -gt 6 ] && JOBS=6; [ "$JOBS" -lt 1 ] && JOBS=1
     stamp "$free_gb GB free: $JOBS conversions at a time after the first"
   fi
-  setsid nohup "$PY" scripts/report.py --model qwen --out "$Q/results" --bin build/cpu/bin \
+  setsid nohup "$PY" scripts/report.py --model qwen --out "$Q/results$RUN" --bin build/cpu/bin \
     --chunks 16 --imatrix-chunks 16 --threads "$(nproc)" --bits 2 --variants $VARIANTS --keep-rows \
     --stock-types IQ2_XXS IQ2_XS Q2_K IQ2_S IQ2_M Q3_K_S Q4_0 IQ2_XXS:Q8_0 \
     --match $MATCH --fisher-samples 4 --jobs "$JOBS" \
     --row-note "converted on the H200 (torch $("$PY" -c 'import torch; print(torch.__version__)'), CUDA), measured there by the carried CPU llama-perplexity" \
-    > "$Q/report.log" 2>&1 < /dev/null &
-  echo $! > "$Q/report.pid"
-  stamp "report started (pid $(cat "$Q/report.pid"))"
+    > "$Q/report$RUN.log" 2>&1 < /dev/null &
+  echo $! > "$Q/report$RUN.pid"
+  stamp "report$RUN started (pid $(cat "$Q/report$RUN.pid"))"
 }
 
 stage_cudabuild() {
@@ -157,19 +159,20 @@ stage_cuda() {
 
 collect() {
   cp "$Q"/results/qwen2.5-coder-1.5b.{md,json,png} "$OUT/" 2>/dev/null
-  cp "$Q/report.log" "$OUT/" 2>/dev/null
+  [ -f "$Q/results2/qwen2.5-coder-1.5b.json" ] && cp "$Q/results2/qwen2.5-coder-1.5b.json" "$OUT/qwen2.5-coder-1.5b.run2.json"
+  cp "$Q"/report*.log "$OUT/" 2>/dev/null
   tar -C build/report/qwen2.5-coder-1.5b -cJf "$OUT/logs.tar.xz" logs $(cd build/report/qwen2.5-coder-1.5b && ls plan-*.json 2>/dev/null) 2>/dev/null
 }
 
 stage_wait() {
   local limit=${1:-540} t0=$SECONDS pid
-  pid=$(cat "$Q/report.pid")
-  while kill -0 "$pid" 2>/dev/null && [ $((SECONDS - t0)) -lt "$limit" ]; do sleep 10; done
-  grep -a "^\[report\]" "$Q/report.log" | tail -20
+  pid=$(cat "$Q"/report*.pid)
+  while [ $((SECONDS - t0)) -lt "$limit" ] && for p in $pid; do kill -0 "$p" 2>/dev/null && break; done; do sleep 10; done
+  grep -a "^\[report\]" "$Q"/report*.log | grep -v kept | tail -12
   tail -c 1500 "$Q/report.log" | tr '\r' '\n' | tail -6
   ls -la build/report/qwen2.5-coder-1.5b/ | grep -v "^total"
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null; df -h . | tail -1
-  kill -0 "$pid" 2>/dev/null && echo "report still running" || echo "report ended"
+  for p in $pid; do kill -0 "$p" 2>/dev/null && echo "report $p still running" || echo "report $p ended"; done
   collect
 }
 
