@@ -13,7 +13,7 @@ from .quantizer import affine_params, dequant, group_view, quantize_codes
 from .result import QuantizedLinear
 from .rtn import quantize_groups, rtn_fake_weight
 from .salience import element_salience, group_salience
-from .sba import allocate_group_bits, output_kl
+from .sba import OutputKLScore, allocate_group_bits
 from .sqc import salient_mask, sqc_range
 
 
@@ -116,15 +116,7 @@ def sba_group_bits(W: torch.Tensor, U: torch.Tensor, hdiag: torch.Tensor, X_kl: 
     s = element_salience(W, U)
     mask = salient_mask(group_view(s, group_size), config.sqc_z) if config.sqc else None
     fake = candidate_weights(W, U, hdiag, config, group_size, mask)
-    X = X_kl.float()
-    ref_logp = torch.log_softmax(X @ W.t(), dim=-1)
-
-    def score(cand: torch.Tensor) -> float:
-        col_bits = cand.repeat_interleave(group_size).to(W.device)
-        W_hat = torch.where(col_bits == bits - 1, fake[bits - 1],
-                            torch.where(col_bits == bits + 1, fake[bits + 1], fake[bits]))
-        return output_kl(X, W, W_hat, ref_logp)
-
+    score = OutputKLScore(X_kl, W, fake, group_size, torch.full((W.shape[1] // group_size,), bits, dtype=torch.int8))
     return allocate_group_bits(group_salience(s, group_size), bits, score)
 
 

@@ -15,7 +15,7 @@ from quant.quantizer import (affine_params, fake_quant, minmax_range, pick_group
                              scale_tag_bits)
 from quant.rtn import quantize_groups
 from quant.salience import element_salience, group_salience
-from quant.sba import allocate_group_bits, candidate_bits, output_kl
+from quant.sba import OutputKLScore, allocate_group_bits, candidate_bits, output_kl
 from quant.sqc import salient_mask, sqc_range
 
 
@@ -142,6 +142,22 @@ def test_output_kl_zero_for_same_weight_and_positive_otherwise():
     X, W = torch.randn(64, 32), torch.randn(16, 32)
     assert output_kl(X, W, W) == pytest.approx(0.0, abs=1e-6)
     assert output_kl(X, W, W + 0.1 * torch.randn_like(W)) > 0
+
+
+
+def test_incremental_kl_score_equals_the_direct_score_along_and_off_the_walk():
+    """OutputKLScore updates the logits by the groups that changed; every score must match output_kl of the
+    assembled W_hat, on SBA's walk (two groups per step) and on an arbitrary jump back."""
+    torch.manual_seed(0)
+    g, G, b = 16, 10, 2
+    X, W = torch.randn(96, g * G), torch.randn(24, g * G)
+    fake = {w: W + (0.3 / w) * torch.randn_like(W) for w in (b - 1, b, b + 1)}
+    score = OutputKLScore(X, W, fake, g, torch.full((G,), b, dtype=torch.int8))
+    order = torch.randperm(G)
+    walk = [candidate_bits(order, k, b) for k in range(G // 2 + 1)] + [candidate_bits(order, 1, b)]
+    for bits in walk:
+        W_hat = torch.cat([fake[int(w)][:, j * g:(j + 1) * g] for j, w in enumerate(bits.tolist())], dim=1)
+        assert score(bits) == pytest.approx(output_kl(X, W, W_hat), rel=1e-4, abs=1e-7)
 
 
 # ---------------------------------------------------------------- SQC
