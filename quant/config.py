@@ -64,8 +64,10 @@ class QuantConfig:
                                 ("true_sequential", False)):
                 object.__setattr__(self, name, plain)
         if self.method == "slim+":
-            # the trained block replaces GPTQ's ordering tricks; the fit only starts the training
-            object.__setattr__(self, "act_order", False)
+            # the block-wise loop captures its own inputs (no true-sequential); act-order shapes the GPTQ result the
+            # training starts from, so it only means something with train_init gptq
+            if self.train_init != "gptq":
+                object.__setattr__(self, "act_order", False)
             object.__setattr__(self, "true_sequential", False)
             if self.lr == 0:
                 object.__setattr__(self, "lr", DEFAULT_LR[self.train])
