@@ -17,7 +17,7 @@ from .calibration import CalibrationSpec, calibration_set, log_stderr
 from .checkpoint import Checkpoints, checkpoint_dir, file_fingerprint, model_fingerprint
 from .convert_summary import StageTimes, build_summary, format_summary
 from .errors import SlimError
-from .gguf_out import StockTypes, check_writable, slim_metadata, write_slim_gguf_atomic
+from .gguf_out import StockTypes, check_converter_vocab, check_writable, slim_metadata, write_slim_gguf_atomic
 
 # suffixes of a GGUF source's stem that name its type: dropped from the default output name
 _TYPE_SUFFIXES = (".F16", ".F32", ".BF16", ".Q8_0", ".Q4_1", ".Q4_0", ".Q5_0", ".Q5_1", ".Q6_K", ".Q4_K", ".Q5_K")
@@ -115,6 +115,7 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
     with times.stage("load"):       # loading + (GGUF sources) exporting the HF folder llama.cpp's converter reads
         model, tok, desc = load_model(s.model)
         source = converter_input(model, tok, desc, ck.hf_dir)
+        check_converter_vocab(source.hf_dir, s.verbose)
     with times.stage("calibration"):
         calib = _calibration(s, model, tok, ck)
     done = ck.load_layers() if s.resume else {}

@@ -94,6 +94,15 @@ def write_stock(hf_dir: Path, out_path: Path, outtype: str = "f16", *, model_nam
     return Path(out_path)
 
 
+def check_converter_vocab(hf_dir: Path, verbose: bool = False) -> None:
+    """Let llama.cpp's converter read the folder's config and tokenizer now (it writes nothing): a tokenizer it
+    does not recognize fails in seconds, not after the whole quantization."""
+    import gguf
+    cls = converter_class(hf_dir)
+    with quiet_converter(verbose):
+        cls(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, Path(hf_dir) / "unused.gguf").set_vocab()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the SLIM writer
 

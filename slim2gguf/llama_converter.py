@@ -34,6 +34,8 @@ def quiet_converter(verbose: bool):
         logging.basicConfig(level=logging.INFO)
     try:
         yield conversion
+    except NotImplementedError as e:   # what the converter raises for what it cannot write (e.g. a tokenizer)
+        raise SlimError(f"llama.cpp's converter cannot write this model: {str(e).splitlines()[0]}") from None
     finally:
         logger.setLevel(old)
 

@@ -57,30 +57,38 @@ def demo_tokenizer_dir() -> Path:
 
 def make_tiny_llama(out_dir: Path, tokenizer_dir: Path, *, hidden: int = 128, intermediate: int = 192,
                     layers: int = 2, heads: int = 4, kv_heads: int = 2, tie: bool = False, seed: int = 0,
-                    nan_weight: str | None = None) -> Path:
-    """A random LlamaForCausalLM HF folder (config, safetensors) with the tokenizer files of tokenizer_dir.
+                    nan_weight: str | None = None, arch: str = "llama", max_shard_size: str | None = None
+                    ) -> Path:
+    """A random HF folder (config, safetensors) of `arch` (llama, mistral or qwen2: the LLaMA family the tool
+    reads) with the tokenizer files of tokenizer_dir.
 
     Widths: q/k/v/o/gate/up read `hidden` (128: g128), down reads `intermediate` (192: g64 only).
-    nan_weight: a parameter name whose first element is set to NaN (error-path tests)."""
+    nan_weight: a parameter name whose first element is set to NaN (error-path tests).
+    max_shard_size: save_pretrained's, to write several safetensors shards."""
     import shutil
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
+
+    config_name, model_name = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                               "mistral": ("MistralConfig", "MistralForCausalLM"),
+                               "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[arch]
+    config_cls, model_cls = getattr(transformers, config_name), getattr(transformers, model_name)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in Path(tokenizer_dir).iterdir():
         shutil.copy(f, out_dir / f.name)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=intermediate,
+    cfg = config_cls(vocab_size=49152, hidden_size=hidden, intermediate_size=intermediate,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       max_position_embeddings=512, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    model = model_cls(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():  # norms too, so a permutation bug cannot hide behind ones
             p.copy_(torch.randn_like(p) * 0.05 + (1.0 if p.ndim == 1 else 0.0))
             if name == nan_weight:
                 p.view(-1)[0] = float("nan")
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     return out_dir
 
 

@@ -92,6 +92,44 @@ def test_tiny_llama_decodes_to_fake_quant_weights(tiny_llama, tmp_path, bits, gr
     assert s["peak_rss_mib"] > 0 and s["seconds"] > 0
 
 
+@pytest.mark.parametrize("arch,gguf_arch", [("llama", "llama"), ("mistral", "llama"), ("qwen2", "qwen2")])
+def test_sharded_hf_folder_and_gguf_source_give_the_same_file(arch, gguf_arch, tokenizer_dir, tmp_path,
+                                                              monkeypatch):
+    """The LLaMA family the tool reads, from a sharded safetensors folder: the SLIM tensors decode to the
+    fake-quant weights (llama.cpp's converter as the reference for names and row order), and converting an F32
+    GGUF of the same weights gives the same SLIM bytes (RTN: no calibration text, so the sources' tokenizers
+    cannot make a difference)."""
+    from slim2gguf.format import is_slim
+    from slim2gguf.llama_converter import import_conversion
+
+    # the qwen2 converter identifies a BPE tokenizer by a hash of its output; this test's tokenizer (SmolLM2's, as
+    # transformers rebuilds it from the demo GGUF) is not in llama.cpp's table (test_error_unknown_tokenizer)
+    monkeypatch.setattr(import_conversion().TextModel, "get_vocab_base_pre", lambda self, tokenizer: "smollm")
+
+    hf = make_tiny_llama(tmp_path / arch, tokenizer_dir, hidden=256, intermediate=384, layers=2, heads=4,
+                         kv_heads=2, arch=arch, max_shard_size="400KB")
+    assert len(list(hf.glob("*.safetensors"))) > 1
+    out_hf, out_gguf = tmp_path / "from-hf.gguf", tmp_path / "from-gguf.gguf"
+    res = convert(convert_args(hf, out_hf, 2, "--method", "rtn"))
+    assert kv(out_hf)["general.architecture"] == gguf_arch
+    fq = tmp_path / "fq"
+    res.model.save_pretrained(fq)
+    for f in hf.iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            (fq / f.name).write_bytes(f.read_bytes())
+    assert assert_decode_equals_reference(out_hf, write_stock(fq, tmp_path / "fq.gguf", "f32")) == 7 * 2
+
+    src = write_stock(hf, tmp_path / f"{arch}.F32.gguf", "f32")
+    convert(convert_args(src, out_gguf, 2, "--method", "rtn"))
+    a = {t.name: t for t in open_gguf(out_hf).tensors}
+    b = {t.name: t for t in open_gguf(out_gguf).tensors}
+    assert set(a) == set(b)
+    slim = [n for n, t in a.items() if is_slim(t.tensor_type)]
+    assert len(slim) == 7 * 2
+    for n in slim:
+        assert b[n].tensor_type == a[n].tensor_type and np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data)), n
+
+
 def test_metadata_matches_llama_cpp_f16(tiny_llama, tmp_path):
     out = tmp_path / "tiny-slim2.gguf"
     convert(convert_args(tiny_llama, out, 2, "--method", "rtn"))
@@ -133,6 +171,14 @@ def test_error_unsupported_architecture(capsys, tmp_path):
     (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     rc, err = _cli(capsys, "convert", d, "--bits", "2", "-o", tmp_path / "o.gguf")
     assert rc == 2 and len(err) == 1 and "architecture 'gpt2' is not supported" in err[0]
+
+
+def test_error_unknown_tokenizer_is_one_line_before_quantizing(capsys, tmp_path, tokenizer_dir):
+    d = make_tiny_llama(tmp_path / "qwen2", tokenizer_dir, layers=1, arch="qwen2")
+    out = tmp_path / "o.gguf"
+    rc, err = _cli(capsys, "convert", d, "--bits", "2", "-o", out)
+    assert rc == 2 and len(err) == 1 and "converter cannot write this model" in err[0] and "pre-tokenizer" in err[0]
+    assert not out.exists() and not list(tmp_path.glob("o.gguf.*"))   # refused before any layer was quantized
 
 
 def test_error_nan_weight(capsys, tmp_path, tokenizer_dir):
