@@ -11,6 +11,7 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,13 @@ def cmake_args(cuda: bool) -> list[str]:
             # $ORIGIN-relative RUNPATHs: tools and libraries keep working when copied together
             # (--prefix, llama_cpp/lib inside the venv)
             "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        # No AMX kernels: GGML_NATIVE compiles them in wherever CPUID lists AMX, but virtual machines can list it
+        # and still fault on its instructions (this project's 2-core Xeon box: SIGILL in tinygemm_kernel_amx for
+        # Q4_1, SIGSEGV in ggml_backend_amx_mul_mat for a file with a Q8_0 head). Explicit -mno-amx-* outlive
+        # -march=native; SLIM never used AMX. SLIM2GGUF_CMAKE_ARGS can set other flags.
+        no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        args += [f"-DCMAKE_C_FLAGS={no_amx}", f"-DCMAKE_CXX_FLAGS={no_amx}"]
     if shutil.which("ccache"):
         args.append("-DGGML_CCACHE=ON")
     else:
