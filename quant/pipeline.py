@@ -165,7 +165,7 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
                    on_layer_done: Callable[[int, dict[str, QuantizedLinear]], None] | None = None,
                    tensor_bits: dict[str, int] | None = None,
                    stock_weights: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-                   progress: bool = True) -> QuantizationResult:
+                   layer_io=None, progress: bool = True) -> QuantizationResult:
     """Quantize every decoder-layer linear of `model` in place (fake-quant weights) and return the results.
 
     calibration: a CalibrationSet (its summary goes into `.info`) or LongTensor [nsamples, seqlen]; None for
@@ -179,6 +179,10 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
     so everything after them sees what the file will compute. An untied EMBEDDING or HEAD in tensor_bits is
     made SLIM too (the embedding by the weighted fit before anything else, the head after the last layer, its
     result passed to on_layer_done as layer number n_layers).
+
+    layer_io: an object with acquire(i) / release(i) (slim2gguf.weights.LayerStream) when the model's decoder
+    layers are not all in memory: layer i is acquired just before it is quantized and released when its output
+    has been computed, so memory holds one decoder layer (plus the embedding, head and activations).
     """
     tensor_bits, stock_weights = tensor_bits or {}, stock_weights or {}
     configs: dict[int, QuantConfig] = {}
@@ -225,6 +229,8 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         from tqdm import tqdm
         it = tqdm(it, desc=f"quantize {config.method} {config.bits}-bit", unit="layer")
     for li in it:
+        if layer_io is not None:
+            layer_io.acquire(li)
         layer = layers[li].to(device)
         prefix = f"model.layers.{li}."
         mods = {}
@@ -287,6 +293,8 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         if trains:
             fp_batches = [(t, kw) for t, (_, kw) in zip(targets, fp_batches)]
         layers[li] = layer.to("cpu") if device.type != "cpu" else layer
+        if layer_io is not None:
+            layer_io.release(li)
         results.update(qls)
         if on_layer_done is not None:
             on_layer_done(li, qls)

@@ -5,7 +5,8 @@ Layout of OUT.ckpt/ (next to the output file):
                          (the QuantConfig, the calibration, the source model's files, the device)
     calibration.pt       the calibration token ids and their summary (self-generated text is not re-sampled)
     layer_00012.pt       {hf name: QuantizedLinear.state()} of one finished decoder layer
-    hf/                  the HF folder exported from a GGUF source (llama.cpp's converter reads it)
+    hf/                  a GGUF source's config and tokenizer as an HF folder (llama.cpp's converter reads them;
+                         the tensors it reads from the GGUF itself)
 Every file is written to a temporary name and renamed, so a kill leaves either the old or the new file.
 Resuming with different settings is refused (one line naming the first differing setting).
 """

@@ -1,6 +1,8 @@
-"""A conversion, start to end: MODEL -> calibration tokens -> quant.pipeline, one decoder layer at a time, each
-finished layer checkpointed to OUT.ckpt/ -> llama.cpp's own converter writes OUT.partial with SLIM rows for the
-quantized linears (gguf_out) -> renamed to OUT -> summary measured from the file (convert_summary).
+"""A conversion, start to end: MODEL (streamed, weights.py) -> calibration tokens -> quant.pipeline, one decoder
+layer at a time (read from the source just before, dropped just after), each finished layer checkpointed to
+OUT.ckpt/ -> llama.cpp's own converter writes OUT.partial with SLIM rows for the quantized linears (gguf_out),
+reading the other tensors from the source one at a time -> renamed to OUT -> summary measured from the file
+(convert_summary).
 
 `resume` continues from OUT.ckpt/ after an interruption and gives a byte-identical file. The CLI front end is
 cmd_convert; this module is the library entry point (`convert(ConvertSettings(...))`).
@@ -39,6 +41,8 @@ class ConvertSettings:
     fisher_samples: int = 8                      # calibration sequences of the budget's backward passes
     resume: bool = False
     keep_checkpoints: bool = False
+    keep_model: bool = False                     # library use: keep every layer (fake-quant) in ConvertResult.model;
+                                                 # by default a finished layer's weights are dropped (weights.py)
     verbose: bool = False                        # llama.cpp converter's log
 
 
@@ -46,7 +50,8 @@ class ConvertSettings:
 class ConvertResult:
     summary: dict[str, Any]      # what the last (JSON) line prints
     text: str                    # the human-readable summary
-    model: Any                   # the torch model, its quantized linears holding the fake-quant weights
+    model: Any                   # the torch model: with keep_model its quantized linears hold the fake-quant
+                                 # weights; otherwise its decoder layers are back on the meta device
     results: dict[str, Any]      # hf name -> QuantizedLinear
     report: Any                  # gguf_out.WriteReport (names, types, row permutations)
     hf_dir: Path                 # the HF folder llama.cpp's converter read (gone for GGUF sources: it lived in
@@ -54,6 +59,7 @@ class ConvertResult:
     tokenizer: Any = None
     model_name: str | None = None          # converter's --model-name (GGUF sources)
     general: dict[str, Any] | None = None  # converter's --metadata override (GGUF sources: their general.*)
+    stream: Any = None                     # the weights.LayerStream the layers came from (what it read and held)
 
 
 def default_output(model: str, bits: int) -> Path:
@@ -109,15 +115,15 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
 
     from .file_report import analyze
     from .hf_export import converter_input
-    from .model_io import load_model
+    from .model_io import stream_model
 
     torch.manual_seed(s.calibration.seed)
-    with times.stage("load"):       # loading + (GGUF sources) exporting the HF folder llama.cpp's converter reads
-        model, tok, desc = load_model(s.model)
+    with times.stage("load"):       # config, tokenizer, embedding and head (the layers come one at a time)
+        model, tok, desc, stream = stream_model(s.model, keep=s.keep_model)
         source = converter_input(model, tok, desc, ck.hf_dir)
         check_converter_vocab(source.hf_dir, s.verbose)
     with times.stage("calibration"):
-        calib = _calibration(s, model, tok, ck)
+        calib = _calibration(s, model, tok, ck, stream)
     done = ck.load_layers() if s.resume else {}
 
     def checkpoint(i: int, qls: dict) -> None:
@@ -127,11 +133,11 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
     plan, budget = None, {}
     if s.target_bpw is not None or s.plan_file is not None:
         with times.stage("plan"):
-            plan = _plan(s, model, calib, ck, device)
+            plan = _plan(s, model, calib, ck, device, stream)
         budget = {"tensor_bits": plan.slim_bits(), "stock_weights": _stock_weights(plan)}
     with times.stage("quantize"):
         res = quantize_model(model, calib, s.quant, device=device, done_layers=done, on_layer_done=checkpoint,
-                             **budget)
+                             layer_io=stream, **budget)
         for name, fake in budget.get("stock_weights", {}).items():   # a stock output head: after the layers
             if name == "lm_head.weight":
                 p = model.get_parameter(name)
@@ -142,20 +148,22 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
     with times.stage("write"):
         written = write_slim_gguf_atomic(source.hf_dir, out, res, avg_bits=s.quant.bits, stock=s.stock,
                                          slim_meta=meta, plan=plan, model_name=source.model_name,
-                                         metadata_override=source.metadata_override, verbose=s.verbose)
+                                         metadata_override=source.metadata_override, verbose=s.verbose,
+                                         weights=stream.weights if desc["gguf_file"] else None)
     totals = analyze(out)["totals"]
     if not s.keep_checkpoints:
         ck.remove()
     result = build_summary(out=out, model=s.model, config=s.quant, n_layers=int(model.config.num_hidden_layers),
                            resumed_layers=len(done), totals=totals, written=written, times=times, device=device,
-                           calibration=summary)
+                           calibration=summary, layers_held=stream.peak_resident)
     return ConvertResult(result, format_summary(result, s.stock.fallback), model, dict(res), written,
-                         source.hf_dir, tok, source.model_name, source.general)
+                         source.hf_dir, tok, source.model_name, source.general, stream)
 
 
-def _plan(s: ConvertSettings, model, calib, ck: Checkpoints, device: str):
+def _plan(s: ConvertSettings, model, calib, ck: Checkpoints, device: str, stream):
     """The bit budget's per-tensor types: from the checkpoint when resuming, else measured (quant/plan.py) and
-    allocated (bit_plan), saved, and printed."""
+    allocated (bit_plan), saved, and printed. The measurement runs the whole model (backward passes for the
+    Fisher weights): only then are all layers loaded at once."""
     from quant.plan import measure_candidates
 
     from .bit_plan import (check_target, load_plan_file, make_plan, retarget, save_plan_file, stock_candidates,
@@ -172,8 +180,12 @@ def _plan(s: ConvertSettings, model, calib, ck: Checkpoints, device: str):
         ck.save_plan(plan)
     if plan is None:
         check_target(model, s.target_bpw, s.quant.group_size, s.stock.fallback)
-        stats = measure_candidates(model, calib.input_ids, s.quant, stock_candidates, stock_fake,
-                                   fisher_samples=s.fisher_samples, device=device)
+        release = stream.acquire_all()
+        try:
+            stats = measure_candidates(model, calib.input_ids, s.quant, stock_candidates, stock_fake,
+                                       fisher_samples=s.fisher_samples, device=device)
+        finally:
+            release()
         plan = make_plan(stats, model, s.target_bpw, s.stock.fallback)
         ck.save_plan(plan)
     if s.save_plan is not None:
@@ -193,14 +205,19 @@ def _stock_weights(plan) -> dict:
     return {n: fake(t, plan.importance.get(n)) for n, t in plan.stock().items()}
 
 
-def _calibration(s: ConvertSettings, model, tok, ck: Checkpoints):
+def _calibration(s: ConvertSettings, model, tok, ck: Checkpoints, stream):
     """The calibration set (None for RTN): from the checkpoint when resuming, so self-generated text is not
-    sampled again; otherwise chosen by calibration_set and saved."""
+    sampled again; otherwise chosen by calibration_set and saved. Self-generated text needs the whole model."""
     if not s.quant.needs_calibration:
         return None
     saved = ck.load_calibration() if s.resume else None
     if saved is not None:
         return saved
-    calib = calibration_set(s.calibration, model, tok)
+    from .calibration import SELF
+    release = stream.acquire_all() if s.calibration.file == SELF else (lambda: None)
+    try:
+        calib = calibration_set(s.calibration, model, tok)
+    finally:
+        release()
     ck.save_calibration(calib)
     return calib

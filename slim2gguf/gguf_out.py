@@ -98,9 +98,16 @@ def check_converter_vocab(hf_dir: Path, verbose: bool = False) -> None:
     """Let llama.cpp's converter read the folder's config and tokenizer now (it writes nothing): a tokenizer it
     does not recognize fails in seconds, not after the whole quantization."""
     import gguf
-    cls = converter_class(hf_dir)
+    base = converter_class(hf_dir)
+
+    class VocabOnly(base):
+        model_arch = base.model_arch
+
+        def index_tensors(self, remote_hf_model_id: str | None = None) -> dict:
+            return {}     # the tensors are not read here (a GGUF source's folder has none)
+
     with quiet_converter(verbose):
-        cls(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, Path(hf_dir) / "unused.gguf").set_vocab()
+        VocabOnly(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, Path(hf_dir) / "unused.gguf").set_vocab()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -148,11 +155,30 @@ def _metadata_adder(writer, key: str, value: Any):
         raise TypeError(f"metadata {key}: cannot store {type(value).__name__}")
 
 
+def _source_tensors(converter, weights) -> dict:
+    """The converter's tensor index over a weights.WeightSource instead of the folder's files: lazy tensors that
+    read (and dequantize) one source tensor when the converter materializes it. A quantized weight is never
+    read: its SLIM rows replace it (modify_tensors uses its shape only)."""
+    import torch
+
+    from .llama_converter import import_conversion
+
+    lazy = import_conversion().LazyTorchTensor
+    index = {}
+    for name in weights.names:
+        gen = (lambda n=name: lazy(meta=lazy.meta_with_dtype_and_shape(torch.float32, weights.shape(n)),
+                                   args=(n,), func=weights.get))
+        if item := converter.filter_tensors((name, gen)):
+            index[item[0]] = item[1]
+    return index
+
+
 def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: StockTypes,
-                  slim_meta: Mapping[str, Any], report: WriteReport, plan=None):
+                  slim_meta: Mapping[str, Any], report: WriteReport, plan=None, weights=None):
     """A subclass of the converter class `base` that writes SLIM rows for the quantized weights, and (plan: a
     bit_plan.Plan) the planned stock type of each tensor the plan did not give to SLIM, quantized by ggml's own
-    quantizer with the plan's importance vector (what llama-quantize writes with that imatrix)."""
+    quantizer with the plan's importance vector (what llama-quantize writes with that imatrix). weights: a
+    weights.WeightSource the tensors come from (a GGUF source) instead of the folder's safetensors."""
     from . import ggml_quants
     from .format import Keys
 
@@ -186,6 +212,11 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
                                                     tuple(int(s) for s in info.shape), int(info.nbytes)))
 
             self.gguf_writer.add_tensor = add_tensor
+
+        def index_tensors(self, remote_hf_model_id: str | None = None) -> dict:
+            if weights is None:
+                return super().index_tensors(remote_hf_model_id)
+            return _source_tensors(self, weights)
 
         def modify_tensors(self, data_torch, name: str, bid: int | None) -> Iterable[tuple[str, Any]]:
             ql = quantized.get(name)
@@ -260,20 +291,22 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
 def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], *, avg_bits: int,
                     stock: StockTypes | None = None, slim_meta: Mapping[str, Any] | None = None, plan=None,
                     model_name: str | None = None, metadata_override: Path | None = None,
-                    verbose: bool = False) -> WriteReport:
+                    weights=None, verbose: bool = False) -> WriteReport:
     """Write out_path (directly; the caller handles temp files) from an HF folder and QuantizedLinear results.
 
     quantized: HF parameter name -> QuantizedLinear (bits shared by all rows, group_size 64 or 128).
-    slim_meta: extra `slim.*` key/values. Non-quantized tensors are read from hf_dir by the converter.
+    slim_meta: extra `slim.*` key/values. Non-quantized tensors are read from hf_dir (or weights) by the converter.
     plan: a bit_plan.Plan (`--target-bpw`): its stock tensors in their planned types, the plan in `slim.plan.*`.
     model_name / metadata_override: as convert_hf_to_gguf.py's --model-name / --metadata.
+    weights: a weights.WeightSource for the tensors (a GGUF source: hf_dir then holds config and tokenizer only).
     """
     import gguf
     import torch
 
     stock = stock or StockTypes()
     report = WriteReport()
-    cls = _hooked_class(converter_class(hf_dir), quantized, avg_bits, stock, dict(slim_meta or {}), report, plan)
+    cls = _hooked_class(converter_class(hf_dir), quantized, avg_bits, stock, dict(slim_meta or {}), report, plan,
+                        weights)
     with quiet_converter(verbose), torch.inference_mode():
         model = cls(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, Path(out_path), model_name=model_name,
                     metadata_override=metadata_override)

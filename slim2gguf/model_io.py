@@ -53,9 +53,12 @@ def resolve_model(model: str) -> tuple[Path, str | None]:
 
 
 def _gguf_arch_and_types(path: Path) -> tuple[str, set[str]]:
+    from .gguf_in import source_reader
+
     try:
-        from gguf import GGUFReader
-        r = GGUFReader(str(path))
+        r = source_reader(path)
+    except SlimError:
+        raise
     except Exception as e:  # noqa: BLE001 - anything unreadable is the user's file
         raise SlimError(f"{path}: not a readable GGUF ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
     f = r.fields.get("general.architecture")
@@ -81,21 +84,58 @@ def check_architecture(folder: Path, gguf_file: str | None) -> str:
     return arch
 
 
-def load_model(model: str, dtype=None):
-    """-> (model in eval mode, fp32 on CPU by default; tokenizer; description dict)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_tokenizer(folder: Path, gguf_file: str | None, model: str):
+    from transformers import AutoTokenizer
+
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **kw)
+    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+        raise SlimError(f"cannot load the tokenizer of {model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()   # our own tqdm shows per-layer progress; keep stderr for errors
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")   # nothing may come from a hub
+
+
+def stream_model(model: str, keep: bool = False):
+    """-> (model with parameters on the meta device except the embedding, final norm and head; tokenizer;
+    description dict; weights.LayerStream that fills in one decoder layer at a time). What `convert` uses: memory
+    is the embedding and head plus the layers being worked on, whatever the depth of the model."""
+    from .weights import LayerStream, empty_model, open_weights
+
+    folder, gguf_file = resolve_model(model)
+    arch = check_architecture(folder, gguf_file)
+    _quiet_transformers()
+    tok = _load_tokenizer(folder, gguf_file, model)
+    m = empty_model(folder, gguf_file)
+    if m.config.model_type not in SUPPORTED_ARCHS:
+        raise SlimError(f"architecture '{m.config.model_type}' is not supported")
+    weights = open_weights(folder, gguf_file, m, model)
+    weights.check_finite()
+    stream = LayerStream(m, weights, keep=keep)
+    desc = {"model": model, "folder": str(folder), "gguf_file": gguf_file, "arch": arch,
+            "layers": m.config.num_hidden_layers, "hidden": m.config.hidden_size}
+    return m, tok, desc, stream
+
+
+def load_model(model: str, dtype=None):
+    """-> (model in eval mode, fp32 on CPU by default; tokenizer; description dict): the whole model in memory
+    (eval, run, the report's reference files; `convert` streams it, stream_model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
     dtype = dtype or torch.float32
     folder, gguf_file = resolve_model(model)
     arch = check_architecture(folder, gguf_file)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()   # our own tqdm shows per-layer progress; keep stderr for errors
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")   # nothing may come from a hub
+    _quiet_transformers()
+    tok = _load_tokenizer(folder, gguf_file, model)
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **kw)
         m = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **kw)
     except (OSError, ValueError, KeyError, NotImplementedError) as e:
         raise SlimError(f"cannot load {model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")

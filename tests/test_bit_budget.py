@@ -136,7 +136,8 @@ def test_target_bpw_file_lands_on_budget_and_decodes(tiny_llama, tmp_path, targe
     from slim2gguf.convert import convert
 
     out = tmp_path / "tiny.gguf"
-    res = convert(convert_args(tiny_llama, out, 2, "--target-bpw", str(target), "--fisher-samples", "2"))
+    res = convert(convert_args(tiny_llama, out, 2, "--target-bpw", str(target), "--fisher-samples", "2",
+                               keep_model=True))
     rep = analyze(out)
     bpw = rep["totals"]["bpw_tensors"]
     assert bpw <= target + 1e-9
@@ -216,7 +217,7 @@ def test_plan_file_reuses_the_types(tiny_llama, tmp_path, capsys, monkeypatch):
 
     first, saved = tmp_path / "a.gguf", tmp_path / "saved.json"
     settings = convert_args(tiny_llama, first, 2, "--target-bpw", "2.9", "--fisher-samples", "2",
-                            "--keep-checkpoints", "--save-plan", str(saved))
+                            "--keep-checkpoints", "--save-plan", str(saved), keep_model=True)
     res = convert(settings)
     plan = tmp_path / "plan.json"
     shutil.copy(tmp_path / "a.gguf.ckpt" / "plan.json", plan)

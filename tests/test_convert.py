@@ -6,6 +6,7 @@ decode of the SLIM file bit for bit.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -40,11 +41,13 @@ def tiny_llama(tmp_path_factory, tokenizer_dir):
                            intermediate=384, layers=3, heads=4, kv_heads=2)
 
 
-def convert_args(model, out, bits, *extra):
-    """ConvertSettings as the command line makes them."""
+def convert_args(model, out, bits, *extra, keep_model: bool = False):
+    """ConvertSettings as the command line makes them (keep_model: ConvertResult.model keeps every layer's
+    fake-quant weights, for tests that compare the file with them; the command line drops finished layers)."""
     ap = cli.argparse.ArgumentParser()
     cmd_convert.configure(ap)
-    return cmd_convert.settings(ap.parse_args([str(model), "--bits", str(bits), "-o", str(out), *FAST, *extra]))
+    s = cmd_convert.settings(ap.parse_args([str(model), "--bits", str(bits), "-o", str(out), *FAST, *extra]))
+    return dataclasses.replace(s, keep_model=keep_model)
 
 
 def kv(path):
@@ -63,7 +66,7 @@ def kv(path):
 def test_tiny_llama_decodes_to_fake_quant_weights(tiny_llama, tmp_path, bits, group, extra):
     """(SQC, the slow part of SliM, is on in one case: the writer does not care where q/d/m come from.)"""
     out = tmp_path / "tiny.gguf"
-    res = convert(convert_args(tiny_llama, out, bits, "--group-size", str(group), *extra))
+    res = convert(convert_args(tiny_llama, out, bits, "--group-size", str(group), *extra, keep_model=True))
     assert out.is_file() and not (tmp_path / "tiny.gguf.ckpt").exists() and not (tmp_path / "tiny.gguf.partial").exists()
     # the fake-quant torch model, written by llama.cpp's converter as F32: same names, same q/k row order
     fq = tmp_path / "fq"
@@ -92,6 +95,29 @@ def test_tiny_llama_decodes_to_fake_quant_weights(tiny_llama, tmp_path, bits, gr
     assert s["peak_rss_mib"] > 0 and s["seconds"] > 0
 
 
+@pytest.mark.parametrize("source", ["hf", "gguf"])
+def test_convert_holds_one_decoder_layer_whatever_the_depth(source, tokenizer_dir, tmp_path):
+    """The loader's own count (not memory): a 2-layer and an 8-layer model are both converted holding one decoder
+    layer at a time; every quantized weight is read from the source exactly once (no whole-model copy, and the
+    writer never reads it again: its SLIM rows replace it); a GGUF source exports no weights for the converter."""
+    for layers in (2, 8):
+        hf = make_tiny_llama(tmp_path / f"l{layers}", tokenizer_dir, hidden=128, intermediate=192, layers=layers,
+                             heads=4, kv_heads=2)
+        src = hf if source == "hf" else write_stock(hf, tmp_path / f"l{layers}.F32.gguf", "f32")
+        res = convert(convert_args(src, tmp_path / f"l{layers}.gguf", 2, "--keep-checkpoints"))
+        st = res.stream
+        assert st.peak_resident == 1 and not st.resident
+        decoder = [n for n, _ in res.model.named_parameters() if n.startswith("model.layers.")]
+        assert len(decoder) == 9 * layers
+        assert all(res.model.get_parameter(n).device.type == "meta" for n in decoder)   # dropped when done
+        quantized = set(res.results)
+        assert len(quantized) == 7 * layers and all(st.weights.reads[n] == 1 for n in quantized)
+        assert all(st.weights.reads[n] >= 1 for n in st.weights.names)
+        if source == "gguf":   # config and tokenizer only: the tensors come from the GGUF's memory map
+            exported = tmp_path / f"l{layers}.gguf.ckpt" / "hf"
+            assert (exported / "config.json").is_file() and not list(exported.glob("*.safetensors"))
+
+
 @pytest.mark.parametrize("arch,gguf_arch", [("llama", "llama"), ("mistral", "llama"), ("qwen2", "qwen2")])
 def test_sharded_hf_folder_and_gguf_source_give_the_same_file(arch, gguf_arch, tokenizer_dir, tmp_path,
                                                               monkeypatch):
@@ -110,7 +136,7 @@ def test_sharded_hf_folder_and_gguf_source_give_the_same_file(arch, gguf_arch, t
                          kv_heads=2, arch=arch, max_shard_size="400KB")
     assert len(list(hf.glob("*.safetensors"))) > 1
     out_hf, out_gguf = tmp_path / "from-hf.gguf", tmp_path / "from-gguf.gguf"
-    res = convert(convert_args(hf, out_hf, 2, "--method", "rtn"))
+    res = convert(convert_args(hf, out_hf, 2, "--method", "rtn", keep_model=True))
     assert kv(out_hf)["general.architecture"] == gguf_arch
     fq = tmp_path / "fq"
     res.model.save_pretrained(fq)

@@ -3,6 +3,7 @@ projections, g128 for the 1536-wide down_proj) and llama.cpp's metadata. Slow: o
 with small calibration, shared by the tests of this module."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def converted(request, tmp_path_factory):
     out = tmp / f"smollm2-slim{bits}.gguf"
     # SBA on (mixed tags, the part the writer and decoder care about); SQC off: it is most of SliM's CPU time
     # and changes only the values of d and m, not how they are stored
-    res = convert(cmd_convert.settings(ap.parse_args(["demo", "--bits", str(bits), "-o", str(out),
-                                                      "--nsamples", "8", "--seqlen", "128", "--no-sqc", *calib])))
+    s = cmd_convert.settings(ap.parse_args(["demo", "--bits", str(bits), "-o", str(out), "--nsamples", "8",
+                                            "--seqlen", "128", "--no-sqc", *calib]))
+    res = convert(dataclasses.replace(s, keep_model=True))
     fq = export_hf_folder(res.model, res.tokenizer, tmp / "fq")
     override = tmp / "general.json"
     override.write_text(json.dumps(res.general or {}))

@@ -79,7 +79,7 @@ def test_slim_file_loads_the_fake_quant_weights(tiny, tmp_path):
 def cli_convert(model_dir, out):
     from slim2gguf.convert import convert
 
-    return convert(convert_args(model_dir, out, 2, "--method", "rtn"))
+    return convert(convert_args(model_dir, out, 2, "--method", "rtn", keep_model=True))
 
 
 def test_ggml_activation_hooks_round_inputs_and_go_away(tiny):

@@ -1,0 +1,255 @@
+"""A model's weights read one tensor at a time, so `convert` never holds the whole model (issue 15).
+
+`open_weights(folder, gguf_file)` gives a WeightSource:
+- a Hugging Face folder: its safetensors shards (model.safetensors.index.json or *.safetensors), memory-mapped by
+  safetensors; each tensor is read and cast to fp32 when asked for;
+- a GGUF: the tensors memory-mapped by gguf-py and dequantized one at a time, renamed and un-permuted by
+  transformers' own GGUF name map and tensor processor, so the values are exactly what
+  `from_pretrained(gguf_file=...)` gives, without its whole-model copy.
+
+`LayerStream` builds the transformers model with its parameters on the meta device (accelerate's
+init_empty_weights: no memory), fills in what every layer needs (embedding, final norm, head) and then one decoder
+layer at a time: `acquire(i)` before the layer is quantized, `release(i)` after (its parameters go back to meta).
+It counts what it holds, so tests can check the bound without measuring memory.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import SlimError
+
+LAYER_PREFIX = "model.layers."
+_LAYER_INDEX = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+class WeightSource:
+    """HF parameter name -> fp32 tensor, read on demand. Subclasses fill `_shapes` and `_read`."""
+
+    def __init__(self, label: str):
+        self.label = label                       # for error messages (the model the user named)
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self.reads: Counter[str] = Counter()     # name -> times read (instrumentation)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._shapes)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._shapes
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor as a new fp32 CPU tensor; SlimError if it holds NaN or Inf."""
+        if name not in self._shapes:
+            raise SlimError(f"{self.label}: no tensor {name}")
+        t = self._read(name).to(torch.float32)
+        self.reads[name] += 1
+        self._check(name, t)
+        return t
+
+    def check_finite(self, progress: bool = False) -> None:
+        """Read every tensor once, keeping none, so a NaN or Inf anywhere fails the run before any work (the
+        layers themselves come much later). Not counted in `reads`."""
+        names = self.names
+        if progress:
+            from tqdm import tqdm
+            names = tqdm(names, desc="check weights", unit="tensor", leave=False)
+        for name in names:
+            self._check(name, self._read(name))
+
+    def _check(self, name: str, t: torch.Tensor) -> None:
+        if not torch.isfinite(t).all():
+            raise SlimError(f"{self.label}: weight {name} contains NaN or Inf")
+
+    def _read(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SafetensorsWeights(WeightSource):
+    """The safetensors shards of a Hugging Face folder (sharded or single file)."""
+
+    def __init__(self, folder: Path, label: str):
+        from safetensors import safe_open
+
+        super().__init__(label)
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (OSError, ValueError, KeyError) as e:
+                raise SlimError(f"{index}: unreadable shard index ({e})") from None
+            shards = sorted(set(weight_map.values()))
+        else:
+            shards = sorted(p.name for p in folder.glob("*.safetensors"))
+        if not shards:
+            raise SlimError(f"{folder}: no safetensors weights (convert reads model*.safetensors)")
+        self._files, self._where = {}, {}
+        for shard in shards:
+            path = folder / shard
+            if not path.is_file():
+                raise SlimError(f"{folder}: shard {shard} named by the index is missing")
+            try:
+                f = safe_open(str(path), framework="pt")
+            except Exception as e:  # noqa: BLE001 - a damaged shard is the user's file
+                raise SlimError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+            self._files[shard] = f
+            for name in f.keys():
+                self._where[name] = shard
+                self._shapes[name] = tuple(f.get_slice(name).get_shape())
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self._files[self._where[name]].get_tensor(name)
+
+
+class GGUFWeights(WeightSource):
+    """The tensors of a GGUF, as transformers' GGUF loader names and lays them out."""
+
+    def __init__(self, path: Path, config, meta_model, label: str):
+        from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
+
+        from .gguf_in import source_reader
+
+        super().__init__(label)
+        self._reader = source_reader(path)
+        arch_field = self._reader.fields.get("general.architecture")
+        arch = arch_field.contents() if arch_field is not None else "?"
+        self._config = config.to_dict()
+        self._processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=self._config)
+        self._to_hf = _gguf_to_hf_names(meta_model, arch, self._processor)
+        self._tensors = {}
+        for t in self._reader.tensors:
+            hf = self._to_hf.get(t.name)
+            if hf is None:           # e.g. rope_freqs: computed by the model, not a parameter
+                continue
+            self._tensors[hf] = t
+            self._shapes[hf] = tuple(int(n) for n in reversed(t.shape))   # ggml's ne0 is the last HF axis
+
+    def _read(self, name: str) -> torch.Tensor:
+        import gguf
+        import numpy as np
+
+        t = self._tensors[name]
+        result = self._processor.process(weights=gguf.dequantize(t.data, t.tensor_type), name=t.name,
+                                         tensor_key_mapping=self._to_hf,
+                                         parsed_parameters={"config": self._config, "tensors": {}})
+        return torch.from_numpy(np.copy(result.weights)).reshape(self._shapes[name])
+
+
+def _gguf_to_hf_names(model, arch: str, processor) -> dict[str, str]:
+    """GGUF tensor name -> HF parameter name, by gguf-py's name map for `arch`, as transformers'
+    get_gguf_hf_weights_map maps a llama/mistral/qwen2 model (it also walks every submodule, building the map again
+    for each: seconds of a load, and nothing those architectures need)."""
+    import gguf
+
+    by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
+    if arch not in by_name:
+        raise SlimError(f"GGUF architecture {arch!r} is unknown to gguf-py")
+    name_map = gguf.get_tensor_name_map(by_name[arch], model.config.num_hidden_layers)
+    out = {}
+    for hf_name in model.state_dict():
+        base, dot, suffix = processor.preprocess_name(hf_name).rpartition(".")
+        if suffix not in ("weight", "bias"):
+            base, dot, suffix = hf_name, "", ""
+        gguf_name = name_map.get_name(base)
+        if gguf_name is not None:
+            out[gguf_name + dot + suffix] = hf_name
+    return out
+
+
+def empty_model(folder: Path, gguf_file: str | None):
+    """The transformers causal LM of the source's config, parameters on the meta device (buffers such as the
+    rotary frequencies are real), in eval mode."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise SlimError(f"cannot read the model config of {folder}: {str(e).splitlines()[0] if str(e) else e}")
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+def open_weights(folder: Path, gguf_file: str | None, model, label: str) -> WeightSource:
+    if gguf_file:
+        return GGUFWeights(Path(folder) / gguf_file, model.config, model, label)
+    return SafetensorsWeights(Path(folder), label)
+
+
+def layer_index(name: str) -> int | None:
+    m = _LAYER_INDEX.match(name)
+    return int(m.group(1)) if m else None
+
+
+class LayerStream:
+    """A meta-device model whose decoder layers are filled in from a WeightSource one at a time.
+
+    keep=True: `release` keeps the layer (the model ends fully loaded, holding whatever was written into it,
+    e.g. fake-quant weights); otherwise a released layer's parameters go back to the meta device.
+    """
+
+    def __init__(self, model, weights: WeightSource, keep: bool = False):
+        self.model, self.weights, self.keep = model, weights, keep
+        self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        self.layer_params: dict[int, list[str]] = {}
+        self.global_params: list[str] = []
+        for name, _ in model.named_parameters():
+            i = layer_index(name)
+            (self.layer_params.setdefault(i, []) if i is not None else self.global_params).append(name)
+        expected = {n for names in self.layer_params.values() for n in names} | set(self.global_params)
+        missing = sorted(n for n in expected if n not in weights and not (self.tied and n == "lm_head.weight"))
+        if missing:
+            raise SlimError(f"{weights.label}: {len(missing)} weight(s) missing, first {missing[0]}")
+        for n in expected:
+            if n in weights and tuple(weights.shape(n)) != tuple(model.get_parameter(n).shape):
+                raise SlimError(f"{weights.label}: {n} has shape {weights.shape(n)}, the config says "
+                                f"{tuple(model.get_parameter(n).shape)}")
+        self.resident: set[int] = set()
+        self.peak_resident = 0                   # most decoder layers held at once (instrumentation)
+        self._load(self.global_params)
+        if self.tied:
+            model.tie_weights()
+
+    def _load(self, names: list[str]) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        for n in names:
+            if n in self.weights:
+                set_module_tensor_to_device(self.model, n, "cpu", value=self.weights.get(n))
+
+    def acquire(self, i: int) -> None:
+        if i in self.resident:
+            return
+        self._load(self.layer_params.get(i, []))
+        self.resident.add(i)
+        self.peak_resident = max(self.peak_resident, len(self.resident))
+
+    def release(self, i: int) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        if self.keep or i not in self.resident:
+            return
+        for n in self.layer_params.get(i, []):
+            set_module_tensor_to_device(self.model, n, "meta")
+        self.resident.discard(i)
+
+    def acquire_all(self) -> Callable[[], None]:
+        """Load every layer (a bit budget's measurement runs the whole model); returns the matching release."""
+        before = set(self.resident)
+        for i in sorted(self.layer_params):
+            self.acquire(i)
+
+        def release_all():
+            for i in sorted(self.resident - before):
+                self.release(i)
+        return release_all
