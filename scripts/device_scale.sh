@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Issue 15's scale table on the GPU machine: random LLaMA-7B-shaped (32 layers) and 70B-shaped (2 and 4 layers) F16
+# GGUFs made there (far too large to carry), each converted by `slim2gguf convert --bits 2 --calib brown.txt
+# --nsamples 32` with torch on the GPU; scripts/bench_scale.py's table: stage times, seconds per layer, peak RSS,
+# peak GPU memory, decoder layers held at once, the projected full-depth time.
+#
+#   here:    bash scripts/device_scale.sh pack              -> .devs/ (gguf-py + dist-info, the converter, vocab, text)
+#   device:  carry .devs:  bash scripts/device_scale.sh setup start     (the run goes on detached, ~15-25 min)
+#            then:         bash scripts/device_scale.sh wait 540        (again until it says ended; table to $OUT)
+#   MODELS="7b:32 70b:2 70b:4" (shape:layers) and NSAMPLES=32 choose the runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/slim-out}
+S=/tmp/scale
+MODELS=${MODELS:-"7b:32 70b:2 70b:4"}
+NSAMPLES=${NSAMPLES:-32}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT" "$S"
+export PYTHONUNBUFFERED=1
+stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+
+stage_pack() {
+  grep -qxF "/.devs/" .git/info/exclude || echo "/.devs/" >> .git/info/exclude
+  rm -rf .devs && mkdir -p .devs/site .devs/llama .devs/data
+  cp -r build/llama.cpp/gguf-py/gguf .devs/site/
+  mkdir -p .devs/site/gguf-0.19.0.dist-info
+  printf 'Metadata-Version: 2.1\nName: gguf\nVersion: 0.19.0\n' > .devs/site/gguf-0.19.0.dist-info/METADATA
+  cp -r build/llama.cpp/conversion build/llama.cpp/convert_hf_to_gguf.py .devs/llama/
+  cp build/llama.cpp/models/ggml-vocab-llama-spm.gguf ../shared/data/brown.txt .devs/data/
+  find .devs -name __pycache__ -prune -exec rm -rf {} +
+  du -sh .devs
+}
+
+stage_setup() {
+  [ -d .devs/site/gguf ] || { echo "no .devs: carry it"; return 1; }
+  mkdir -p build/llama.cpp && cp -r .devs/llama/. build/llama.cpp/ && rm -rf "$S/site" && cp -r .devs/site "$S/site" &&
+    cp .devs/data/* "$S/" || return 1
+  PYTHONPATH=$S/site:$PWD "$PY" -c "import torch, transformers, gguf; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
+  nproc; free -g | head -2; df -h /tmp | tail -1; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+}
+
+stage_start() {
+  export PYTHONPATH=$S/site:$PWD
+  cat > "$S/run.sh" <<EOF
+set -x
+files=()
+for m in $MODELS; do
+  shape=\${m%%:*}; layers=\${m##*:}; f=$S/llama\$shape-\${layers}l.gguf
+  [ -f "\$f" ] || "$PY" scripts/bench_scale.py make --shape \$shape --layers \$layers --vocab $S/ggml-vocab-llama-spm.gguf --out "\$f" || exit 1
+  files+=("\$f")
+done
+"$PY" scripts/bench_scale.py run --models "\${files[@]}" --calib $S/brown.txt --nsamples $NSAMPLES --out-dir $S --md $S/scale.md
+df -h /tmp | tail -1
+EOF
+  setsid nohup bash "$S/run.sh" > "$S/run.log" 2>&1 < /dev/null &
+  echo $! > "$S/run.pid"
+  stamp "scale run started (pid $(cat "$S/run.pid")): $MODELS"
+}
+
+stage_wait() {
+  local limit=${1:-540} t0=$SECONDS pid
+  pid=$(cat "$S/run.pid")
+  while [ $((SECONDS - t0)) -lt "$limit" ] && kill -0 "$pid" 2>/dev/null; do sleep 10; done
+  tail -c 2500 "$S/run.log" | tr '\r' '\n' | grep -v "^\s*$" | tail -14
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+  kill -0 "$pid" 2>/dev/null && echo "scale run still running" || echo "scale run ended"
+  cp "$S"/scale.md "$S"/scale.json "$S/run.log" "$OUT/" 2>/dev/null
+}
+
+for stage in "$@"; do
+  case "$stage" in
+    pack|setup|start) "stage_$stage" || { echo "stage $stage failed"; exit 1; } ;;
+    wait) shift_next=1 ;;
+    [0-9]*) [ "${shift_next:-0}" = 1 ] && { stage_wait "$stage"; shift_next=0; } ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
+[ "${shift_next:-0}" = 1 ] && stage_wait 540
+exit 0
