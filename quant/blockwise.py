@@ -118,10 +118,27 @@ class GroupQuantizer(nn.Module):
                                d.cpu(), m.cpu(), self.group_size)
 
 
-def layer_forward(layer, hs, kw):
-    """A decoder layer's hidden-state output (transformers returns a tuple in some versions)."""
-    out = layer(hs, **kw)
-    return out[0] if isinstance(out, tuple) else out
+def layer_forward(layer, hs, kw, on_layer_device: bool = False):
+    """A decoder layer's hidden-state output (transformers returns a tuple in some versions). hs may live on the
+    host while the layer is on the GPU (activations too large for it, pipeline.activation_store): it goes in on
+    the layer's device and the output comes back where hs lives, unless on_layer_device (training: the loss and
+    its gradient stay on the GPU)."""
+    dev = next(layer.parameters()).device
+    out = layer(hs.to(dev), **kw)
+    out = out[0] if isinstance(out, tuple) else out
+    return out if on_layer_device else to_store(out, hs.device)
+
+
+def to_store(t: torch.Tensor, store: torch.device) -> torch.Tensor:
+    """t on the device activations are kept on: itself when it is there already; from a GPU to the host into
+    pinned memory (the next copy back to the GPU is a DMA transfer), blocking, so the host copy is complete."""
+    if t.device == store:
+        return t
+    if store.type == "cpu" and t.device.type == "cuda":
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t)
+        return host
+    return t.to(store)
 
 
 def train_block(layer: nn.Module, linears: dict[str, tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]],
@@ -155,8 +172,8 @@ def train_block(layer: nn.Module, linears: dict[str, tuple[torch.Tensor, int, to
     gen = torch.Generator().manual_seed(seed)
 
     def block_loss(i):
-        out = layer_forward(layer, inputs[i][0], inputs[i][1]).float()
-        return sum(torch.nn.functional.mse_loss(out, t[i].float()) for t in targets)
+        out = layer_forward(layer, inputs[i][0], inputs[i][1], on_layer_device=True).float()
+        return sum(torch.nn.functional.mse_loss(out, t[i].to(out.device).float()) for t in targets)
 
     with torch.no_grad():
         first = sum(float(block_loss(i)) for i in range(len(inputs))) / len(inputs)

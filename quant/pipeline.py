@@ -11,6 +11,7 @@ plus the calibration activations.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 from typing import Callable
@@ -19,7 +20,7 @@ import torch
 
 from .calibration import CalibrationSet
 from .config import QuantConfig
-from .blockwise import layer_forward, train_block
+from .blockwise import layer_forward, to_store, train_block
 from .hessian import HessianAccumulator, inverse_hessian_cholesky
 from .layer import quantize_linear, rtn_group_fit, sba_group_bits
 from .quantizer import pick_group_size
@@ -49,9 +50,26 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     return model.model.layers
 
 
+# the share of free GPU memory the calibration activations may take; the rest is for one layer's weights, its
+# Hessians (a 70B's down projection: 28672^2 fp32 = 3 GiB) and GPTQ's work
+ACTIVATION_SHARE = 0.5
+
+
+def activation_store(device: torch.device, n_tokens: int, hidden: int, copies: int) -> torch.device:
+    """Where the calibration activations live: on the compute device, or on the host (pinned, each mini-batch
+    copied in when a layer reads it) when `copies` fp32 [n_tokens, hidden] tensors would take more than
+    ACTIVATION_SHARE of the GPU's free memory."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if n_tokens * hidden * 4 * copies < ACTIVATION_SHARE * free else torch.device("cpu")
+
+
 @torch.no_grad()
-def capture_layer0_inputs(model, input_ids: torch.Tensor, batch_size: int, device) -> list[tuple]:
-    """[(hidden_states, kwargs)] per mini-batch, as the first decoder layer receives them."""
+def capture_layer0_inputs(model, input_ids: torch.Tensor, batch_size: int, device, store=None) -> list[tuple]:
+    """[(hidden_states, kwargs)] per mini-batch, as the first decoder layer receives them; the hidden states kept
+    on `store` (default: device), the kwargs (rotary tables, masks: small) on device."""
+    store = torch.device(store if store is not None else device)
     layers = decoder_layers(model)
     captured = []
 
@@ -59,7 +77,7 @@ def capture_layer0_inputs(model, input_ids: torch.Tensor, batch_size: int, devic
         hs = args[0] if args else kwargs.pop("hidden_states")
         kw = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "past_key_value")}
         kw["use_cache"] = False
-        captured.append((hs.detach(), kw))
+        captured.append((to_store(hs.detach(), store), kw))
         raise _Stop
 
     inner = model.model
@@ -219,7 +237,14 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         with torch.no_grad():
             emb.data.copy_(ql.dequantize().to(emb.dtype))
         results[EMBEDDING] = ql
-    batches = capture_layer0_inputs(model, calibration, batch, device) if need_acts else []
+    store = device
+    if need_acts:   # inputs and outputs of a layer, and slim+'s targets
+        copies = 2 + (({"fp": 1, "quant": 1, "both": 2}[config.train_target]) if trains else 0)
+        store = activation_store(device, calibration.numel(), model.config.hidden_size, copies)
+        if store != device:
+            print(f"calibration activations ({copies} x {calibration.numel()} x {model.config.hidden_size} fp32) "
+                  f"stay on the host: too large for the GPU's free memory", file=sys.stderr, flush=True)
+    batches = capture_layer0_inputs(model, calibration, batch, device, store) if need_acts else []
     # slim+ trains each block towards the full-precision block's output on the full-precision inputs
     # (no copy needed: each layer's pass makes new tensors, nothing writes into these)
     fp_batches = list(batches) if trains else []
@@ -333,7 +358,7 @@ def head_hessian(model, batches, device, kl_tokens: int = 0, kl_gen: torch.Gener
     X_kl = None
     with torch.no_grad():
         for hs, _ in batches:
-            x = norm(hs)
+            x = norm(hs.to(device))
             acc.add_batch(x)
             if kl_tokens and X_kl is None:
                 flat = x.reshape(-1, x.shape[-1]).float()

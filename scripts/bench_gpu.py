@@ -43,17 +43,18 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def llama_kv(w, vocab_path: Path, ftype: int) -> None:
+def llama_kv(w, vocab_path: Path, ftype: int, name: str = "llama-7b-shaped-random", hidden: int = N_EMBD,
+             ffn: int = N_FF, layers: int = N_LAYER, heads: int = N_HEAD, kv_heads: int = N_HEAD) -> None:
     import gguf
 
-    w.add_name("llama-7b-shaped-random")
+    w.add_name(name)
     w.add_context_length(N_CTX)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
-    w.add_feed_forward_length(N_FF)
-    w.add_rope_dimension_count(N_EMBD // N_HEAD)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(ftype)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -79,26 +80,34 @@ def write_out(w) -> None:
     w.close()
 
 
-def make_f16(path: Path, vocab: Path) -> dict[tuple[int, int], np.ndarray]:
+def write_random_llama(path: Path, vocab: Path, layer_mats: dict[str, tuple[int, int]], n_vocab: int, hidden: int,
+                       layers: int, **kv) -> dict[tuple[int, int], np.ndarray]:
+    """An F16 llama GGUF: one random N(0, 0.02) matrix per weight shape, shared by every layer (speed and memory do
+    not depend on the values; fresh randoms for every layer would cost minutes), norms of ones, the tokenizer of
+    `vocab`. kv: llama_kv's shape arguments. Returns the matrices by shape."""
     import gguf
 
     rng = np.random.default_rng(7)
     mats: dict[tuple[int, int], np.ndarray] = {}
-    for shape in {(N_VOCAB, N_EMBD), *LAYER_MATS.values()}:
+    for shape in {(n_vocab, hidden), *layer_mats.values()}:
         mats[shape] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
-    norm = np.ones(N_EMBD, dtype=np.float32)
+    norm = np.ones(hidden, dtype=np.float32)
     w = gguf.GGUFWriter(str(path), "llama")
-    llama_kv(w, vocab, int(gguf.LlamaFileType.MOSTLY_F16))
-    w.add_tensor("token_embd.weight", mats[(N_VOCAB, N_EMBD)])
-    for i in range(N_LAYER):
+    llama_kv(w, vocab, int(gguf.LlamaFileType.MOSTLY_F16), hidden=hidden, layers=layers, **kv)
+    w.add_tensor("token_embd.weight", mats[(n_vocab, hidden)])
+    for i in range(layers):
         w.add_tensor(f"blk.{i}.attn_norm.weight", norm)
-        for name, shape in LAYER_MATS.items():
+        for name, shape in layer_mats.items():
             w.add_tensor(f"blk.{i}.{name}.weight", mats[shape])
         w.add_tensor(f"blk.{i}.ffn_norm.weight", norm)
     w.add_tensor("output_norm.weight", norm)
-    w.add_tensor("output.weight", mats[(N_VOCAB, N_EMBD)])
+    w.add_tensor("output.weight", mats[(n_vocab, hidden)])
     write_out(w)
     return mats
+
+
+def make_f16(path: Path, vocab: Path) -> dict[tuple[int, int], np.ndarray]:
+    return write_random_llama(path, vocab, LAYER_MATS, N_VOCAB, N_EMBD, N_LAYER)
 
 
 def slim_rtn(wt: np.ndarray, st, rng: np.random.Generator) -> np.ndarray:

@@ -24,12 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_gpu import copy_tokenizer, write_out  # noqa: E402
+from bench_gpu import write_random_llama  # noqa: E402
 
 # (hidden, FFN, heads, KV heads, vocab): the published LLaMA widths
 SHAPES = {"7b": (4096, 11008, 32, 32, 32000), "70b": (8192, 28672, 64, 8, 32000),
@@ -42,38 +41,13 @@ def log(msg: str) -> None:
 
 
 def make(shape: str, layers: int, vocab: Path, out: Path) -> None:
-    import gguf
-
     hidden, ffn, heads, kv_heads, n_vocab = SHAPES[shape]
     kv = hidden // heads * kv_heads
     mats = {"attn_q": (hidden, hidden), "attn_k": (kv, hidden), "attn_v": (kv, hidden),
             "attn_output": (hidden, hidden), "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden),
             "ffn_down": (hidden, ffn)}     # (rows, cols) = (ne1, ne0)
-    rng = np.random.default_rng(7)
-    random = {s: (rng.standard_normal(s, dtype=np.float32) * 0.02).astype(np.float16)
-              for s in {*mats.values(), (n_vocab, hidden)}}
-    norm = np.ones(hidden, dtype=np.float32)
-    w = gguf.GGUFWriter(str(out), "llama")
-    w.add_name(f"llama-{shape}-shaped-random-{layers}l")
-    w.add_context_length(4096)
-    w.add_embedding_length(hidden)
-    w.add_block_count(layers)
-    w.add_feed_forward_length(ffn)
-    w.add_rope_dimension_count(hidden // heads)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
-    copy_tokenizer(w, vocab)
-    w.add_tensor("token_embd.weight", random[(n_vocab, hidden)])
-    for i in range(layers):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", norm)
-        for name, s in mats.items():
-            w.add_tensor(f"blk.{i}.{name}.weight", random[s])
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", norm)
-    w.add_tensor("output_norm.weight", norm)
-    w.add_tensor("output.weight", random[(n_vocab, hidden)])
-    write_out(w)
+    write_random_llama(out, vocab, mats, n_vocab, hidden, layers, name=f"llama-{shape}-shaped-random-{layers}l",
+                       ffn=ffn, heads=heads, kv_heads=kv_heads)
 
 
 def convert_once(model: Path, out_dir: Path, extra: list[str]) -> dict:
