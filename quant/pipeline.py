@@ -183,7 +183,7 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
                    on_layer_done: Callable[[int, dict[str, QuantizedLinear]], None] | None = None,
                    tensor_bits: dict[str, int] | None = None,
                    stock_weights: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-                   layer_io=None, progress: bool = True) -> QuantizationResult:
+                   layer_io=None, keep_results: bool = True, progress: bool = True) -> QuantizationResult:
     """Quantize every decoder-layer linear of `model` in place (fake-quant weights) and return the results.
 
     calibration: a CalibrationSet (its summary goes into `.info`) or LongTensor [nsamples, seqlen]; None for
@@ -201,6 +201,8 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
     layer_io: an object with acquire(i) / release(i) (slim2gguf.weights.LayerStream) when the model's decoder
     layers are not all in memory: layer i is acquired just before it is quantized and released when its output
     has been computed, so memory holds one decoder layer (plus the embedding, head and activations).
+    keep_results=False: a finished layer's results go only to on_layer_done (which stores them), not into the
+    returned dict, so they do not pile up in memory (the codes are a byte per weight).
     """
     tensor_bits, stock_weights = tensor_bits or {}, stock_weights or {}
     configs: dict[int, QuantConfig] = {}
@@ -320,7 +322,8 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         layers[li] = layer.to("cpu") if device.type != "cpu" else layer
         if layer_io is not None:
             layer_io.release(li)
-        results.update(qls)
+        if keep_results or on_layer_done is None:
+            results.update(qls)
         if on_layer_done is not None:
             on_layer_done(li, qls)
     if HEAD in tensor_bits:
@@ -329,7 +332,8 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         head = model.get_output_embeddings().weight
         with torch.no_grad():
             head.data.copy_(qls[HEAD].dequantize().to(head.dtype))
-        results.update(qls)
+        if keep_results or on_layer_done is None:
+            results.update(qls)
         if on_layer_done is not None:
             on_layer_done(n, qls)
     results.info = {**config.key(), "calibration": calib_summary, "seconds": time.time() - t0, "sba_k": sba_k}

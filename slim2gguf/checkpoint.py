@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +168,66 @@ class Checkpoints:
                             f"run without --resume") from None
         return {name: QuantizedLinear.from_state(v) for name, v in obj.items()}
 
-    def load_layers(self) -> dict[int, dict[str, Any]]:
-        return {i: self.load_layer(i) for i in self.finished_layers()}
+    def load_layers(self) -> StoredLayers:
+        """The finished layers, each read from its file when asked for (a resume holds one at a time)."""
+        return StoredLayers(self, self.finished_layers())
 
     # ---------------------------------------------------------------------------------------------- hf export
     @property
     def hf_dir(self) -> Path:
         """Where a GGUF source's HF folder is exported (hf_export.converter_input), so a resume reuses it."""
         return self.path / "hf"
+
+
+class StoredLayers(Mapping):
+    """{layer index: {hf name: QuantizedLinear}} over the layer files of a Checkpoints, read on access."""
+
+    def __init__(self, ck: Checkpoints, indices: list[int]):
+        self._ck, self._indices = ck, list(indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index not in self._indices:
+            raise KeyError(index)
+        return self._ck.load_layer(index)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+
+class StoredResults(Mapping):
+    """{hf name: QuantizedLinear} of a conversion, read back from the layer files as the writer asks for them (the
+    last layer read is kept), so the codes of all layers (a byte per weight: 65 GB for a 70B) are never in memory
+    together. Readable while the checkpoint folder exists. `extra`: results that have no layer file (a SLIM
+    embedding, made before the first layer)."""
+
+    def __init__(self, ck: Checkpoints, extra: Mapping[str, Any] | None = None):
+        self._ck = ck
+        self._extra = dict(extra or {})
+        self._layer_of: dict[str, int] = {}
+        self._cached: tuple[int | None, dict[str, Any]] = (None, {})
+
+    def add_layer(self, index: int, names) -> None:
+        """The layer file `index` holds these names (saved by Checkpoints.save_layer)."""
+        for n in names:
+            self._layer_of[n] = index
+
+    def add(self, name: str, value: Any) -> None:
+        self._extra[name] = value
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._extra:
+            return self._extra[name]
+        index = self._layer_of[name]
+        if self._cached[0] != index:
+            self._cached = (index, self._ck.load_layer(index))
+        return self._cached[1][name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._extra
+        yield from self._layer_of
+
+    def __len__(self) -> int:
+        return len(self._extra) + len(self._layer_of)

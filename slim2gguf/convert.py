@@ -16,7 +16,7 @@ from typing import Any
 from quant.config import QuantConfig
 
 from .calibration import CalibrationSpec, calibration_set, log_stderr
-from .checkpoint import Checkpoints, checkpoint_dir, file_fingerprint, model_fingerprint
+from .checkpoint import Checkpoints, StoredResults, checkpoint_dir, file_fingerprint, model_fingerprint
 from .convert_summary import StageTimes, build_summary, format_summary
 from .errors import SlimError
 from .gguf_out import StockTypes, check_converter_vocab, check_writable, slim_metadata, write_slim_gguf_atomic
@@ -52,7 +52,8 @@ class ConvertResult:
     text: str                    # the human-readable summary
     model: Any                   # the torch model: with keep_model its quantized linears hold the fake-quant
                                  # weights; otherwise its decoder layers are back on the meta device
-    results: dict[str, Any]      # hf name -> QuantizedLinear
+    results: Any                 # hf name -> QuantizedLinear (a dict with keep_model; otherwise read from OUT.ckpt/:
+                                 # the names always, the values while the folder is kept)
     report: Any                  # gguf_out.WriteReport (names, types, row permutations)
     hf_dir: Path                 # the HF folder llama.cpp's converter read (gone for GGUF sources: it lived in
                                  # OUT.ckpt/ unless keep_checkpoints)
@@ -125,10 +126,14 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
     with times.stage("calibration"):
         calib = _calibration(s, model, tok, ck, stream)
     done = ck.load_layers() if s.resume else {}
+    stored = StoredResults(ck)           # what the writer reads: the layer files, one at a time
+    group_sizes: set[int] = set()
 
     def checkpoint(i: int, qls: dict) -> None:
         if i not in done:      # a resumed layer's checkpoint is already there
             ck.save_layer(i, qls)
+        stored.add_layer(i, qls)
+        group_sizes.update(ql.group_size for ql in qls.values())
 
     plan, budget = None, {}
     if s.target_bpw is not None or s.plan_file is not None:
@@ -137,16 +142,20 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
         budget = {"tensor_bits": plan.slim_bits(), "stock_weights": _stock_weights(plan)}
     with times.stage("quantize"):
         res = quantize_model(model, calib, s.quant, device=device, done_layers=done, on_layer_done=checkpoint,
-                             layer_io=stream, **budget)
+                             layer_io=stream, keep_results=s.keep_model, **budget)
+        for name, ql in res.items():   # kept in memory (keep_model), or with no layer file (a SLIM embedding)
+            if name not in stored:
+                stored.add(name, ql)
+                group_sizes.add(ql.group_size)
         for name, fake in budget.get("stock_weights", {}).items():   # a stock output head: after the layers
             if name == "lm_head.weight":
                 p = model.get_parameter(name)
                 with torch.no_grad():
                     p.copy_(fake(p.data.float()).to(p.dtype))
     summary = calib.summary if calib is not None else None
-    meta = slim_metadata(s.quant, summary, source.source_name, (ql.group_size for ql in res.values()))
+    meta = slim_metadata(s.quant, summary, source.source_name, group_sizes)
     with times.stage("write"):
-        written = write_slim_gguf_atomic(source.hf_dir, out, res, avg_bits=s.quant.bits, stock=s.stock,
+        written = write_slim_gguf_atomic(source.hf_dir, out, stored, avg_bits=s.quant.bits, stock=s.stock,
                                          slim_meta=meta, plan=plan, model_name=source.model_name,
                                          metadata_override=source.metadata_override, verbose=s.verbose,
                                          weights=stream.weights if desc["gguf_file"] else None)
@@ -156,8 +165,9 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
     result = build_summary(out=out, model=s.model, config=s.quant, n_layers=int(model.config.num_hidden_layers),
                            resumed_layers=len(done), totals=totals, written=written, times=times, device=device,
                            calibration=summary, layers_held=stream.peak_resident)
-    return ConvertResult(result, format_summary(result, s.stock.fallback), model, dict(res), written,
-                         source.hf_dir, tok, source.model_name, source.general, stream)
+    return ConvertResult(result, format_summary(result, s.stock.fallback), model,
+                         dict(res) if s.keep_model else stored, written, source.hf_dir, tok, source.model_name,
+                         source.general, stream)
 
 
 def _plan(s: ConvertSettings, model, calib, ck: Checkpoints, device: str, stream):

@@ -110,8 +110,10 @@ def test_convert_holds_one_decoder_layer_whatever_the_depth(source, tokenizer_di
         decoder = [n for n, _ in res.model.named_parameters() if n.startswith("model.layers.")]
         assert len(decoder) == 9 * layers
         assert all(res.model.get_parameter(n).device.type == "meta" for n in decoder)   # dropped when done
-        quantized = set(res.results)
+        quantized = set(res.results)      # read back from OUT.ckpt/ (kept here), not held by the run
         assert len(quantized) == 7 * layers and all(st.weights.reads[n] == 1 for n in quantized)
+        last = f"model.layers.{layers - 1}.mlp.down_proj.weight"
+        assert res.results[last].shape == (128, 192) and res.model.get_parameter(last).device.type == "meta"
         assert all(st.weights.reads[n] >= 1 for n in st.weights.names)
         if source == "gguf":   # config and tokenizer only: the tensors come from the GGUF's memory map
             exported = tmp_path / f"l{layers}.gguf.ckpt" / "hf"
