@@ -26,7 +26,7 @@ MATCH=${MATCH:-"Q2_K IQ2_XS IQ2_XXS IQ2_S IQ2_M Q3_K_S"}
 VARIANTS=${VARIANTS:-"rtn slim minmax actorder trueseq levers gptq"}   # issue 12's lever rows (rtn, slim: kept)
 REMAKE=${REMAKE:-"SliM at IQ2_XS"}   # rows of the carried JSON made again here (stage cuda runs that file on the GPU)
 PLAN=${PLAN:-}            # a measured plan (convert --save-plan) to carry: the budget rows then measure nothing
-JOBS=${JOBS:-}            # default: as many as the disk holds (each conversion keeps a 6.7 GB fp32 copy meanwhile), <= 6
+JOBS=${JOBS:-}            # default: as many as the disk holds (each conversion: its checkpoints, a byte per weight, 1.3 GB, and the 0.9 GB file), <= 6
 RUN=${RUN:-}             # a second report beside a running one: RUN=2 -> results2/, report2.log (merge the JSONs here)
 PY=${PYTHON:-python3}        # the GPU machine's python has torch, transformers, numba
 mkdir -p "$OUT" "$Q/parts"
@@ -112,7 +112,7 @@ stage_start() {
   export PYTHONPATH=$Q/site:$PWD
   if [ -z "$JOBS" ]; then
     local free_gb; free_gb=$(df -BG --output=avail . | tail -1 | tr -dc 0-9)
-    JOBS=$(( (free_gb - 12) / 7 )); [ "$JOBS" -gt 6 ] && JOBS=6; [ "$JOBS" -lt 1 ] && JOBS=1
+    JOBS=$(( (free_gb - 12) / 3 )); [ "$JOBS" -gt 6 ] && JOBS=6; [ "$JOBS" -lt 1 ] && JOBS=1
     stamp "$free_gb GB free: $JOBS conversions at a time after the first"
   fi
   setsid nohup "$PY" scripts/report.py --model qwen --out "$Q/results$RUN" --bin build/cpu/bin \
