@@ -115,9 +115,7 @@ def stream_model(model: str, keep: bool = False):
     m = empty_model(folder, gguf_file)
     if m.config.model_type not in SUPPORTED_ARCHS:
         raise SlimError(f"architecture '{m.config.model_type}' is not supported")
-    weights = open_weights(folder, gguf_file, m, model)
-    weights.check_finite()
-    stream = LayerStream(m, weights, keep=keep)
+    stream = LayerStream(m, open_weights(folder, gguf_file, m, model), keep=keep)
     desc = {"model": model, "folder": str(folder), "gguf_file": gguf_file, "arch": arch,
             "layers": m.config.num_hidden_layers, "hidden": m.config.hidden_size}
     return m, tok, desc, stream

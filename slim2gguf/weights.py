@@ -24,7 +24,6 @@ import torch
 
 from .errors import SlimError
 
-LAYER_PREFIX = "model.layers."
 _LAYER_INDEX = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -47,27 +46,18 @@ class WeightSource:
         return self._shapes[name]
 
     def get(self, name: str) -> torch.Tensor:
-        """The tensor as a new fp32 CPU tensor; SlimError if it holds NaN or Inf."""
+        """The tensor as a new fp32 CPU tensor (check_finite has vetted the values)."""
         if name not in self._shapes:
             raise SlimError(f"{self.label}: no tensor {name}")
-        t = self._read(name).to(torch.float32)
         self.reads[name] += 1
-        self._check(name, t)
-        return t
+        return self._read(name).to(torch.float32)
 
-    def check_finite(self, progress: bool = False) -> None:
+    def check_finite(self) -> None:
         """Read every tensor once, keeping none, so a NaN or Inf anywhere fails the run before any work (the
         layers themselves come much later). Not counted in `reads`."""
-        names = self.names
-        if progress:
-            from tqdm import tqdm
-            names = tqdm(names, desc="check weights", unit="tensor", leave=False)
-        for name in names:
-            self._check(name, self._read(name))
-
-    def _check(self, name: str, t: torch.Tensor) -> None:
-        if not torch.isfinite(t).all():
-            raise SlimError(f"{self.label}: weight {name} contains NaN or Inf")
+        for name in self.names:
+            if not torch.isfinite(self._read(name)).all():
+                raise SlimError(f"{self.label}: weight {name} contains NaN or Inf")
 
     def _read(self, name: str) -> torch.Tensor:
         raise NotImplementedError
@@ -203,10 +193,10 @@ class LayerStream:
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         self.layer_params: dict[int, list[str]] = {}
         self.global_params: list[str] = []
-        for name, _ in model.named_parameters():
+        expected = [name for name, _ in model.named_parameters()]
+        for name in expected:
             i = layer_index(name)
             (self.layer_params.setdefault(i, []) if i is not None else self.global_params).append(name)
-        expected = {n for names in self.layer_params.values() for n in names} | set(self.global_params)
         missing = sorted(n for n in expected if n not in weights and not (self.tied and n == "lm_head.weight"))
         if missing:
             raise SlimError(f"{weights.label}: {len(missing)} weight(s) missing, first {missing[0]}")
@@ -214,6 +204,7 @@ class LayerStream:
             if n in weights and tuple(weights.shape(n)) != tuple(model.get_parameter(n).shape):
                 raise SlimError(f"{weights.label}: {n} has shape {weights.shape(n)}, the config says "
                                 f"{tuple(model.get_parameter(n).shape)}")
+        weights.check_finite()                   # before anything is loaded: a bad weight costs no minutes
         self.resident: set[int] = set()
         self.peak_resident = 0                   # most decoder layers held at once (instrumentation)
         self._load(self.global_params)
