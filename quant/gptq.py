@@ -11,7 +11,8 @@ from typing import Callable
 
 import torch
 
-from .quantizer import affine_params, dequant, minmax_range, quantize_codes
+from . import gptq_triton
+from .quantizer import affine_params, minmax_range
 from .result import QuantizedLinear
 
 # params_fn(w_group [rows, g], bits, u_diag [g], first column) -> storage-grid (d, m) [rows]: min/max, SQC's
@@ -25,8 +26,9 @@ def minmax_params(wg: torch.Tensor, bits: int, u_diag: torch.Tensor, col: int):
 
 def gptq_quantize(W: torch.Tensor, U: torch.Tensor, bits: torch.Tensor, group_size: int,
                   params_fn: ParamsFn = minmax_params, dead: torch.Tensor | None = None,
-                  blocksize: int = 128) -> QuantizedLinear:
-    """W [rows, cols] fp32, U = upper chol of damped H^-1 [cols, cols], bits [G] -> QuantizedLinear."""
+                  blocksize: int = 128, fused_loop: bool = True) -> QuantizedLinear:
+    """W [rows, cols] fp32, U = upper chol of damped H^-1 [cols, cols], bits [G] -> QuantizedLinear.
+    fused_loop: on a GPU with Triton, each group's column loop is one kernel (quant/gptq_triton.py)."""
     W = W.clone().float()
     rows, cols = W.shape
     g = group_size
@@ -37,26 +39,42 @@ def gptq_quantize(W: torch.Tensor, U: torch.Tensor, bits: torch.Tensor, group_si
     Q = torch.zeros(rows, cols, dtype=torch.uint8, device=W.device)
     D = torch.zeros(rows, G, dtype=torch.float16, device=W.device)
     M = torch.zeros(rows, G, dtype=torch.float16, device=W.device)
-    blocksize = max(g, (blocksize // g) * g)   # blocks hold whole groups: a group's params see its block
-    udiag = torch.diag(U)
+    # the fused kernel does one group per launch, so its blocks are groups (the same as the torch loop's for g128;
+    # for g64 the lazy update between a block's two groups moves from the loop into the matmul: rounding only)
+    fused = gptq_triton.available(W) and fused_loop
+    blocksize = g if fused else max(g, (blocksize // g) * g)   # blocks hold whole groups: a group's params see
+    udiag = torch.diag(U)                                       # its block
+    inf = torch.tensor(float("inf"), device=W.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
+        Q1 = torch.empty_like(W1)      # float codes of the block, cast once: fewer small ops per column
+        Err1 = torch.empty_like(W1)
         U1 = U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
+        if fused:
+            gi = i1 // g
+            d, m = params_fn(W1, bits_l[gi], udiag[i1:i2], i1)
+            D[:, gi], M[:, gi] = d, m
+            Q1, Err1 = gptq_triton.quantize_group_columns(W1, U1, d.float(), m.float(), bits_l[gi])
+        for i in range(0 if not fused else i2 - i1, i2 - i1):
             col = i1 + i
             gi = col // g
             if col % g == 0:
                 b = bits_l[gi]
                 d, m = params_fn(W1[:, i:i + g], b, udiag[col:col + g], col)
                 D[:, gi], M[:, gi] = d, m
-                d32, m32 = d, m
+                d32, m32 = d.float(), m.float()
+                # quantize_codes' arithmetic, hoisted out of the column loop: dividing by inf gives the
+                # code 0 of a flat group (d == 0)
+                d_div = torch.where(d32 > 0, d32, inf)
+                maxq = float(2 ** b - 1)
+            # the loop runs once per column (4096-28672 times a matrix): each op here is a kernel launch on a GPU
             w = W1[:, i]
-            q = quantize_codes(w, d32, m32, b)
-            Q[:, col] = q.to(torch.uint8)
-            err = (w - dequant(q, d32, m32)) / U1[i, i]
+            q = torch.div(w - m32, d_div).round_().clamp_(0, maxq)
+            Q1[:, i] = q
+            err = (w - torch.addcmul(m32, d32, q)).div_(U1[i, i])    # d*q is exact: one rounding, as dequant
             W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
             Err1[:, i] = err
+        Q[:, i1:i2] = Q1.to(torch.uint8)
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
     return QuantizedLinear(bits.to(torch.int8).cpu(), Q.cpu(), D.cpu(), M.cpu(), g)

@@ -42,10 +42,11 @@ def _storage(d: torch.Tensor, m: torch.Tensor, bits: torch.Tensor) -> tuple[torc
     return round_scale_fp16(d.clamp(min=0), bits), m.float().clamp(-65504, 65504).half()
 
 
-def _least_squares(w, a, q, d_old, m_old):
-    """Weighted LS (d, m) for fixed codes q; keeps the old pair where the system is singular (one level used)."""
-    sa, sq, sqq = a.sum(-1), (a * q).sum(-1), (a * q * q).sum(-1)
-    sx, sqx = (a * w).sum(-1), (a * q * w).sum(-1)
+def _least_squares(w, a, q, d_old, m_old, sa, sx):
+    """Weighted LS (d, m) for fixed codes q; keeps the old pair where the system is singular (one level used).
+    sa = sum a, sx = sum a*w: the same for every candidate, computed once by the caller."""
+    aq = a * q
+    sq, sqq, sqx = aq.sum(-1), (aq * q).sum(-1), (aq * w).sum(-1)
     det = sa * sqq - sq * sq
     ok = det > 1e-12 * (sa * sqq).clamp(min=1e-30)
     safe = torch.where(ok, det, torch.ones_like(det))
@@ -60,24 +61,23 @@ def _fit_multibit(w, a, bits, taus, refine):
     centre, half = (lo0 + hi0) / 2, (hi0 - lo0) / 2
     best_d, best_m = affine_params(lo0, hi0, bits)
     best_err = weighted_error(w, a, best_d, best_m, bits)
+    sa, sx = a.sum(-1), (a * w).sum(-1)
     per_batch = max(1, _BATCH_ELEMENTS // max(w.numel(), 1))
     for i in range(0, len(taus), per_batch):
         t = torch.tensor(taus[i:i + per_batch], dtype=torch.float32, device=w.device)
         t = t.reshape(-1, *([1] * lo0.dim()))                                  # [T, 1, ...]
         d, m = affine_params(centre - t * half, centre + t * half, bits)       # [T, ...]
-        cands = [(d, m)]
-        for _ in range(refine):
+        for r in range(refine + 1):     # the candidate, then each least-squares refinement of it
             q = quantize_codes(w, d.unsqueeze(-1), m.unsqueeze(-1), bits.unsqueeze(-1))
-            d, m = _storage(*_least_squares(w, a, q, d, m), bits)
-            cands.append((d, m))
-        for cd, cm in cands:
-            err = weighted_error(w, a, cd, cm, bits)                           # [T, ...]
+            err = (a * (w - dequant(q, d.unsqueeze(-1), m.unsqueeze(-1))) ** 2).sum(dim=-1)   # [T, ...]
             e_min, idx = err.min(dim=0)
             better = e_min < best_err
             pick = lambda x: x.float().gather(0, idx.unsqueeze(0)).squeeze(0)
-            best_d = torch.where(better, pick(cd).half(), best_d)
-            best_m = torch.where(better, pick(cm).half(), best_m)
+            best_d = torch.where(better, pick(d).half(), best_d)
+            best_m = torch.where(better, pick(m).half(), best_m)
             best_err = torch.where(better, e_min, best_err)
+            if r < refine:      # the codes just scored are the ones the solve keeps fixed
+                d, m = _storage(*_least_squares(w, a, q, d, m, sa, sx), bits)
     return best_d, best_m
 
 

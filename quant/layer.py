@@ -9,6 +9,7 @@ from .config import QuantConfig
 from .gptq import ParamsFn, gptq_quantize, minmax_params
 from .group_fit import fit_group_params
 from .hessian import inverse_hessian_cholesky
+from .phase_clock import PhaseClock, clock_or_none
 from .quantizer import affine_params, dequant, group_view, quantize_codes
 from .result import QuantizedLinear
 from .rtn import quantize_groups, rtn_fake_weight
@@ -121,23 +122,33 @@ def sba_group_bits(W: torch.Tensor, U: torch.Tensor, hdiag: torch.Tensor, X_kl: 
 
 
 def quantize_linear(W: torch.Tensor, H: torch.Tensor | None, X_kl: torch.Tensor | None, config: QuantConfig,
-                    group_size: int, factor: tuple[torch.Tensor, torch.Tensor] | None = None
-                    ) -> tuple[QuantizedLinear, dict]:
+                    group_size: int, factor: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    clock: PhaseClock | None = None) -> tuple[QuantizedLinear, dict]:
     """W [rows, cols]; H [cols, cols] (not needed for rtn); X_kl [tokens, cols] calibration inputs for SBA's
     KL score; group_size: this tensor's (config.group_size is the preference); factor: H's
     inverse_hessian_cholesky(H, config.percdamp) when the caller already has it (several quantizations of one H).
+    clock: adds the seconds of the factorisation ("cholesky"), bit allocation ("sba") and GPTQ ("gptq").
     Returns the QuantizedLinear and a small info dict (chosen k, KL scores)."""
     W = W.float()
     if config.method == "rtn":
         return quantize_groups(W, torch.full((W.shape[1] // group_size,), config.bits, dtype=torch.int8),
                                group_size), {}
+    phase = clock_or_none(clock)
     hdiag = torch.diag(H).float()
-    U, dead = factor if factor is not None else inverse_hessian_cholesky(H, config.percdamp)   # all threads help
-    group_bits, info = sba_group_bits(W, U, hdiag, X_kl, config, group_size)
+    with phase("cholesky"):
+        U, dead = factor if factor is not None else inverse_hessian_cholesky(H, config.percdamp)   # all threads
+    with phase("sba"):
+        group_bits, info = sba_group_bits(W, U, hdiag, X_kl, config, group_size)
+    with phase("gptq"):
+        return _gptq(W, H, U, dead, hdiag, group_bits, config, group_size), info
+
+
+def _gptq(W, H, U, dead, hdiag, group_bits, config: QuantConfig, group_size: int) -> QuantizedLinear:
+    """GPTQ with SBA's bit map, in the natural column order or act-order with static groups."""
     if not config.act_order:
         with single_thread():
             return gptq_quantize(W, U, group_bits, group_size, group_params_fn(config, hdiag, config.sqc),
-                                 dead), info
+                                 dead)
     # the permutation lives on the CPU like the bit map and GPTQ's result; W and H are indexed on their device
     perm = static_group_order(hdiag.cpu(), group_size)
     gperm = perm[::group_size] // group_size
@@ -147,4 +158,4 @@ def quantize_linear(W: torch.Tensor, H: torch.Tensor | None, X_kl: torch.Tensor 
         ql = gptq_quantize(W[:, perm_dev], Up, group_bits[gperm], group_size,
                            group_params_fn(config, hdiag[perm_dev], config.sqc), deadp)
     inv, ginv = torch.argsort(perm), torch.argsort(gperm)
-    return QuantizedLinear(ql.bits[ginv], ql.q[:, inv], ql.d[:, ginv], ql.m[:, ginv], group_size), info
+    return QuantizedLinear(ql.bits[ginv], ql.q[:, inv], ql.d[:, ginv], ql.m[:, ginv], group_size)

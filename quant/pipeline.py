@@ -23,6 +23,7 @@ from .config import QuantConfig
 from .blockwise import layer_forward, to_store, train_block
 from .hessian import HessianAccumulator, inverse_hessian_cholesky
 from .layer import quantize_linear, rtn_group_fit, sba_group_bits
+from .phase_clock import PhaseClock
 from .quantizer import pick_group_size
 from .result import QuantizedLinear
 from .rtn import fit_groups
@@ -221,6 +222,7 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     done_layers = done_layers or {}
     t0 = time.time()
+    clock = PhaseClock(device)   # seconds per phase of the layer loop, in .info["phase_seconds"]
 
     layers = decoder_layers(model)
     results = QuantizationResult()
@@ -256,9 +258,10 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
         from tqdm import tqdm
         it = tqdm(it, desc=f"quantize {config.method} {config.bits}-bit", unit="layer")
     for li in it:
-        if layer_io is not None:
-            layer_io.acquire(li)
-        layer = layers[li].to(device)
+        with clock("load"):
+            if layer_io is not None:
+                layer_io.acquire(li)
+            layer = layers[li].to(device)
         prefix = f"model.layers.{li}."
         mods = {}
         for n in LINEAR_NAMES:
@@ -281,8 +284,9 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
             qls = {k: v for k, v in qls.items() if v is not None}
         elif trains:
             kl_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + li)
-            qls, info = _train_layer(layer, mods, batches, train_to, config_of, prefix, kl_gen, device, li,
-                                     progress)
+            with clock("train"):
+                qls, info = _train_layer(layer, mods, batches, train_to, config_of, prefix, kl_gen, device, li,
+                                         progress)
             del local, train_to
             train_info[prefix[:-1]] = info
             sba_k.update({prefix + n + ".weight": k for n, k in info.pop("sba_k").items()})
@@ -293,8 +297,9 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
             qls = {}
             for stage in (SEQUENTIAL_STAGES if config.true_sequential else (LINEAR_NAMES,)):
                 stage = [n for n in stage if n in mods]
-                stats = _capture_inputs(layer, {n: mods[n] for n in stage}, batches, config, kl_gen, device) \
-                    if need_acts and stage else {}
+                with clock("capture"):
+                    stats = _capture_inputs(layer, {n: mods[n] for n in stage}, batches, config, kl_gen, device) \
+                        if need_acts and stage else {}
                 for n in stage:
                     mod = mods[n]
                     W = mod.weight.data.float()
@@ -302,7 +307,7 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
                     if g is None:    # width not divisible by 64: left in full precision (stock type in the file)
                         continue
                     H, X_kl = stats.get(n, (None, None))
-                    ql, linfo = quantize_linear(W, H, X_kl, config_of(prefix + n + ".weight"), g)
+                    ql, linfo = quantize_linear(W, H, X_kl, config_of(prefix + n + ".weight"), g, clock=clock)
                     qls[prefix + n + ".weight"] = ql
                     if "k" in linfo:
                         sba_k[prefix + n + ".weight"] = linfo["k"]
@@ -315,13 +320,14 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
                 continue
             mod.weight.data.copy_(ql.dequantize().to(mod.weight.device, mod.weight.dtype))
         if need_acts and (li + 1 < len(layers) or HEAD in tensor_bits):   # the head reads the last one's
-            with torch.no_grad():   # the next layer sees what the quantized model will compute
+            with torch.no_grad(), clock("forward"):   # the next layer sees what the quantized model will compute
                 batches = [(layer_forward(layer, hs, kw), kw) for hs, kw in batches]
         if trains:
             fp_batches = [(t, kw) for t, (_, kw) in zip(targets, fp_batches)]
-        layers[li] = layer.to("cpu") if device.type != "cpu" else layer
-        if layer_io is not None:
-            layer_io.release(li)
+        with clock("load"):
+            layers[li] = layer.to("cpu") if device.type != "cpu" else layer
+            if layer_io is not None:
+                layer_io.release(li)
         if keep_results or on_layer_done is None:
             results.update(qls)
         if on_layer_done is not None:
@@ -336,7 +342,8 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
             results.update(qls)
         if on_layer_done is not None:
             on_layer_done(n, qls)
-    results.info = {**config.key(), "calibration": calib_summary, "seconds": time.time() - t0, "sba_k": sba_k}
+    results.info = {**config.key(), "calibration": calib_summary, "seconds": time.time() - t0, "sba_k": sba_k,
+                    "phase_seconds": clock.rounded()}
     if trains:
         results.info["training"] = train_info
     return results

@@ -51,11 +51,11 @@ def quantize_codes(w: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bits) -> t
     """Nearest code q in [0, 2^bits-1] for w given fp16 d, m (broadcasting). d == 0 (flat group) -> q = 0."""
     bits = torch.as_tensor(bits, device=w.device)
     maxq = (2 ** bits.to(torch.int32) - 1).float()
-    d32, m32 = d.float(), m.float()
-    safe = torch.where(d32 > 0, d32, torch.ones_like(d32))
-    q = torch.round((w.float() - m32) / safe)
-    q = torch.where(d32 > 0, q, torch.zeros_like(q))
-    return torch.minimum(q.clamp(min=0), maxq)
+    d32 = d.float()
+    # a flat group's code is 0: dividing by inf gives (-)0 there without a second pass over the weights
+    d_div = torch.where(d32 > 0, d32, torch.full_like(d32, float("inf")))
+    q = torch.div(w.float() - m.float(), d_div).round_().clamp_(min=0)
+    return torch.minimum(q, maxq)
 
 
 def dequant(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

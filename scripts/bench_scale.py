@@ -74,10 +74,15 @@ def shape_of(model: Path) -> str:
     return next((k for k, v in SHAPES.items() if v[0] == hidden), f"{hidden}-wide")
 
 
+def phases_per_layer(s: dict) -> str:
+    """Where a layer's time goes (the summary's phase_seconds: load, capture, cholesky, sba, gptq, forward)."""
+    return ", ".join(f"{k} {v / s['layers']:.2f}" for k, v in s.get("phase_seconds", {}).items()) or "-"
+
+
 def table(rows: list[tuple[Path, str, dict]]) -> str:
     lines = ["| model | layers | wall s | load s | calibration s | quantize s | s per layer | write s | "
-             "peak RSS MiB | peak GPU MiB | layers held | projected full depth |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "peak RSS MiB | peak GPU MiB | layers held | projected full depth | layer loop s per layer |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for model, shape, s in rows:
         per_layer = s["quantize_seconds"] / s["layers"]
         full = FULL_DEPTH.get(shape)
@@ -87,7 +92,7 @@ def table(rows: list[tuple[Path, str, dict]]) -> str:
         lines.append(f"| {model.name} | {s['layers']} | {s['seconds']:.1f} | {s['load_seconds']:.1f} | "
                      f"{s['calibration_seconds']:.1f} | {s['quantize_seconds']:.1f} | {per_layer:.1f} | "
                      f"{s['write_seconds']:.1f} | {s['peak_rss_mib']:.0f} | {gpu} | {s.get('layers_held', '-')} | "
-                     f"{proj} |")
+                     f"{proj} | {phases_per_layer(s)} |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ OUT=${OUT:-/tmp/slim-out}
 S=/tmp/scale
 MODELS=${MODELS:-"7b:32 70b:2 70b:4"}
 NSAMPLES=${NSAMPLES:-32}
+TORCH_LOOP_LAYERS=${TORCH_LOOP_LAYERS:-2}   # then a 7B-shaped model of this many layers with the torch GPTQ loop
 PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$S"
 export PYTHONUNBUFFERED=1
@@ -43,6 +44,8 @@ stage_start() {
   export PYTHONPATH=$S/site:$PWD
   cat > "$S/run.sh" <<EOF
 set -x
+# the fused GPTQ kernel (quant/gptq_triton.py) against the torch loop, bit for bit, before it is used
+"$PY" -m pytest -q -p no:cacheprovider tests/test_gptq_triton.py || export SLIM2GGUF_GPTQ_LOOP=torch
 files=()
 for m in $MODELS; do
   shape=\${m%%:*}; layers=\${m##*:}; f=$S/llama\$shape-\${layers}l.gguf
@@ -50,6 +53,12 @@ for m in $MODELS; do
   files+=("\$f")
 done
 "$PY" scripts/bench_scale.py run --models "\${files[@]}" --calib $S/brown.txt --nsamples $NSAMPLES --out-dir $S --md $S/scale.md
+# the same 7B-shaped layers with GPTQ's torch column loop (the code before the fused kernel), for the speed-up
+if [ -n "$TORCH_LOOP_LAYERS" ]; then
+  f=$S/llama7b-\${TORCH_LOOP_LAYERS}l.gguf
+  [ -f "\$f" ] || "$PY" scripts/bench_scale.py make --shape 7b --layers $TORCH_LOOP_LAYERS --vocab $S/ggml-vocab-llama-spm.gguf --out "\$f"
+  SLIM2GGUF_GPTQ_LOOP=torch "$PY" scripts/bench_scale.py run --models "\$f" --calib $S/brown.txt --nsamples $NSAMPLES --out-dir $S --md $S/scale-torch-loop.md
+fi
 df -h /tmp | tail -1
 EOF
   setsid nohup bash "$S/run.sh" > "$S/run.log" 2>&1 < /dev/null &
@@ -64,7 +73,7 @@ stage_wait() {
   tail -c 2500 "$S/run.log" | tr '\r' '\n' | grep -v "^\s*$" | tail -14
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
   kill -0 "$pid" 2>/dev/null && echo "scale run still running" || echo "scale run ended"
-  cp "$S"/scale.md "$S"/scale.json "$S/run.log" "$OUT/" 2>/dev/null
+  cp "$S"/scale*.md "$S"/scale*.json "$S/run.log" "$OUT/" 2>/dev/null
 }
 
 for stage in "$@"; do

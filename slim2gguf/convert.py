@@ -164,7 +164,8 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
         ck.remove()
     result = build_summary(out=out, model=s.model, config=s.quant, n_layers=int(model.config.num_hidden_layers),
                            resumed_layers=len(done), totals=totals, written=written, times=times, device=device,
-                           calibration=summary, layers_held=stream.peak_resident)
+                           calibration=summary, layers_held=stream.peak_resident,
+                           phase_seconds=res.info.get("phase_seconds"))
     return ConvertResult(result, format_summary(result, s.stock.fallback), model,
                          dict(res) if s.keep_model else stored, written, source.hf_dir, tok, source.model_name,
                          source.general, stream)

@@ -35,9 +35,10 @@ class StageTimes:
 
 def build_summary(*, out: Path, model: str, config, n_layers: int, resumed_layers: int, totals: dict[str, Any],
                   written, times: StageTimes, device: str, calibration: dict | None,
-                  layers_held: int | None = None) -> dict[str, Any]:
+                  layers_held: int | None = None, phase_seconds: dict[str, float] | None = None) -> dict[str, Any]:
     """The summary dict. config: the QuantConfig; totals: analyze(out)["totals"]; written: gguf_out.WriteReport;
-    layers_held: the most decoder layers the loader held at once (weights.LayerStream)."""
+    layers_held: the most decoder layers the loader held at once (weights.LayerStream); phase_seconds: where the
+    quantization stage's time went (quant.phase_clock: load, capture, cholesky, sba, gptq, forward, train)."""
     gpu_peak = peak_gpu_mib(device)
     stock_written = {w.name: w.type for w in written.tensors if not w.type.startswith("SLIM") and len(w.shape) > 1}
     return {
@@ -54,7 +55,8 @@ def build_summary(*, out: Path, model: str, config, n_layers: int, resumed_layer
         "quantize_seconds": round(times.seconds["quantize"], 1), "write_seconds": round(times.seconds["write"], 1),
         "plan_seconds": round(times.seconds.get("plan", 0.0), 1),   # --target-bpw's measuring pass
         "peak_rss_mib": round(peak_rss_mib(), 1), "peak_gpu_mib": round(gpu_peak, 1) if gpu_peak is not None else None,
-        "layers_held": layers_held, "device": device, "calibration": calibration,
+        "layers_held": layers_held, "phase_seconds": phase_seconds or {}, "device": device,
+        "calibration": calibration,
     }
 
 
@@ -83,6 +85,10 @@ def format_summary(s: dict[str, Any], fallback_type: str) -> str:
         + f"quantization {s['quantize_seconds']:.1f} s for "
         f"{s['layers'] - s['resumed_layers']} of {s['layers']} layers, writing {s['write_seconds']:.1f} s); "
         f"CPU time {s['cpu_seconds']:.1f} s",
+    ]
+    if s.get("phase_seconds"):
+        lines.append("  layer loop   " + ", ".join(f"{k} {v:.1f} s" for k, v in s["phase_seconds"].items()))
+    lines += [
         f"  peak memory  {s['peak_rss_mib']:.0f} MiB RSS"
         + (f", {s['peak_gpu_mib']:.0f} MiB GPU" if s["peak_gpu_mib"] is not None else "")
         + (f"; at most {s['layers_held']} of {s['layers']} decoder layers loaded at once"
