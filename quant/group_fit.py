@@ -106,9 +106,10 @@ def _fit_one_bit(w, a):
 # groups per chunk: the candidate tensors [taus, chunk, g] of a whole matrix do not fit in cache, and this fit is
 # memory-bound; ~0.5M elements per candidate tensor measured fastest on a 2-core EPYC (one thread)
 _CHUNK_ELEMENTS = 1 << 19
-# on a GPU the same chunks are thousands of tiny kernel launches per 7B matrix: 8x larger chunks there (~180 MB per
-# candidate tensor; the speed-up is not measured yet)
-_CHUNK_ELEMENTS_CUDA = 1 << 22
+# on a GPU, small chunks are kernel launches: a 7B gate projection took ~500 chunks of ~200 launches each (2 s of
+# a 2.6 s matrix on an H200). 64M elements per candidate tensor (256 MiB, ~2.5 GiB with the temporaries) make it
+# a few chunks per matrix
+_CHUNK_ELEMENTS_CUDA = 1 << 26
 
 
 def fit_group_params(w: torch.Tensor, a: torch.Tensor, bits, taus=FIT_TAUS, refine: int = FIT_REFINE

@@ -122,15 +122,53 @@ class GGUFWeights(WeightSource):
             self._tensors[hf] = t
             self._shapes[hf] = tuple(int(n) for n in reversed(t.shape))   # ggml's ne0 is the last HF axis
 
+    def check_finite(self) -> None:
+        """As WeightSource.check_finite, on the stored values: a float tensor's exponent bits are checked in place
+        (a NaN or Inf has them all set; no fp32 copy), a quantized one is dequantized; tensors in parallel (numpy
+        lets go of the GIL). The renaming and un-permuting `_read` does cannot make a value finite or not."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        items = list(self._tensors.items())
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            for (name, _), ok in zip(items, pool.map(lambda it: _gguf_tensor_finite(it[1]), items)):
+                if not ok:
+                    raise SlimError(f"{self.label}: weight {name} contains NaN or Inf")
+
     def _read(self, name: str) -> torch.Tensor:
         import gguf
         import numpy as np
 
         t = self._tensors[name]
-        result = self._processor.process(weights=gguf.dequantize(t.data, t.tensor_type), name=t.name,
-                                         tensor_key_mapping=self._to_hf,
+        # F16/F32 go to the processor as stored and to fp32 in torch (all threads, exact); gguf-py's dequantize
+        # would widen them in numpy on one thread: seconds per 7B layer
+        stored = np.asarray(t.data) if t.tensor_type in _STORED_AS_IS else gguf.dequantize(t.data, t.tensor_type)
+        result = self._processor.process(weights=stored, name=t.name, tensor_key_mapping=self._to_hf,
                                          parsed_parameters={"config": self._config, "tensors": {}})
-        return torch.from_numpy(np.copy(result.weights)).reshape(self._shapes[name])
+        return torch.from_numpy(np.array(result.weights, copy=True)).reshape(self._shapes[name]).float()
+
+
+def _gguf_float_types() -> tuple[set, dict]:
+    from gguf import GGMLQuantizationType as T
+    import numpy as np
+
+    # stored float types: (unsigned view, exponent mask); a value is NaN or Inf exactly when all are set
+    return {T.F16, T.F32}, {T.F16: (np.uint16, 0x7C00), T.BF16: (np.uint16, 0x7F80), T.F32: (np.uint32, 0x7F800000)}
+
+
+_STORED_AS_IS, _EXPONENT_BITS = _gguf_float_types()
+_FINITE_CHUNK = 1 << 24     # elements per step of the exponent check: bounds the temporary
+
+
+def _gguf_tensor_finite(t) -> bool:
+    import gguf
+    import numpy as np
+
+    if t.tensor_type in _EXPONENT_BITS:
+        view, mask = _EXPONENT_BITS[t.tensor_type]
+        raw = np.asarray(t.data).reshape(-1).view(view)
+        return not any(np.any((raw[i:i + _FINITE_CHUNK] & mask) == mask) for i in range(0, raw.size, _FINITE_CHUNK))
+    return bool(np.isfinite(gguf.dequantize(t.data, t.tensor_type)).all())
 
 
 def _gguf_to_hf_names(model, arch: str, processor) -> dict[str, str]:
