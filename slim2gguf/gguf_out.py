@@ -6,9 +6,11 @@ hooks on a subclass of the architecture's converter class change only what SLIM 
 
 - modify_tensors: for a quantized weight, a row-index tensor goes through the converter's own modify_tensors
   instead of the weight, which tells the GGUF name and the row order it writes (the llama q/k RoPE permutation
-  reorders rows only; SLIM tags are per column group, so permuting q/d/m rows is exact). The SLIM rows are
-  packed (format.pack_quantized) and validated (reference_decoder.validate), and a 1x1 placeholder goes on.
-- gguf_writer.add_tensor: the placeholder is swapped for the packed bytes with raw_dtype = the SLIM type.
+  reorders rows only; SLIM tags are per column group, so permuting q/d/m rows is exact), and a 1x1 placeholder
+  goes on.
+- gguf_writer.add_tensor: the placeholder is swapped for a BytesWhenWritten with raw_dtype = the SLIM type: the
+  rows are packed (format.pack_quantized) and validated (reference_decoder.validate) when the writer writes
+  that tensor, so the file's packed rows are never all in memory.
 - tensor_force_quant: stock types for what SLIM does not hold (token_embd / output / unquantized linears);
   norms and other 1-D tensors stay F32 through the converter's own rule.
 general.file_type becomes MOSTLY_SLIM2 / MOSTLY_SLIM3 and `slim.*` keys carry the settings (`slim_metadata`).
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -173,6 +175,25 @@ def _source_tensors(converter, weights) -> dict:
     return index
 
 
+class BytesWhenWritten:
+    """A packed tensor as gguf-py's writer sees it until it writes: shape, dtype and size now, the bytes made by
+    `make()` only in `tofile`, one tensor at a time. The writer holds every tensor from the converter's pass
+    until it writes the file: with the packed rows themselves that was the file's size in memory (20 GB for a
+    70B); this way it is one tensor's (its codes read back from the layer checkpoint)."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, shape: tuple[int, int], make: Callable[[], np.ndarray]):
+        self.shape, self._make = shape, make
+        self.nbytes = int(np.prod(shape))
+
+    def tofile(self, fout) -> None:
+        data = self._make()
+        if data.shape != self.shape or data.dtype != self.dtype:
+            raise SlimError(f"packed tensor is {data.dtype} {data.shape}, its header says uint8 {self.shape}")
+        data.tofile(fout)
+
+
 def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: StockTypes,
                   slim_meta: Mapping[str, Any], report: WriteReport, plan=None, weights=None):
     """A subclass of the converter class `base` that writes SLIM rows for the quantized weights, and (plan: a
@@ -224,13 +245,20 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
                 t = planned_stock[name]
                 imp = plan.importance.get(name)
                 for new_name, data in super().modify_tensors(data_torch, name, bid):
-                    if hasattr(type(data), "to_eager"):     # the converter's lazy tensors: the values, now
-                        data = type(data).to_eager(data)
-                    W = data.float().numpy()
-                    if W.ndim != 2:
-                        raise SlimError(f"{name}: the plan gives it {t}, but the converter writes it {W.ndim}-D")
-                    packed = ggml_quants.quantize(t, W, imp)   # row permutations keep the columns' importance
-                    self._slim_pending[new_name] = (packed, ggml_quants.qtype(t))
+                    if len(data.shape) != 2:
+                        raise SlimError(f"{name}: the plan gives it {t}, but the converter writes it "
+                                        f"{len(data.shape)}-D")
+                    rows, cols = (int(n) for n in data.shape)
+                    rb = ggml_quants.row_bytes(t, cols)
+                    if rb is None:
+                        raise SlimError(f"type {t} cannot hold rows of {cols} weights ({name})")
+
+                    def quantize_now(data=data, t=t, imp=imp):
+                        if hasattr(type(data), "to_eager"):     # the converter's lazy tensors: the values, now
+                            data = type(data).to_eager(data)
+                        return ggml_quants.quantize(t, data.float().numpy(), imp)   # row permutations keep
+                    self._slim_pending[new_name] = (BytesWhenWritten((rows, rb), quantize_now),  # the columns'
+                                                    ggml_quants.qtype(t))                       # importance
                     self._slim_hf_names[new_name] = name
                     yield new_name, placeholder
                 return
@@ -253,9 +281,12 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
                 raise SlimError(f"{name}: llama.cpp's converter does more than reorder rows; SLIM cannot follow it")
             st = slim_type(round(ql.avg_bits), ql.group_size)   # a bit budget mixes SLIM2 and SLIM3 tensors
             p = perm.numpy()
-            packed = pack_quantized(ql, st, row_order=p)
-            reference_decoder.validate(packed, cols, st, new_name)
-            self._slim_pending[new_name] = (packed, st.ggml_type)
+
+            def pack_now(name=name, st=st, p=p, new_name=new_name, cols=cols):
+                packed = pack_quantized(quantized[name], st, row_order=p)   # read back from its layer file now
+                reference_decoder.validate(packed, cols, st, new_name)
+                return packed
+            self._slim_pending[new_name] = (BytesWhenWritten((rows, st.row_bytes(cols)), pack_now), st.ggml_type)
             self._slim_hf_names[new_name] = name
             report.row_perm[new_name] = p
             yield new_name, placeholder
