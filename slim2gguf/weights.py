@@ -90,13 +90,19 @@ class SafetensorsWeights(WeightSource):
                 f = safe_open(str(path), framework="pt")
             except Exception as e:  # noqa: BLE001 - a damaged shard is the user's file
                 raise SlimError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
-            self._files[shard] = f
+            self._files[shard] = path
             for name in f.keys():
                 self._where[name] = shard
                 self._shapes[name] = tuple(f.get_slice(name).get_shape())
+            del f
 
     def _read(self, name: str) -> torch.Tensor:
-        return self._files[self._where[name]].get_tensor(name)
+        from safetensors import safe_open
+
+        # a shard opened per read and closed after: a mapping kept open would keep every page read so far in
+        # the process's resident memory (file-backed, but RSS all the same: the whole model by the last layer)
+        with safe_open(str(self._files[self._where[name]]), framework="pt") as f:
+            return f.get_tensor(name).clone()
 
 
 class GGUFWeights(WeightSource):
@@ -114,6 +120,7 @@ class GGUFWeights(WeightSource):
         self._config = config.to_dict()
         self._processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=self._config)
         self._to_hf = _gguf_to_hf_names(meta_model, arch, self._processor)
+        self.pages_dropped = 0      # tensors whose mapped pages went back to the kernel (instrumentation)
         self._tensors = {}
         for t in self._reader.tensors:
             hf = self._to_hf.get(t.name)
@@ -129,11 +136,30 @@ class GGUFWeights(WeightSource):
         import os
         from concurrent.futures import ThreadPoolExecutor
 
+        def finite(t) -> bool:
+            try:
+                return _gguf_tensor_finite(t)
+            finally:
+                self._drop_pages(t)
+
         items = list(self._tensors.items())
         with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-            for (name, _), ok in zip(items, pool.map(lambda it: _gguf_tensor_finite(it[1]), items)):
+            for (name, _), ok in zip(items, pool.map(lambda it: finite(it[1]), items)):
                 if not ok:
                     raise SlimError(f"{self.label}: weight {name} contains NaN or Inf")
+
+    def _drop_pages(self, t) -> None:
+        """Hand the pages of tensor t's bytes in the memory map back to the kernel once they are read: otherwise
+        every page read stays resident in this process (file-backed, but RSS all the same) and a conversion ends
+        holding the whole source file. The next read of t maps them in again from the file."""
+        import mmap
+
+        mm = getattr(self._reader.data, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = t.data_offset // mmap.PAGESIZE * mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, start, t.data_offset + t.n_bytes - start)
+        self.pages_dropped += 1
 
     def _read(self, name: str) -> torch.Tensor:
         import gguf
@@ -145,7 +171,9 @@ class GGUFWeights(WeightSource):
         stored = np.asarray(t.data) if t.tensor_type in _STORED_AS_IS else gguf.dequantize(t.data, t.tensor_type)
         result = self._processor.process(weights=stored, name=t.name, tensor_key_mapping=self._to_hf,
                                          parsed_parameters={"config": self._config, "tensors": {}})
-        return torch.from_numpy(np.array(result.weights, copy=True)).reshape(self._shapes[name]).float()
+        out = torch.from_numpy(np.array(result.weights, copy=True)).reshape(self._shapes[name]).float()
+        self._drop_pages(t)
+        return out
 
 
 def _gguf_float_types() -> tuple[set, dict]:

@@ -116,6 +116,8 @@ def test_convert_holds_one_decoder_layer_whatever_the_depth(source, tokenizer_di
         assert res.results[last].shape == (128, 192) and res.model.get_parameter(last).device.type == "meta"
         assert all(st.weights.reads[n] >= 1 for n in st.weights.names)
         if source == "gguf":   # config and tokenizer only: the tensors come from the GGUF's memory map
+            # and the map's pages of every tensor checked (NaN/Inf pass) or read went back to the kernel
+            assert st.weights.pages_dropped == len(st.weights.names) + sum(st.weights.reads.values())
             exported = tmp_path / f"l{layers}.gguf.ckpt" / "hf"
             assert (exported / "config.json").is_file() and not list(exported.glob("*.safetensors"))
 

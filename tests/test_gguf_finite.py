@@ -1,5 +1,6 @@
-"""The NaN/Inf check of a GGUF source (slim2gguf.weights._gguf_tensor_finite): float tensors by their exponent
-bits in place, quantized ones dequantized; one bad value anywhere is found."""
+"""Reading a GGUF source: the NaN/Inf check (slim2gguf.weights._gguf_tensor_finite: float tensors by their
+exponent bits in place, quantized ones dequantized; one bad value anywhere is found), and the byte range whose
+mapped pages are handed back after a read (GGUFWeights._drop_pages)."""
 from __future__ import annotations
 
 import numpy as np
@@ -45,3 +46,19 @@ def test_finite_check_finds_one_bad_value_in_each_stored_type(tmp_path, bad):
         assert _gguf_tensor_finite(GGUFReader(p2).tensors[0]) == (bad is None)
     finally:
         sw._FINITE_CHUNK = old
+
+
+def test_tensor_byte_range_is_where_the_reader_maps_it(tmp_path):
+    """_drop_pages releases [data_offset, data_offset + n_bytes) of the reader's map: that range must be the
+    tensor's own bytes (a wrong range would release other pages: harmless for the data, useless for memory)."""
+    rng = np.random.default_rng(1)
+    path = tmp_path / "r.gguf"
+    w = GGUFWriter(str(path), "llama")
+    for i, shape in enumerate(((3, 64), (5, 128), (1, 32))):
+        w.add_tensor(f"t{i}", rng.standard_normal(shape).astype(np.float16))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    reader = GGUFReader(path)
+    raw = path.read_bytes()
+    for t in reader.tensors:
+        assert raw[t.data_offset:t.data_offset + t.n_bytes] == np.asarray(t.data).tobytes()
+    assert hasattr(reader.data, "_mmap")     # what _drop_pages advises on
