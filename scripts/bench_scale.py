@@ -32,8 +32,9 @@ from bench_gpu import write_random_llama  # noqa: E402
 
 # (hidden, FFN, heads, KV heads, vocab): the published LLaMA widths
 SHAPES = {"7b": (4096, 11008, 32, 32, 32000), "70b": (8192, 28672, 64, 8, 32000),
+          "1b": (2048, 5632, 32, 4, 32000),     # TinyLlama-1.1B's widths: the depth check on a CPU
           "tiny": (256, 768, 4, 2, 32000)}   # tiny: a smoke test of this script on the CPU
-FULL_DEPTH = {"7b": 32, "70b": 80}
+FULL_DEPTH = {"7b": 32, "70b": 80, "1b": 22}
 
 
 def log(msg: str) -> None:

@@ -14,7 +14,7 @@ OUT=${OUT:-/tmp/slim-out}
 S=/tmp/scale
 MODELS=${MODELS:-"7b:32 70b:2 70b:4"}
 NSAMPLES=${NSAMPLES:-32}
-TORCH_LOOP_LAYERS=${TORCH_LOOP_LAYERS:-2}   # then a 7B-shaped model of this many layers with the torch GPTQ loop
+TORCH_LOOP_LAYERS=${TORCH_LOOP_LAYERS-2}   # then a 7B-shaped model of this many layers with the torch GPTQ loop
 PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$S"
 export PYTHONUNBUFFERED=1
