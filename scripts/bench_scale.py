@@ -107,12 +107,16 @@ def main() -> None:
     mk.add_argument("--out", type=Path, required=True)
     rn = sub.add_parser("run", help="convert each model, print the table")
     rn.add_argument("--models", type=Path, nargs="+", required=True)
-    rn.add_argument("--calib", required=True)
+    rn.add_argument("--calib", default=None, help="calibration text (not for --method rtn)")
+    rn.add_argument("--method", default="slim", choices=("slim", "rtn"),
+                    help="rtn: no calibration, the quickest check that memory does not grow with depth")
     rn.add_argument("--nsamples", type=int, default=32)
     rn.add_argument("--seqlen", type=int, default=512)
     rn.add_argument("--out-dir", type=Path, default=Path("/tmp"))
     rn.add_argument("--md", type=Path, default=None, help="also write the table (and a JSON beside it) here")
     a = ap.parse_args()
+    if a.cmd == "run" and a.method != "rtn" and not a.calib:
+        ap.error("run: --calib is needed unless --method rtn")
     if a.cmd == "make":
         t0 = time.time()
         make(a.shape, a.layers, a.vocab, a.out)
@@ -120,7 +124,9 @@ def main() -> None:
         return
     rows = []
     for m in a.models:
-        s = convert_once(m, a.out_dir, ["--calib", a.calib, "--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen)])
+        extra = ["--method", "rtn"] if a.method == "rtn" else \
+            ["--calib", a.calib, "--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen)]
+        s = convert_once(m, a.out_dir, extra)
         rows.append((m, shape_of(m), s))
         log(f"{m.name}: {s['seconds']:.1f} s, peak RSS {s['peak_rss_mib']:.0f} MiB")
     md = table(rows)
