@@ -59,6 +59,8 @@ print(json.dumps(d))
 PY
   [ -z "$PLAN" ] || cp "$PLAN" .devq/plan-brown-16x512-f4.json
   sha256sum "$src" | cut -d' ' -f1 > .devq/sha256
+  # the machine's copy of .git may be stale: report.py records this commit instead (-dirty: uncommitted changes)
+  echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo -dirty)" > .devq/commit
   stat -c %s "$src" > .devq/size
   head -c $((FIRST_PIECE_MIB << 20)) "$src" > "$pieces/part00"
   tail -c +$(((FIRST_PIECE_MIB << 20) + 1)) "$src" | split -b $((PIECE_MIB << 20)) -d -a 2 --numeric-suffixes=1 - "$pieces/part"
@@ -110,6 +112,7 @@ stage_start() {
   if [ -n "$RUN" ]; then cp "$Q/results/qwen2.5-coder-1.5b.json" "$Q/results$RUN/"; else cp .devq/qwen2.5-coder-1.5b.json "$Q/results/"; fi
   cp .devq/plan-*.json build/report/qwen2.5-coder-1.5b/ 2>/dev/null && stamp "the measured plan is carried"
   export PYTHONPATH=$Q/site:$PWD
+  [ -f .devq/commit ] && export SLIM2GGUF_COMMIT=$(cat .devq/commit)
   if [ -z "$JOBS" ]; then
     local free_gb; free_gb=$(df -BG --output=avail . | tail -1 | tr -dc 0-9)
     JOBS=$(( (free_gb - 12) / 3 )); [ "$JOBS" -gt 6 ] && JOBS=6; [ "$JOBS" -lt 1 ] && JOBS=1

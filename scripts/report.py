@@ -503,7 +503,9 @@ class Report:
         import gguf
         import torch
 
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        # the GPU machine's copy of .git can be stale: device scripts pass the commit they packed
+        commit = os.environ.get("SLIM2GGUF_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
         return {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "model": self.args.model + (f" (F16: {NAMED_MODELS[self.args.model]['f16'].name})"
@@ -520,7 +522,7 @@ class Report:
             "imatrix_chunks": int(self.args.imatrix_chunks),
             "threads": int(self.threads),
             "tool": "llama-perplexity (patched llama.cpp of llama-cpp-python 0.3.36), CPU",
-            "slim2gguf_commit": rev.stdout.strip() or "unknown",
+            "slim2gguf_commit": commit or "unknown",
             "torch": torch.__version__,
             "gguf_py": getattr(gguf, "__version__", "0.19.0 (vendored, patched)"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
