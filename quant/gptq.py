@@ -43,38 +43,51 @@ def gptq_quantize(W: torch.Tensor, U: torch.Tensor, bits: torch.Tensor, group_si
     # for g64 the lazy update between a block's two groups moves from the loop into the matmul: rounding only)
     fused = gptq_triton.available(W) and fused_loop
     blocksize = g if fused else max(g, (blocksize // g) * g)   # blocks hold whole groups: a group's params see
-    udiag = torch.diag(U)                                       # its block
-    inf = torch.tensor(float("inf"), device=W.device)
+    group_params = _group_params_into(D, M, params_fn, bits_l, torch.diag(U), g)   # its block
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
-        Q1 = torch.empty_like(W1)      # float codes of the block, cast once: fewer small ops per column
-        Err1 = torch.empty_like(W1)
         U1 = U[i1:i2, i1:i2]
         if fused:
-            gi = i1 // g
-            d, m = params_fn(W1, bits_l[gi], udiag[i1:i2], i1)
-            D[:, gi], M[:, gi] = d, m
-            Q1, Err1 = gptq_triton.quantize_group_columns(W1, U1, d.float(), m.float(), bits_l[gi])
-        for i in range(0 if not fused else i2 - i1, i2 - i1):
-            col = i1 + i
-            gi = col // g
-            if col % g == 0:
-                b = bits_l[gi]
-                d, m = params_fn(W1[:, i:i + g], b, udiag[col:col + g], col)
-                D[:, gi], M[:, gi] = d, m
-                d32, m32 = d.float(), m.float()
-                # quantize_codes' arithmetic, hoisted out of the column loop: dividing by inf gives the
-                # code 0 of a flat group (d == 0)
-                d_div = torch.where(d32 > 0, d32, inf)
-                maxq = float(2 ** b - 1)
-            # the loop runs once per column (4096-28672 times a matrix): each op here is a kernel launch on a GPU
-            w = W1[:, i]
-            q = torch.div(w - m32, d_div).round_().clamp_(0, maxq)
-            Q1[:, i] = q
-            err = (w - torch.addcmul(m32, d32, q)).div_(U1[i, i])    # d*q is exact: one rounding, as dequant
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
+            d, m, b = group_params(W1, i1)
+            Q1, Err1 = gptq_triton.quantize_group_columns(W1, U1, d.float(), m.float(), b)
+        else:
+            Q1, Err1 = _column_loop(W1, U1, i1, g, group_params)
         Q[:, i1:i2] = Q1.to(torch.uint8)
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
     return QuantizedLinear(bits.to(torch.int8).cpu(), Q.cpu(), D.cpu(), M.cpu(), g)
+
+
+def _group_params_into(D, M, params_fn: ParamsFn, bits_l: list[int], udiag, g: int):
+    """group_params(w_group, first column) -> (d, m, bits) of that group, stored into D, M as it goes."""
+    def group_params(wg: torch.Tensor, col: int):
+        gi, b = col // g, bits_l[col // g]
+        d, m = params_fn(wg, b, udiag[col:col + g], col)
+        D[:, gi], M[:, gi] = d, m
+        return d, m, b
+    return group_params
+
+
+def _column_loop(W1: torch.Tensor, U1: torch.Tensor, i1: int, g: int, group_params
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch loop over one block's columns (W1 updated in place): float codes [rows, block] and the scaled
+    errors Err1 the lazy update pushes onto the columns after the block."""
+    Q1 = torch.empty_like(W1)      # float codes of the block, cast once: fewer small ops per column
+    Err1 = torch.empty_like(W1)
+    inf = torch.tensor(float("inf"), device=W1.device)
+    for i in range(W1.shape[1]):
+        if (i1 + i) % g == 0:
+            d, m, b = group_params(W1[:, i:i + g], i1 + i)
+            d32, m32 = d.float(), m.float()
+            # quantize_codes' arithmetic, hoisted out of the column loop: dividing by inf gives the code 0 of a
+            # flat group (d == 0)
+            d_div = torch.where(d32 > 0, d32, inf)
+            maxq = float(2 ** b - 1)
+        # the loop runs once per column (4096-28672 times a matrix): each op here is a kernel launch on a GPU
+        w = W1[:, i]
+        q = torch.div(w - m32, d_div).round_().clamp_(0, maxq)
+        Q1[:, i] = q
+        err = (w - torch.addcmul(m32, d32, q)).div_(U1[i, i])    # d*q is exact: one rounding, as dequant
+        W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+        Err1[:, i] = err
+    return Q1, Err1

@@ -32,9 +32,12 @@ _BATCH_ELEMENTS = 1 << 26
 def weighted_error(w: torch.Tensor, a: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bits) -> torch.Tensor:
     """sum_i a_i (w_i - fake_quant(w_i))^2 over the last dim, for storage-grid d, m [...]."""
     bits = torch.as_tensor(bits, device=w.device)
-    wq = dequant(quantize_codes(w, d.unsqueeze(-1), m.unsqueeze(-1), bits.unsqueeze(-1)),
-                 d.unsqueeze(-1), m.unsqueeze(-1))
-    return (a * (w - wq) ** 2).sum(dim=-1)
+    return _codes_error(w, a, quantize_codes(w, d.unsqueeze(-1), m.unsqueeze(-1), bits.unsqueeze(-1)), d, m)
+
+
+def _codes_error(w, a, q, d, m) -> torch.Tensor:
+    """weighted_error for codes q already rounded with d, m [...] (the fit scores and then solves with them)."""
+    return (a * (w - dequant(q, d.unsqueeze(-1), m.unsqueeze(-1))) ** 2).sum(dim=-1)
 
 
 def _storage(d: torch.Tensor, m: torch.Tensor, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +72,7 @@ def _fit_multibit(w, a, bits, taus, refine):
         d, m = affine_params(centre - t * half, centre + t * half, bits)       # [T, ...]
         for r in range(refine + 1):     # the candidate, then each least-squares refinement of it
             q = quantize_codes(w, d.unsqueeze(-1), m.unsqueeze(-1), bits.unsqueeze(-1))
-            err = (a * (w - dequant(q, d.unsqueeze(-1), m.unsqueeze(-1))) ** 2).sum(dim=-1)   # [T, ...]
+            err = _codes_error(w, a, q, d, m)                                  # [T, ...]
             e_min, idx = err.min(dim=0)
             better = e_min < best_err
             pick = lambda x: x.float().gather(0, idx.unsqueeze(0)).squeeze(0)

@@ -9,7 +9,7 @@ from .config import QuantConfig
 from .gptq import ParamsFn, gptq_quantize, minmax_params
 from .group_fit import fit_group_params
 from .hessian import inverse_hessian_cholesky
-from .phase_clock import PhaseClock, clock_or_none
+from .phase_clock import PhaseClock
 from .quantizer import affine_params, dequant, group_view, quantize_codes
 from .result import QuantizedLinear
 from .rtn import quantize_groups, rtn_fake_weight
@@ -133,7 +133,7 @@ def quantize_linear(W: torch.Tensor, H: torch.Tensor | None, X_kl: torch.Tensor 
     if config.method == "rtn":
         return quantize_groups(W, torch.full((W.shape[1] // group_size,), config.bits, dtype=torch.int8),
                                group_size), {}
-    phase = clock_or_none(clock)
+    phase = clock if clock is not None else PhaseClock()
     hdiag = torch.diag(H).float()
     with phase("cholesky"):
         U, dead = factor if factor is not None else inverse_hessian_cholesky(H, config.percdamp)   # all threads

@@ -6,28 +6,23 @@ are per stage (StageTimes), memory and CPU time from resources.py.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from quant.phase_clock import PhaseClock
 
 from .resources import cpu_seconds, peak_gpu_mib, peak_rss_mib
 
 
-@dataclass
-class StageTimes:
-    """Wall seconds per named stage (`with times.stage("load"): ...`) and since the start of the run."""
+class StageTimes(PhaseClock):
+    """Wall seconds per named stage of `convert` (`with times.stage("load"): ...`) and since the start of the run;
+    nothing is synchronised (a stage ends with its results on the host)."""
 
-    start: float = field(default_factory=time.time)
-    seconds: dict[str, float] = field(default_factory=dict)
+    def __init__(self):
+        super().__init__()
+        self.start = time.time()
 
-    @contextmanager
-    def stage(self, name: str):
-        t0 = time.time()
-        try:
-            yield
-        finally:
-            self.seconds[name] = time.time() - t0
+    stage = PhaseClock.__call__
 
     def total(self) -> float:
         return time.time() - self.start

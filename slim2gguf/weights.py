@@ -81,7 +81,7 @@ class SafetensorsWeights(WeightSource):
             shards = sorted(p.name for p in folder.glob("*.safetensors"))
         if not shards:
             raise SlimError(f"{folder}: no safetensors weights (convert reads model*.safetensors)")
-        self._files, self._where = {}, {}
+        self._paths, self._where = {}, {}
         for shard in shards:
             path = folder / shard
             if not path.is_file():
@@ -90,7 +90,7 @@ class SafetensorsWeights(WeightSource):
                 f = safe_open(str(path), framework="pt")
             except Exception as e:  # noqa: BLE001 - a damaged shard is the user's file
                 raise SlimError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
-            self._files[shard] = path
+            self._paths[shard] = path
             for name in f.keys():
                 self._where[name] = shard
                 self._shapes[name] = tuple(f.get_slice(name).get_shape())
@@ -101,7 +101,7 @@ class SafetensorsWeights(WeightSource):
 
         # a shard opened per read and closed after: a mapping kept open would keep every page read so far in
         # the process's resident memory (file-backed, but RSS all the same: the whole model by the last layer)
-        with safe_open(str(self._files[self._where[name]]), framework="pt") as f:
+        with safe_open(str(self._paths[self._where[name]]), framework="pt") as f:
             return f.get_tensor(name).clone()
 
 
