@@ -30,6 +30,11 @@ TRAIN_INITS = ("fit", "gptq")
 # (fp: OmniQuant / SliM-LLM+), on the quantized model's own inputs (quant: a local objective, as GPTQ's, that
 # the block can meet without undoing upstream error), or the sum of both (OmniQuant's "aug" loss)
 TRAIN_TARGETS = ("fp", "quant", "both")
+# how the block output's error is measured: plain mean squared error (OmniQuant / SliM-LLM+), or per token relative
+# to the target's root mean square (token_rms), as the next block's RMSNorm passes the residual stream on. Models
+# with attention-sink tokens carry a few positions hundreds of times larger than the rest; plain MSE is then
+# mostly their error, while every next layer sees each token at unit RMS
+TRAIN_LOSSES = ("mse", "token_rms")
 # AdamW learning rates: lwc's is the paper's (on sigmoid logits); round's offsets move in code units; weights
 # mode trains (d, m) at this rate and the weights at WEIGHT_LR_FACTOR of it (EfficientQAT's 1e-4 / 2e-5)
 DEFAULT_LR = {"lwc": 1e-2, "round": 5e-3, "weights": 1e-4}
@@ -141,16 +146,24 @@ def to_store(t: torch.Tensor, store: torch.device) -> torch.Tensor:
     return t.to(store)
 
 
+def output_error(out: torch.Tensor, target: torch.Tensor, loss: str = "mse") -> torch.Tensor:
+    """The training loss of one block output [..., hidden] against its target (TRAIN_LOSSES)."""
+    if loss == "token_rms":
+        scale = target.pow(2).mean(dim=-1, keepdim=True).add(1e-12).rsqrt()
+        return torch.nn.functional.mse_loss(out * scale, target * scale)
+    return torch.nn.functional.mse_loss(out, target)
+
+
 def train_block(layer: nn.Module, linears: dict[str, tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]],
                 inputs: list[tuple[torch.Tensor, dict]], targets: list[list[torch.Tensor]], mode: str, epochs: int,
-                lr: float, seed: int = 0, on_step=None) -> tuple[dict[str, QuantizedLinear], dict]:
+                lr: float, seed: int = 0, on_step=None, loss: str = "mse") -> tuple[dict[str, QuantizedLinear], dict]:
     """Train the quantizers of `layer`'s linears and return their QuantizedLinears and the losses.
 
     linears: {submodule name: (bits [G], group_size, init_d, init_m)}; inputs: [(hidden_states, layer kwargs)]
     mini-batches on the quantized path; targets: one or more lists of the outputs to match for the same batches
-    (the loss is the sum of the mean squared errors against each).
+    (the loss is the sum of output_error against each; loss: TRAIN_LOSSES).
     The layer's weights end as the storage-grid fake-quant weights d*q + m; every other parameter of the block
-    is left as it was. Loss = mean squared error over the block output; `on_step(loss)` after every step.
+    is left as it was. `on_step(loss)` after every step.
     """
     params = {n: p for n, p in layer.named_parameters()}
     was_trainable = {n: p.requires_grad for n, p in params.items()}
@@ -173,7 +186,7 @@ def train_block(layer: nn.Module, linears: dict[str, tuple[torch.Tensor, int, to
 
     def block_loss(i):
         out = layer_forward(layer, inputs[i][0], inputs[i][1], on_layer_device=True).float()
-        return sum(torch.nn.functional.mse_loss(out, t[i].to(out.device).float()) for t in targets)
+        return sum(output_error(out, t[i].to(out.device).float(), loss) for t in targets)
 
     with torch.no_grad():
         first = sum(float(block_loss(i)) for i in range(len(inputs))) / len(inputs)
@@ -181,12 +194,12 @@ def train_block(layer: nn.Module, linears: dict[str, tuple[torch.Tensor, int, to
         with torch.enable_grad():
             for _ in range(epochs):
                 for i in torch.randperm(len(inputs), generator=gen).tolist():
-                    loss = block_loss(i)
+                    step_loss = block_loss(i)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    step_loss.backward()
                     opt.step()
                     if on_step is not None:
-                        on_step(float(loss.detach()))
+                        on_step(float(step_loss.detach()))
     finally:
         results = {}
         for name, qz in quantizers.items():
@@ -200,7 +213,7 @@ def train_block(layer: nn.Module, linears: dict[str, tuple[torch.Tensor, int, to
     with torch.no_grad():
         last = sum(float(block_loss(i)) for i in range(len(inputs))) / len(inputs)
     return results, {"loss_before": first, "loss_after": last,
-                     "steps": epochs * len(inputs), "mode": mode, "lr": lr}
+                     "steps": epochs * len(inputs), "mode": mode, "lr": lr, "loss": loss}
 
 
 def default_epochs(device: torch.device) -> int:

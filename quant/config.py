@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .blockwise import DEFAULT_LR, TRAIN_INITS, TRAIN_MODES, TRAIN_TARGETS
+from .blockwise import DEFAULT_LR, TRAIN_INITS, TRAIN_LOSSES, TRAIN_MODES, TRAIN_TARGETS
 from .sqc import DEFAULT_ALPHA, DEFAULT_TAUS, DEFAULT_Z
 
 # SliM-LLM (SBA + SQC + GPTQ), SliM-LLM+ (SBA's bit map + block-wise training, quant/blockwise.py), GPTQ with
@@ -49,11 +49,13 @@ class QuantConfig:
     train_batch: int = 2                # sequences per training step (slim+ also captures in batches of this)
     train_init: str = "gptq"            # TRAIN_INITS: start from SliM's GPTQ result or the weighted fit (RTN)
     train_target: str = "fp"            # TRAIN_TARGETS: what the block output is trained towards
+    train_loss: str = "mse"             # TRAIN_LOSSES: how the block output's error is measured
 
     def __post_init__(self):
         for name, allowed in (("method", METHODS), ("bits", AVERAGE_BITS), ("group_size", GROUP_SIZES),
                               ("fit", FITS), ("importance", IMPORTANCES), ("train", TRAIN_MODES),
-                              ("train_init", TRAIN_INITS), ("train_target", TRAIN_TARGETS)):
+                              ("train_init", TRAIN_INITS), ("train_target", TRAIN_TARGETS),
+                              ("train_loss", TRAIN_LOSSES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.epochs < 0 or not self.lr >= 0 or self.train_batch < 1:
@@ -73,7 +75,7 @@ class QuantConfig:
                 object.__setattr__(self, "lr", DEFAULT_LR[self.train])
         else:
             for name, plain in (("train", "weights"), ("epochs", 0), ("lr", 0.0), ("train_batch", 2),
-                                ("train_init", "gptq"), ("train_target", "fp")):
+                                ("train_init", "gptq"), ("train_target", "fp"), ("train_loss", "mse")):
                 object.__setattr__(self, name, plain)
         object.__setattr__(self, "sqc_taus", tuple(self.sqc_taus))
 

@@ -171,7 +171,7 @@ def _train_layer(layer, mods: dict, batches, targets, config_of: Callable[[str],
     step = (lambda loss: (bar.update(1), bar.set_postfix(mse=f"{loss:.3g}"))) if bar is not None else None
     try:
         qls, info = train_block(layer, linears, batches, targets, config.train, config.epochs, config.lr,
-                                seed=config.seed * 1_000_003 + li, on_step=step)
+                                seed=config.seed * 1_000_003 + li, on_step=step, loss=config.train_loss)
     finally:
         if bar is not None:
             bar.close()

@@ -19,6 +19,7 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$S"
 export PYTHONUNBUFFERED=1
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+. scripts/device_lib.sh
 
 stage_pack() {
   grep -qxF "/.devs/" .git/info/exclude || echo "/.devs/" >> .git/info/exclude
@@ -61,18 +62,16 @@ if [ -n "$TORCH_LOOP_LAYERS" ]; then
 fi
 df -h /tmp | tail -1
 EOF
-  setsid nohup bash "$S/run.sh" > "$S/run.log" 2>&1 < /dev/null &
-  echo $! > "$S/run.pid"
+  detach "$S"
   stamp "scale run started (pid $(cat "$S/run.pid")): $MODELS"
 }
 
 stage_wait() {
-  local limit=${1:-540} t0=$SECONDS pid
-  pid=$(cat "$S/run.pid")
-  while [ $((SECONDS - t0)) -lt "$limit" ] && kill -0 "$pid" 2>/dev/null; do sleep 10; done
+  local ended=0
+  wait_detached "$S" "${1:-540}" && ended=1
   tail -c 2500 "$S/run.log" | tr '\r' '\n' | grep -v "^\s*$" | tail -14
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
-  kill -0 "$pid" 2>/dev/null && echo "scale run still running" || echo "scale run ended"
+  [ $ended = 1 ] && echo "scale run ended" || echo "scale run still running"
   cp "$S"/scale*.md "$S"/scale*.json "$S/run.log" "$OUT/" 2>/dev/null
 }
 

@@ -28,6 +28,7 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$P/parts"
 export PYTHONUNBUFFERED=1
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+. scripts/device_lib.sh
 
 stage_pack() {
   [ -f "$SRC" ] || { echo "no $SRC: run scripts/setup.sh"; return 1; }
@@ -108,18 +109,16 @@ if [ "$SHAPE_LAYERS" != 0 ]; then
   cat $P/shape.jsonl
 fi
 EOF
-  setsid nohup bash "$P/run.sh" > "$P/run.log" 2>&1 < /dev/null &
-  echo $! > "$P/run.pid"
+  detach "$P"
   stamp "slim+ runs started (pid $(cat "$P/run.pid"))"
 }
 
 stage_wait() {
-  local limit=${1:-540} t0=$SECONDS pid
-  pid=$(cat "$P/run.pid")
-  while [ $((SECONDS - t0)) -lt "$limit" ] && kill -0 "$pid" 2>/dev/null; do sleep 10; done
+  local ended=0
+  wait_detached "$P" "${1:-540}" && ended=1
   cat "$P/run.log"; for f in "$P"/*.convert.log; do echo "$(basename "$f"): $(tail -c 300 "$f" | tr '\r' '\n' | tail -1)"; done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
-  kill -0 "$pid" 2>/dev/null && echo "slim+ runs still running" || echo "slim+ runs ended"
+  [ $ended = 1 ] && echo "slim+ runs ended" || echo "slim+ runs still running"
   cp "$P"/run.log "$P"/*.convert.log "$P"/*.ppl.log "$P"/shape.* "$OUT/" 2>/dev/null
   (cd "$P" && tar -cJf "$OUT/logs.tar.xz" run.log *.log shape.* 2>/dev/null)
 }

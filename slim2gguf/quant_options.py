@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from quant.blockwise import DEFAULT_LR, TRAIN_INITS, TRAIN_MODES, TRAIN_TARGETS, default_epochs
+from quant.blockwise import DEFAULT_LR, TRAIN_INITS, TRAIN_LOSSES, TRAIN_MODES, TRAIN_TARGETS, default_epochs
 from quant.config import FITS, GROUP_SIZES, IMPORTANCES, QuantConfig
 
 from .calibration import DEFAULT_NSAMPLES, DEFAULT_SEQLEN, CalibrationSpec
@@ -56,6 +56,10 @@ def add_quant_options(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--train-target", choices=TRAIN_TARGETS, default=QuantConfig.train_target,
                     help="the block output to match: the full-precision model's (fp, the paper's), the full-precision "
                          f"block on the quantized inputs (quant), or both (default {QuantConfig.train_target})")
+    tr.add_argument("--train-loss", choices=TRAIN_LOSSES, default=QuantConfig.train_loss,
+                    help="the block output's error: mean squared (mse, the paper's) or per token relative to the "
+                         "target's RMS, as the next RMSNorm sees it (token_rms) "
+                         f"(default {QuantConfig.train_loss})")
     tr.add_argument("--train-batch", type=int, default=QuantConfig.train_batch,
                     help=f"calibration sequences per training step (default {QuantConfig.train_batch})")
 
@@ -72,7 +76,8 @@ def quant_config(args: argparse.Namespace) -> QuantConfig:
                        sqc=not args.no_sqc, seed=args.seed, fit=args.fit, importance=args.importance,
                        act_order=args.act_order, true_sequential=args.true_sequential, train=args.train,
                        epochs=epochs, lr=args.lr or 0.0, train_batch=args.train_batch,
-                       train_init=args.train_init, train_target=args.train_target)
+                       train_init=args.train_init, train_target=args.train_target,
+                       train_loss=args.train_loss)
 
 
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:

@@ -11,7 +11,7 @@ import torch
 from one_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from conftest import build_tiny_llama
-from quant.blockwise import TRAIN_MODES, GroupQuantizer, layer_forward, train_block
+from quant.blockwise import TRAIN_MODES, GroupQuantizer, layer_forward, output_error, train_block
 from quant.config import QuantConfig
 from quant.group_fit import fit_group_params
 from quant.pipeline import LINEAR_NAMES, capture_layer0_inputs
@@ -45,12 +45,34 @@ def start_params(layer, mixed: bool):
     return out
 
 
-def trained(block_and_data, mode, epochs, mixed=True, lr=None):
+def trained(block_and_data, mode, epochs, mixed=True, lr=None, loss="mse"):
     layer, batches, targets = block_and_data
     layer = copy.deepcopy(layer)
     lr = lr if lr is not None else QuantConfig(method="slim+", train=mode).lr
-    qls, info = train_block(layer, start_params(layer, mixed), batches, [targets], mode, epochs, lr, seed=0)
+    qls, info = train_block(layer, start_params(layer, mixed), batches, [targets], mode, epochs, lr, seed=0,
+                            loss=loss)
     return layer, qls, info
+
+
+def test_token_rms_loss_weighs_every_token_alike():
+    """A token hundreds of times larger than the rest (an attention sink) dominates the plain MSE of a block
+    output; relative to each token's RMS it counts like any other token."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 6, 32, generator=g)
+    out = target + 0.1 * torch.randn(2, 6, 32, generator=g)
+    sink_target, sink_out = target.clone(), out.clone()
+    sink_target[:, 0] *= 300
+    sink_out[:, 0] *= 300
+    assert output_error(sink_out, sink_target) > 1000 * output_error(out, target)
+    assert torch.allclose(output_error(sink_out, sink_target, "token_rms"), output_error(out, target, "token_rms"),
+                          rtol=1e-4)
+
+
+def test_training_lowers_the_token_rms_loss(block_and_data):
+    _, _, untrained = trained(block_and_data, "weights", epochs=0, loss="token_rms")
+    _, _, info = trained(block_and_data, "weights", epochs=6, loss="token_rms")
+    assert info["loss"] == "token_rms"
+    assert info["loss_after"] < 0.95 * untrained["loss_after"], (info, untrained)
 
 
 @pytest.mark.parametrize("mode", TRAIN_MODES)

@@ -60,7 +60,8 @@ def kv(path):
                                               (2, 128, ["--fit", "minmax"]),
                                               (2, 64, ["--no-sqc", "--method", "slim+", "--epochs", "1"]),
                                               (3, 128, ["--no-sqc", "--method", "slim+", "--train", "round",
-                                                        "--train-target", "both", "--epochs", "1"]),
+                                                        "--train-target", "both", "--train-loss", "token_rms",
+                                                        "--epochs", "1"]),
                                               (2, 128, ["--no-sqc", "--method", "slim+", "--train", "lwc",
                                                         "--train-init", "fit", "--epochs", "1"])])
 def test_tiny_llama_decodes_to_fake_quant_weights(tiny_llama, tmp_path, bits, group, extra):

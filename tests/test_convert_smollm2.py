@@ -1,6 +1,8 @@
 """`slim2gguf convert demo` (SmolLM2-135M) at 2 and 3 bits: bit-exact SLIM tensors (g64 for the 576-wide
 projections, g128 for the 1536-wide down_proj) and llama.cpp's metadata. Slow: one conversion per bit-width
-with small calibration, shared by the tests of this module."""
+with small calibration, shared by the tests of this module. The file layout does not depend on how (d, m) were
+chosen, so these conversions use the min/max fit (a fifth of the weighted fit's time on the 2-core box); the
+weighted fit's files are decoded and run by test_llama_smollm2.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +17,7 @@ from slim2gguf.file_report import analyze
 from slim2gguf.gguf_in import metadata, open_gguf
 from slim2gguf.gguf_out import write_stock
 from slim2gguf.hf_export import export_hf_folder
+from slim2gguf.model_io import demo_model_path
 
 from slim_synth import assert_decode_equals_reference
 
@@ -36,7 +39,8 @@ def converted(request, tmp_path_factory):
     # SBA on (mixed tags, the part the writer and decoder care about); SQC off: it is most of SliM's CPU time
     # and changes only the values of d and m, not how they are stored
     s = cmd_convert.settings(ap.parse_args(["demo", "--bits", str(bits), "-o", str(out), "--nsamples", "8",
-                                            "--seqlen", "128", "--no-sqc", *calib]))
+                                            "--seqlen", "128", "--no-sqc", "--fit", "minmax",
+                                            *calib]))
     res = convert(dataclasses.replace(s, keep_model=True))
     fq = export_hf_folder(res.model, res.tokenizer, tmp / "fq")
     override = tmp / "general.json"
@@ -69,6 +73,11 @@ def test_smollm2_metadata_matches_llama_cpp_f16(converted):
     assert not differ, differ
     assert ours["general.file_type"] == 98 + bits
     assert ours["tokenizer.ggml.pre"] == "smollm" and "tokenizer.chat_template" in ours
+    # the vocabulary the file runs with is the source GGUF's, entry for entry (it travels through transformers'
+    # GGUF tokenizer and llama.cpp's converter, whose output can change with their versions)
+    src = metadata(open_gguf(demo_model_path()))
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
+        assert ours[key] == src[key], key
     assert ours["slim.bits"] == bits and ours["slim.method"] == "slim" and ours["slim.sba"] is True
     assert ours["slim.sqc"] is False
     assert ours["slim.group_sizes"] == [64, 128]

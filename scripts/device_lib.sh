@@ -1,0 +1,16 @@
+# Shared by the device_*.sh scripts: a run that outlives the device call that starts it (the machine stays warm
+# while later calls wait on it). Source it; DIR is the run's folder, holding run.sh.
+
+# detach DIR: start DIR/run.sh in its own session (kept when the call returns), output to DIR/run.log
+detach() {
+  setsid nohup bash "$1/run.sh" > "$1/run.log" 2>&1 < /dev/null &
+  echo $! > "$1/run.pid"
+}
+
+# wait_detached DIR LIMIT: until DIR's run ends or LIMIT seconds pass; status 0 if it has ended
+wait_detached() {
+  local t0=$SECONDS pid
+  pid=$(cat "$1/run.pid")
+  while [ $((SECONDS - t0)) -lt "$2" ] && kill -0 "$pid" 2>/dev/null; do sleep 10; done
+  ! kill -0 "$pid" 2>/dev/null
+}
