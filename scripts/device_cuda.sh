@@ -19,12 +19,12 @@
 #         a few greedy tokens with llama-completion (fusion on, off) and llama-cpp-python; fails on any abort
 # untrusted: scripts/gpu_untrusted.py (after models): load time and the loader's SLIM check on the 7B SLIM2 file;
 #         corrupted copies of a small SLIM file refused by llama-completion -ngl 99 (mmap and -lm none)
-# models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, SLIM2/3 g128 of one random LLaMA-7B)
+# models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, IQ2_XS and IQ2_S with an imatrix, SLIM2/3 g128 of one random LLaMA-7B)
 # bench:  scripts/bench_gpu.py bench --tune (one llama-bench run)
 # clocks: tg128 alone vs after pp512, with SM clock samples
 # mixed:  issue 13: --target-bpw files (MIXED_DIR, one folder per call, kept between calls): GPU/CPU perplexity,
 #         greedy text, then one llama-bench run over every file carried so far
-# order:  the six-file run in reverse order; SLIM2 with CUDA graphs off
+# order:  the bench run's files in reverse order (bench_gpu.py bench --reverse); SLIM2 with CUDA graphs off
 # profile: ncu of the decode mat-vec kernels
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -70,7 +70,8 @@ PY
     echo "$args" > "$B/args.txt"
   fi
   stamp "building (-j$NJ)"
-  cmake --build "$B" -j "$NJ" --target llama-bench llama-quantize llama-perplexity llama-completion test-backend-ops \
+  cmake --build "$B" -j "$NJ" --target llama-bench llama-quantize llama-perplexity llama-completion llama-imatrix \
+    test-backend-ops \
     >> "$OUT/build.log" 2>&1 || { grep -B2 -A12 "error" "$OUT/build.log" | head -80; return 1; }
   stamp "build done"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
@@ -155,8 +156,11 @@ stage_untrusted() {
 
 stage_models() {
   stamp "models"
+  # IQ2_XS / IQ2_S with an imatrix over brown.txt (device_pack.sh carries it), as a user would make them
+  local imat=()
+  [ -f .devcarry/brown.txt ] && imat=(--imatrix-text .devcarry/brown.txt)
   python3 scripts/bench_gpu.py make --bin "$BIN" --vocab "$SRC/models/ggml-vocab-llama-spm.gguf" --dir "$W/models" \
-    2>&1 | tee "$OUT/models.log"
+    "${imat[@]}" 2>&1 | grep -v "converting to\|^\[ *[0-9]*/" | tee "$OUT/models.log"
   df -h "$W" | tail -1
 }
 
@@ -183,10 +187,10 @@ stage_clocks() {
 }
 
 stage_order() {
-  # Does a file's place in the one-run list matter? The issue's six-file run reversed, SLIM2 with CUDA graphs off
-  local d=$W/models m list="" a
-  for m in slim3 slim2 q2_k q3_k_s q4_0 f16; do list="$list -m $d/llama7b-$m.gguf"; done
-  for a in "$list -p 512 -n 128" "-m $d/llama7b-slim2.gguf -p 0 -n 128"; do
+  # Does a file's place in the one-run list matter? The bench run's files reversed, SLIM2 with CUDA graphs off
+  local d=$W/models a
+  python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$d" --out "$OUT/reversed" --reverse 2>&1 | tee "$OUT/order.log"
+  for a in "-m $d/llama7b-slim2.gguf -p 0 -n 128"; do
     stamp "llama-bench $a"
     "$BIN/llama-bench" $a -ngl 99 -r 3 -o md 2>/dev/null | grep -E "pp512|tg128" | tee -a "$OUT/order.log"
   done

@@ -35,5 +35,6 @@ cp -r "$("$PY" -c 'from slim2gguf.llama_build import pristine_tree; print(pristi
 tar -C "$src" -cf .devcarry/llama-src.tar --exclude='__pycache__' -T "$list"
 tar -C build -rf .devcarry/llama-src.tar --exclude='__pycache__' pysrc   # unpacks as <tree>/pysrc
 xz -f .devcarry/llama-src.tar
+cp ../shared/data/brown.txt .devcarry/   # llama-imatrix's text for bench_gpu.py's IQ2_XS / IQ2_S files
 rm -f "$list"
 ls -la .devcarry/
