@@ -24,7 +24,8 @@ def _reader_class():
     The reader parses every vocabulary entry with a few slices of its np.memmap, and slicing a memmap subclass
     costs several times a plain view of the same pages (each slice runs memmap's __array_finalize__): 2.6 s against
     0.8 s for SmolLM2's 49k tokens and merges, paid by every open. Same values, same shared pages; `data` stays the
-    memmap (weights.py hands its pages back through it)."""
+    memmap (weights.py hands its pages back through it). `_get` is the one reader internal this replaces, as the
+    pinned gguf-py (the vendored llama.cpp's) defines it; the whole suite reads files through it."""
     from gguf import GGUFReader
 
     itemsizes: dict = {}
