@@ -1,6 +1,10 @@
 # Shared by the device_*.sh scripts: a run that outlives the device call that starts it (the machine stays warm
 # while later calls wait on it). Source it; DIR is the run's folder, holding run.sh.
 
+export PYTHONUNBUFFERED=1   # the logs a later call reads show progress as it happens
+
+stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+
 # detach DIR: start DIR/run.sh in its own session (kept when the call returns), output to DIR/run.log
 detach() {
   setsid nohup bash "$1/run.sh" > "$1/run.log" 2>&1 < /dev/null &
@@ -13,4 +17,10 @@ wait_detached() {
   pid=$(cat "$1/run.pid")
   while [ $((SECONDS - t0)) -lt "$2" ] && kill -0 "$pid" 2>/dev/null; do sleep 10; done
   ! kill -0 "$pid" 2>/dev/null
+}
+
+# run_state DIR NAME: the GPU's load and whether DIR's run has ended
+run_state() {
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+  kill -0 "$(cat "$1/run.pid")" 2>/dev/null && echo "$2 still running" || echo "$2 ended"
 }

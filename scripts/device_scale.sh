@@ -17,9 +17,7 @@ NSAMPLES=${NSAMPLES:-32}
 TORCH_LOOP_LAYERS=${TORCH_LOOP_LAYERS-2}   # then a 7B-shaped model of this many layers with the torch GPTQ loop
 PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$S"
-export PYTHONUNBUFFERED=1
-stamp() { echo "[$(date +%H:%M:%S)] $*"; }
-. scripts/device_lib.sh
+. scripts/device_lib.sh   # stamp, detach, wait_detached, run_state; Python unbuffered
 
 stage_pack() {
   grep -qxF "/.devs/" .git/info/exclude || echo "/.devs/" >> .git/info/exclude
@@ -67,11 +65,9 @@ EOF
 }
 
 stage_wait() {
-  local ended=0
-  wait_detached "$S" "${1:-540}" && ended=1
+  wait_detached "$S" "${1:-540}"
   tail -c 2500 "$S/run.log" | tr '\r' '\n' | grep -v "^\s*$" | tail -14
-  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
-  [ $ended = 1 ] && echo "scale run ended" || echo "scale run still running"
+  run_state "$S" "scale run"
   cp "$S"/scale*.md "$S"/scale*.json "$S/run.log" "$OUT/" 2>/dev/null
 }
 

@@ -26,9 +26,7 @@ SHAPE_LAYERS=${SHAPE_LAYERS:-1}
 AFTER_PID=${AFTER_PID:-}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$P/parts"
-export PYTHONUNBUFFERED=1
-stamp() { echo "[$(date +%H:%M:%S)] $*"; }
-. scripts/device_lib.sh
+. scripts/device_lib.sh   # stamp, detach, wait_detached, run_state; Python unbuffered
 
 stage_pack() {
   [ -f "$SRC" ] || { echo "no $SRC: run scripts/setup.sh"; return 1; }
@@ -114,11 +112,9 @@ EOF
 }
 
 stage_wait() {
-  local ended=0
-  wait_detached "$P" "${1:-540}" && ended=1
+  wait_detached "$P" "${1:-540}"
   cat "$P/run.log"; for f in "$P"/*.convert.log; do echo "$(basename "$f"): $(tail -c 300 "$f" | tr '\r' '\n' | tail -1)"; done
-  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
-  [ $ended = 1 ] && echo "slim+ runs ended" || echo "slim+ runs still running"
+  run_state "$P" "slim+ runs"
   cp "$P"/run.log "$P"/*.convert.log "$P"/*.ppl.log "$P"/shape.* "$OUT/" 2>/dev/null
   (cd "$P" && tar -cJf "$OUT/logs.tar.xz" run.log *.log shape.* 2>/dev/null)
 }
