@@ -188,12 +188,11 @@ stage_clocks() {
 
 stage_order() {
   # Does a file's place in the one-run list matter? The bench run's files reversed, SLIM2 with CUDA graphs off
-  local d=$W/models a
+  local d=$W/models
   python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$d" --out "$OUT/reversed" --reverse 2>&1 | tee "$OUT/order.log"
-  for a in "-m $d/llama7b-slim2.gguf -p 0 -n 128"; do
-    stamp "llama-bench $a"
-    "$BIN/llama-bench" $a -ngl 99 -r 3 -o md 2>/dev/null | grep -E "pp512|tg128" | tee -a "$OUT/order.log"
-  done
+  stamp "SLIM2 tg128 alone"
+  "$BIN/llama-bench" -m "$d/llama7b-slim2.gguf" -p 0 -n 128 -ngl 99 -r 3 -o md 2>/dev/null | grep tg128 \
+    | tee -a "$OUT/order.log"
   stamp "SLIM2 tg128, CUDA graphs off"
   GGML_CUDA_DISABLE_GRAPHS=1 "$BIN/llama-bench" -m "$d/llama7b-slim2.gguf" -p 0 -n 128 -ngl 99 -r 3 -o md 2>/dev/null \
     | grep tg128 | tee -a "$OUT/order.log"
