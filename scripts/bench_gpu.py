@@ -2,7 +2,7 @@
 weights in F16, Q4_0, Q3_K_S, Q2_K, IQ2_XS and IQ2_S (with an imatrix) and SLIM 2-bit / 3-bit (g128), all in ONE
 `llama-bench -ngl 99 -p 512 -n 128 -r 3` run.
 
-    python scripts/bench_gpu.py make  --bin BIN --vocab ggml-vocab-llama-spm.gguf --dir MODELS [--imatrix-text T]
+    python scripts/bench_gpu.py make  --bin BIN --vocab ggml-vocab-llama-spm.gguf --dir MODELS [--imatrix-text T] [--types T,..]
     python scripts/bench_gpu.py bench --bin BIN --dir MODELS --out OUT_DIR [--tune] [--reverse]
 
 `make`: F16 via gguf-py (random N(0, 0.02) weights; one random matrix per shape, shared by the 32 layers: speed
@@ -86,6 +86,13 @@ def write_out(w) -> None:
     w.close()
 
 
+def random_mats(shapes: set[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+    """One N(0, 0.02) fp16 matrix per shape, the same on every call (a later `make` rebuilds what the F16 file holds)."""
+    rng = np.random.default_rng(7)
+    return {shape: (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+            for shape in sorted(shapes)}
+
+
 def write_random_llama(path: Path, vocab: Path, layer_mats: dict[str, tuple[int, int]], n_vocab: int, hidden: int,
                        layers: int, **kv) -> dict[tuple[int, int], np.ndarray]:
     """An F16 llama GGUF: one random N(0, 0.02) matrix per weight shape, shared by every layer (speed and memory do
@@ -93,10 +100,7 @@ def write_random_llama(path: Path, vocab: Path, layer_mats: dict[str, tuple[int,
     `vocab`. kv: llama_kv's shape arguments. Returns the matrices by shape."""
     import gguf
 
-    rng = np.random.default_rng(7)
-    mats: dict[tuple[int, int], np.ndarray] = {}
-    for shape in {(n_vocab, hidden), *layer_mats.values()}:
-        mats[shape] = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+    mats = random_mats({(n_vocab, hidden), *layer_mats.values()})
     norm = np.ones(hidden, dtype=np.float32)
     w = gguf.GGUFWriter(str(path), "llama")
     llama_kv(w, vocab, int(gguf.LlamaFileType.MOSTLY_F16), hidden=hidden, layers=layers, **kv)
@@ -162,26 +166,46 @@ def cmd_make(args) -> None:
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    wanted = args.types.split(",") if args.types else STOCK + IMATRIX_TYPES + list(SLIM)
+    unknown = set(wanted) - set(STOCK + IMATRIX_TYPES + list(SLIM))
+    if unknown:
+        raise SystemExit(f"unknown --types {sorted(unknown)}: choose from {STOCK + IMATRIX_TYPES + list(SLIM)}")
     f16 = d / "llama7b-f16.gguf"
-    log("F16 model (gguf-py)")
-    mats = make_f16(f16, Path(args.vocab))
-    log(f"F16 written: {f16.stat().st_size / 1e9:.2f} GB, {time.time() - t0:.0f} s")
-    imatrix = None
-    if args.imatrix_text:
-        imatrix, t1 = d / "llama7b-f16.imatrix", time.time()
+    mats = None
+    if f16.is_file():   # an earlier `make` call: files that exist are kept
+        log(f"F16 kept: {f16}")
+    else:
+        log("F16 model (gguf-py)")
+        mats = make_f16(f16, Path(args.vocab))
+        log(f"F16 written: {f16.stat().st_size / 1e9:.2f} GB, {time.time() - t0:.0f} s")
+    imatrix = d / "llama7b-f16.imatrix"
+    want_iq = [qt for qt in IMATRIX_TYPES if qt in wanted and not (d / f"llama7b-{qt.lower()}.gguf").is_file()]
+    if want_iq and not args.imatrix_text:
+        log(f"{', '.join(want_iq)} left out: no --imatrix-text")
+        want_iq = []
+    if want_iq and not imatrix.is_file():
+        t1 = time.time()
         subprocess.run([str(Path(args.bin) / "llama-imatrix"), "-m", str(f16), "-f", args.imatrix_text, "-o",
                         str(imatrix), "-c", "512", "--chunks", str(IMATRIX_CHUNKS), "-ngl", "99", "--no-ppl"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         log(f"imatrix ({IMATRIX_CHUNKS} x 512 tokens): {time.time() - t1:.0f} s")
-    for qt in STOCK + (IMATRIX_TYPES if imatrix else []):
+    for qt in [q for q in STOCK if q in wanted] + want_iq:
         out = d / f"llama7b-{qt.lower()}.gguf"
+        if out.is_file():
+            continue
         t1 = time.time()
-        extra = ["--imatrix", str(imatrix)] if imatrix else []
+        extra = ["--imatrix", str(imatrix)] if qt in IMATRIX_TYPES else []
         subprocess.run([str(Path(args.bin) / "llama-quantize"), *extra, str(f16), str(out), qt, str(os.cpu_count())],
                        check=True, stdout=subprocess.DEVNULL)
-        log(f"{qt}{' +imatrix' if imatrix else ''}: {out.stat().st_size / 1e9:.2f} GB, {time.time() - t1:.0f} s")
-    for name in SLIM:
+        log(f"{qt}{' +imatrix' if extra else ''}: {out.stat().st_size / 1e9:.2f} GB, {time.time() - t1:.0f} s")
+    for name in [n for n in SLIM if n in wanted]:
         out = d / f"llama7b-{name}.gguf"
+        if out.is_file():
+            continue
+        if not (d / "llama7b-q4_0.gguf").is_file():
+            raise SystemExit(f"{name} takes token_embd/output from the Q4_0 file: add Q4_0 to --types")
+        if mats is None:
+            mats = random_mats({(N_VOCAB, N_EMBD), *LAYER_MATS.values()})
         t1 = time.time()
         make_slim(out, name, d / "llama7b-q4_0.gguf", mats, Path(args.vocab))
         log(f"{name}: {out.stat().st_size / 1e9:.2f} GB, {time.time() - t1:.0f} s")
@@ -271,6 +295,8 @@ def main() -> None:
     m.add_argument("--vocab", required=True)
     m.add_argument("--dir", required=True)
     m.add_argument("--imatrix-text", help="text for llama-imatrix (IQ2_XS / IQ2_S files; left out without it)")
+    m.add_argument("--types", help="comma list of the files to make besides F16 (default all: "
+                   + ",".join(STOCK + IMATRIX_TYPES + list(SLIM)) + "); files that exist are kept")
     b = sub.add_parser("bench")
     b.add_argument("--bin", required=True)
     b.add_argument("--dir", required=True)

@@ -20,12 +20,20 @@
 # untrusted: scripts/gpu_untrusted.py (after models): load time and the loader's SLIM check on the 7B SLIM2 file;
 #         corrupted copies of a small SLIM file refused by llama-completion -ngl 99 (mmap and -lm none)
 # models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, IQ2_XS and IQ2_S with an imatrix, SLIM2/3 g128 of one random LLaMA-7B)
-# bench:  scripts/bench_gpu.py bench --tune (one llama-bench run)
+# bench:  scripts/bench_gpu.py bench (one llama-bench run; BENCH_TUNE=1: also its fusion on/off runs)
+# reversed: the same files in reverse order (the order check alone)
 # clocks: tg128 alone vs after pp512, with SM clock samples
 # mixed:  issue 13: --target-bpw files (MIXED_DIR, one folder per call, kept between calls): GPU/CPU perplexity,
 #         greedy text, then one llama-bench run over every file carried so far
 # order:  the bench run's files in reverse order (bench_gpu.py bench --reverse); SLIM2 with CUDA graphs off
-# profile: ncu of the decode mat-vec kernels
+# profile: ncu of the decode mat-vec kernels: Q4_0 (mmvq) and SLIM2/SLIM3 with each SLIM decode kernel
+#         (GGML_CUDA_SLIM_MMV=0 the shared-memory ring, 1 the warp kernel)
+# tune:   tg128 of SLIM2 / SLIM3 / Q4_0 under each SLIM kernel setting (one llama-bench run per setting)
+# models_bg / models_wait: IQ2_XS with an imatrix (minutes of CPU) made in the background while other stages run
+#
+# --detach STAGES...: run the stages in a process that outlives this call (logs under $W/run/out); a later call's
+# --wait SECONDS waits for it (at most that long) and brings its logs back as one tarball. The device call limit is
+# 10 minutes; a detached pipeline may take longer while back-to-back --wait calls keep the machine warm.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/slim-out}
@@ -37,6 +45,7 @@ mkdir -p "$OUT" "$W"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$SRC/gguf-py:$PWD${PYTHONPATH:+:$PYTHONPATH}
 NJ=$(nproc)
+source scripts/device_lib.sh   # detach, wait_detached
 t_start=$(date +%s)
 stamp() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - t_start ))s] $*"; }
 
@@ -77,12 +86,20 @@ PY
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
 }
 
+# SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults)
+SLIM_SETTINGS=("" "GGML_CUDA_SLIM_WARP_ROWS=1" "GGML_CUDA_SLIM_WARP_ROWS=4" "GGML_CUDA_SLIM_MMV=0")
+
 stage_check() {
-  local rc=0
-  stamp "test-backend-ops (CUDA0 vs CPU, SLIM cases)"
-  "$BIN/test-backend-ops" -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION -p slim > "$OUT/check.log" 2>&1 || rc=1
-  grep -E "tests passed|FAIL|not supported" "$OUT/check.log" | sort | uniq -c | head -20
-  tail -3 "$OUT/check.log"
+  local rc=0 e
+  : > "$OUT/check.log"
+  for e in "${SLIM_SETTINGS[@]}"; do
+    stamp "test-backend-ops (CUDA0 vs CPU, SLIM cases) ${e:-defaults}"
+    echo "=== ${e:-defaults}" >> "$OUT/check.log"
+    env $e "$BIN/test-backend-ops" -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION -p slim > "$W/tbo.log" 2>&1 || rc=1
+    cat "$W/tbo.log" >> "$OUT/check.log"
+    grep -E "tests passed|FAIL|not supported" "$W/tbo.log" | sort | uniq -c | head -20
+    tail -2 "$W/tbo.log"
+  done
   stamp "exactness cases (Numba) + harness"
   python3 scripts/cuda_slim_cases.py "$W/cases" >> "$OUT/check.log" 2>&1 || { tail "$OUT/check.log"; return 1; }
   g++ -O2 -std=c++17 scripts/cuda_slim_check.cpp -I"$SRC/ggml/include" -L"$BIN" -Wl,-rpath,"$BIN" \
@@ -155,18 +172,34 @@ stage_untrusted() {
 }
 
 stage_models() {
-  stamp "models"
+  stamp "models ${MODEL_TYPES:-all}"
   # IQ2_XS / IQ2_S with an imatrix over brown.txt (device_pack.sh carries it), as a user would make them
-  local imat=()
+  local imat=() types=()
   [ -f .devcarry/brown.txt ] && imat=(--imatrix-text .devcarry/brown.txt)
+  [ -n "${MODEL_TYPES:-}" ] && types=(--types "$MODEL_TYPES")
   python3 scripts/bench_gpu.py make --bin "$BIN" --vocab "$SRC/models/ggml-vocab-llama-spm.gguf" --dir "$W/models" \
-    "${imat[@]}" 2>&1 | grep -v "converting to\|^\[ *[0-9]*/" | tee "$OUT/models.log"
+    "${imat[@]}" "${types[@]}" 2>&1 | grep -v "converting to\|^\[ *[0-9]*/" | tee -a "$OUT/models.log"
   df -h "$W" | tail -1
+}
+
+stage_models_bg() { # IQ2_XS (BG_TYPES) in the background: the lattice search takes minutes of CPU, not the GPU
+  mkdir -p "$W/models_bg"
+  printf 'cd %s && MODEL_TYPES=%s OUT=%s bash scripts/device_cuda.sh models\n' "$PWD" "${BG_TYPES:-IQ2_XS}" \
+    "$W/models_bg" > "$W/models_bg/run.sh"
+  detach "$W/models_bg"
+  stamp "models in the background: ${BG_TYPES:-IQ2_XS}"
+}
+
+stage_models_wait() {
+  [ -f "$W/models_bg/run.pid" ] || return 0
+  wait_detached "$W/models_bg" "${BG_LIMIT:-900}" || { stamp "background models still running"; return 1; }
+  cat "$W/models_bg/models.log" >> "$OUT/models.log"; tail -4 "$W/models_bg/models.log"
 }
 
 stage_bench() {
   stamp "bench"
-  python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$W/models" --out "$OUT" --tune 2>&1 | tee "$OUT/bench.log"
+  python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$W/models" --out "$OUT" ${BENCH_TUNE:+--tune} 2>&1 \
+    | tee "$OUT/bench.log"
   stamp "bench done"
 }
 
@@ -186,6 +219,10 @@ stage_clocks() {
   kill $smi
 }
 
+stage_reversed() { # the bench run's files in reverse order, nothing else
+  python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$W/models" --out "$OUT/reversed" --reverse 2>&1 | tee "$OUT/order.log"
+}
+
 stage_order() {
   # Does a file's place in the one-run list matter? The bench run's files reversed, SLIM2 with CUDA graphs off
   local d=$W/models
@@ -199,17 +236,50 @@ stage_order() {
 }
 
 stage_profile() {
-  # decode kernels of SLIM2 and Q4_0, 2 tokens each (all 224 layer matmuls + output), a few counters
-  local m
-  for m in slim2 q4_0; do
-    stamp "ncu $m"
-    timeout 150 ncu --clock-control none -k 'regex:slim_mul_mat_vec|mul_mat_vec_q|slim_quantize|quantize_q8_1' \
-      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
-      --csv --print-units base --launch-skip 500 --launch-count 240 \
-      "$BIN/llama-bench" -m "$W/models/llama7b-$m.gguf" -ngl 99 -p 0 -n 16 -r 1 > "$W/ncu_$m.csv" 2> "$W/ncu_$m.err"
-    python3 scripts/ncu_summary.py "$W/ncu_$m.csv" | tee -a "$OUT/profile.log"
+  # decode kernels, 240 launches after the first 500 (all layer matmuls + their activation quantization; -n 16):
+  # Q4_0 (mmvq), then SLIM2 and SLIM3 under each SLIM kernel setting
+  local m e tag
+  for m in q4_0 slim2 slim3; do
+    for e in "${SLIM_SETTINGS[@]}"; do
+      [ "$m" = q4_0 ] && [ -n "$e" ] && continue
+      case "$e" in *WARP_ROWS=*) continue ;; esac   # rows per warp: compared by the tune stage's tg128
+      tag="$m${e:+ $e}"
+      stamp "ncu $tag"
+      echo "== $tag" >> "$OUT/profile.log"
+      env $e timeout 150 ncu --clock-control none -k 'regex:slim_mul_mat_vec|mul_mat_vec_q|slim_quantize|quantize_q8_1' \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
+        --csv --print-units base --launch-skip 500 --launch-count 240 \
+        "$BIN/llama-bench" -m "$W/models/llama7b-$m.gguf" -ngl 99 -p 0 -n 16 -r 1 > "$W/ncu.csv" 2> "$W/ncu.err"
+      python3 scripts/ncu_summary.py "$W/ncu.csv" | tee -a "$OUT/profile.log"
+    done
   done
 }
+
+stage_tune() {
+  # tg128 of SLIM2 / SLIM3 / Q4_0 under each SLIM decode-kernel setting, one llama-bench run per setting
+  local d=$W/models e
+  for e in "${SLIM_SETTINGS[@]}" "GGML_CUDA_SLIM_FUSE=0"; do
+    stamp "tg128 ${e:-defaults}"
+    env $e "$BIN/llama-bench" -m "$d/llama7b-slim2.gguf" -m "$d/llama7b-slim3.gguf" -m "$d/llama7b-q4_0.gguf" \
+      -ngl 99 -p 0 -n 128 -r 3 -o md 2>/dev/null | grep tg128 | sed "s|^|${e:-defaults} |" | tee -a "$OUT/tune.log"
+  done
+}
+
+if [ "${1:-}" = --detach ]; then
+  shift
+  rm -rf "$W/run" && mkdir -p "$W/run/out"
+  printf 'cd %s && OUT=%s bash scripts/device_cuda.sh %s\n' "$PWD" "$W/run/out" "$*" > "$W/run/run.sh"
+  detach "$W/run"
+  stamp "detached: $*"
+  exit 0
+fi
+if [ "${1:-}" = --wait ]; then
+  wait_detached "$W/run" "${2:-560}"; ended=$?
+  tar -C "$W/run" -czf "$OUT/run-out.tar.gz" out run.log
+  tail -"${TAIL:-40}" "$W/run/run.log"
+  [ $ended = 0 ] && echo "detached run ended" || echo "detached run still running"
+  exit 0
+fi
 
 failed=""
 for s in "$@"; do
