@@ -225,7 +225,7 @@ def cmd_bench(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     bench = str(Path(args.bin) / "llama-bench")
     names = [n for n in ["f16"] + [q.lower() for q in STOCK + IMATRIX_TYPES] + list(SLIM)
-             if (d / f"llama7b-{n}.gguf").is_file()]
+             if (d / f"llama7b-{n}.gguf").is_file() and n not in (args.skip or "").split(",")]
     if args.reverse:
         names.reverse()
     models = [d / f"llama7b-{n}.gguf" for n in names]
@@ -303,6 +303,7 @@ def main() -> None:
     b.add_argument("--out", required=True)
     b.add_argument("--tune", action="store_true")
     b.add_argument("--reverse", action="store_true", help="the files in the opposite order (the order check)")
+    b.add_argument("--skip", help="comma list of files left out of the run (e.g. f16)")
     args = ap.parse_args()
     cmd_make(args) if args.cmd == "make" else cmd_bench(args)
 

@@ -198,7 +198,8 @@ stage_models_wait() {
 
 stage_bench() {
   stamp "bench"
-  python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$W/models" --out "$OUT" ${BENCH_TUNE:+--tune} 2>&1 \
+  python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$W/models" --out "$OUT" ${BENCH_TUNE:+--tune} \
+    ${BENCH_SKIP:+--skip "$BENCH_SKIP"} 2>&1 \
     | tee "$OUT/bench.log"
   stamp "bench done"
 }
@@ -220,7 +221,8 @@ stage_clocks() {
 }
 
 stage_reversed() { # the bench run's files in reverse order, nothing else
-  python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$W/models" --out "$OUT/reversed" --reverse 2>&1 | tee "$OUT/order.log"
+  python3 scripts/bench_gpu.py bench --bin "$BIN" --dir "$W/models" --out "$OUT/reversed" --reverse \
+    ${BENCH_SKIP:+--skip "$BENCH_SKIP"} 2>&1 | tee "$OUT/order.log"
 }
 
 stage_order() {
