@@ -26,9 +26,10 @@
 # mixed:  issue 13: --target-bpw files (MIXED_DIR, one folder per call, kept between calls): GPU/CPU perplexity,
 #         greedy text, then one llama-bench run over every file carried so far
 # order:  the bench run's files in reverse order (bench_gpu.py bench --reverse); SLIM2 with CUDA graphs off
-# profile: ncu of the decode mat-vec kernels: Q4_0 (mmvq) and SLIM2/SLIM3 with each SLIM decode kernel
-#         (GGML_CUDA_SLIM_MMV=0 the shared-memory ring, 1 the warp kernel)
-# tune:   tg128 of SLIM2 / SLIM3 / Q4_0 under each SLIM kernel setting (one llama-bench run per setting)
+# profile: ncu of the decode mat-vec kernels: Q4_0 (mmvq) and SLIM2/SLIM3 under each SLIM_SETTINGS entry
+# tune:   tg128 of SLIM2 / SLIM3 under each SLIM_SETTINGS entry, settings alternating in separate llama-bench
+#         processes, TUNE_ROUNDS rounds (default 3); nothing else may run meanwhile (a background llama-quantize
+#         moved these numbers by 10 %)
 # models_bg / models_wait: IQ2_XS with an imatrix (minutes of CPU) made in the background while other stages run
 #
 # --detach STAGES...: run the stages in a process that outlives this call (logs under $W/run/out); a later call's
@@ -71,11 +72,12 @@ PY
     rm -rf "$W/src.new"
     echo "$sum" > "$W/src.sum"
   fi
-  local args
-  args=$(python3 -c "from slim2gguf.llama_build import cmake_args; print(' '.join(cmake_args(True)))") || return 1
-  stamp "cmake $args"
+  local args argv=()
+  args=$(python3 -c "from slim2gguf.llama_build import cmake_args; print('\n'.join(cmake_args(True)))") || return 1
+  mapfile -t argv <<< "$args"   # one argument per line: flags with spaces stay one argument
+  stamp "cmake ${argv[*]}"
   if [ ! -f "$B/build.ninja" ] || [ "$(cat "$B/args.txt" 2>/dev/null)" != "$args" ]; then
-    cmake -S "$SRC" -B "$B" $args -DGGML_CCACHE=OFF > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; return 1; }
+    cmake -S "$SRC" -B "$B" "${argv[@]}" -DGGML_CCACHE=OFF > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; return 1; }
     echo "$args" > "$B/args.txt"
   fi
   stamp "building (-j$NJ)"
@@ -86,8 +88,10 @@ PY
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
 }
 
-# SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults)
-SLIM_SETTINGS=("" "GGML_CUDA_SLIM_WARP_ROWS=1" "GGML_CUDA_SLIM_WARP_ROWS=4" "GGML_CUDA_SLIM_MMV=0")
+# SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults).
+# STAGES=1: SLIM3 decoded 2.4 % faster with one tile in flight (docs/bench/2026-12-03-h200-decode-kernels.md);
+# checked here before it can become SLIM3's default
+SLIM_SETTINGS=("" "GGML_CUDA_SLIM_STAGES=1")
 
 stage_check() {
   local rc=0 e
@@ -244,7 +248,6 @@ stage_profile() {
   for m in q4_0 slim2 slim3; do
     for e in "${SLIM_SETTINGS[@]}"; do
       [ "$m" = q4_0 ] && [ -n "$e" ] && continue
-      case "$e" in *WARP_ROWS=*) continue ;; esac   # rows per warp: compared by the tune stage's tg128
       tag="$m${e:+ $e}"
       stamp "ncu $tag"
       echo "== $tag" >> "$OUT/profile.log"
@@ -258,12 +261,12 @@ stage_profile() {
 }
 
 stage_tune() {
-  # tg128 of SLIM2 / SLIM3 / Q4_0 under each SLIM decode-kernel setting, one llama-bench run per setting
-  local d=$W/models e
-  for e in "${SLIM_SETTINGS[@]}" "GGML_CUDA_SLIM_FUSE=0"; do
-    stamp "tg128 ${e:-defaults}"
-    env $e "$BIN/llama-bench" -m "$d/llama7b-slim2.gguf" -m "$d/llama7b-slim3.gguf" -m "$d/llama7b-q4_0.gguf" \
-      -ngl 99 -p 0 -n 128 -r 3 -o md 2>/dev/null | grep tg128 | sed "s|^|${e:-defaults} |" | tee -a "$OUT/tune.log"
+  local d=$W/models e i
+  for i in $(seq "${TUNE_ROUNDS:-3}"); do
+    for e in "${SLIM_SETTINGS[@]}"; do
+      env $e "$BIN/llama-bench" -m "$d/llama7b-slim2.gguf" -m "$d/llama7b-slim3.gguf" -ngl 99 -p 0 -n 128 -r 3 -o md \
+        2>/dev/null | grep tg128 | sed "s|^|$i ${e:-defaults} |" | tee -a "$OUT/tune.log"
+    done
   done
 }
 

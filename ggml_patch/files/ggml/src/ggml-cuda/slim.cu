@@ -690,228 +690,6 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     ggml_cuda_pdl_lc();
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// warp mat-vec (the default decode kernel): no shared-memory staging and no block-wide barrier past the table.
-// A warp owns R consecutive rows (of each of NM matrices); lane l takes groups j = l, l + 32, ... of those rows, so
-// the codes of one group of a row are one lane's contiguous 16-48 bytes and the lanes of a warp read a row's codes
-// as one contiguous stream. Codes go global -> registers directly, all of a step's loads issued before any use;
-// on rows of more than 32 groups (PF) the next group's codes are requested before the current group is computed
-// (a second set of code registers, which rows of at most 32 groups, one per lane, do not pay for).
-// Every group runs the same (b+1)-plane code path (planes past the group's width are zero, not loaded), so lanes of
-// different widths never diverge. A lane loads its group's activations (int8 + per-32 scales) once and uses them for
-// all R rows: at 2 bits the activations are 4-5x the bytes of the codes, and the ring kernel above re-read them for
-// every row. The tag table (offset and width per group, from row 0: every row of a tensor carries the same tags) is
-// built once per block before ggml_cuda_pdl_sync, as are the first group's code loads, so both overlap the previous
-// kernel.
-
-#define SLIM_WMV_NWARPS 4
-
-// the codes a lane holds for one group: R rows of each of NM matrices, BMAX = b + 1 planes of g/32 words
-template <int g, int BMAX, int R, int NM>
-struct slim_wmv_codes {
-    uint32_t h[NM][R];              // headers (d with the tag bits, m)
-    uint32_t w[NM][R][BMAX][g/32];  // plane words; planes at and past the group's width are 0
-};
-
-template <ggml_type type, int R, int NM, int align>
-static __device__ __forceinline__ void slim_wmv_load(
-        const char * const (&rows)[NM][R], const slim_group (&e)[NM], const int j,
-        slim_wmv_codes<slim_traits<type>::g, slim_traits<type>::b + 1, R, NM> & c) {
-    constexpr int g  = slim_traits<type>::g;
-    constexpr int PB = g/8;
-#pragma unroll
-    for (int m = 0; m < NM; ++m) {
-        const int bits = e[m].jb & 7;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            c.h[m][r] = *(const uint32_t *) (rows[m][r] + 4*j);
-#pragma unroll
-            for (int p = 0; p < slim_traits<type>::b + 1; ++p) {
-                if (p < bits) {
-                    slim_load<PB, align>(rows[m][r] + e[m].off + p*PB, c.w[m][r][p]);
-                } else {
-#pragma unroll
-                    for (int k = 0; k < g/32; ++k) {
-                        c.w[m][r][p][k] = 0;
-                    }
-                }
-            }
-        }
-    }
-}
-
-template <ggml_type type, int ncols, int R, int align, int NM, bool PF>
-static __global__ void __launch_bounds__(SLIM_WMV_NWARPS*WARP_SIZE) slim_mul_mat_vec_warp(
-        const char * __restrict__ x0_ptr, const char * __restrict__ x1_ptr, const int8_t * __restrict__ yq_ptr,
-        const float2 * __restrict__ yds_ptr, float * __restrict__ dst_ptr,
-        const int ne00, const int nrows, const int64_t stride_row,
-        const int ne12, const int r2, const int r3, const int64_t nb02, const int64_t nb03,
-        const int64_t stride_col_dst, const int64_t stride_ch2_dst, const int64_t stride_ch3_dst) {
-    constexpr int g    = slim_traits<type>::g;
-    constexpr int b    = slim_traits<type>::b;
-    constexpr int BMAX = b + 1;
-    constexpr int W    = g/32;
-    static_assert(NM == 1 || (NM == 2 && ncols == 1), "gate/up fusion is for single columns");
-    static_assert(SLIM_WMV_NWARPS >= NM, "one warp builds each matrix's table");
-    extern __shared__ slim_group s_wtab[]; // matrix m's table at s_wtab + m*G, in group order
-    __shared__ int s_ok[NM];
-
-    const int G    = ne00/g;
-    const int warp = threadIdx.x / WARP_SIZE;
-    const int lane = threadIdx.x % WARP_SIZE;
-    const int ch   = blockIdx.y;
-    const int i12  = ch % ne12;
-    const int i13  = ch / ne12;
-    const int64_t x_off = (i12/r2)*nb02 + (i13/r3)*nb03;
-    const char * xs[NM];
-    xs[0] = x0_ptr + x_off;
-    if constexpr (NM == 2) {
-        xs[1] = x1_ptr + x_off;
-    }
-
-    if (warp < NM) { // warp m: matrix m's table from its row 0
-        const bool ok = slim_build_table<g, b>(warp == 0 ? xs[0] : xs[NM - 1], G, false, s_wtab + warp*G);
-        if (lane == 0) {
-            s_ok[warp] = ok;
-        }
-    }
-    __syncthreads();
-    bool ok = true;
-#pragma unroll
-    for (int m = 0; m < NM; ++m) {
-        ok = ok && s_ok[m];
-    }
-
-    const int row0 = (blockIdx.x*SLIM_WMV_NWARPS + warp)*R;
-    if (row0 >= nrows) {
-        return;
-    }
-    const int nr = min(R, nrows - row0);
-    const char * rows[NM][R];
-#pragma unroll
-    for (int m = 0; m < NM; ++m) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            rows[m][r] = xs[m] + (int64_t) (row0 + (r < nr ? r : 0))*stride_row; // rows past the end: row0, not written
-        }
-    }
-
-    auto entries = [&](const int j, slim_group (&e)[NM]) {
-#pragma unroll
-        for (int m = 0; m < NM; ++m) {
-            e[m] = s_wtab[m*G + j];
-        }
-    };
-
-    slim_wmv_codes<g, BMAX, R, NM> cur;
-    slim_group ecur[NM];
-    if (ok && lane < G) {
-        entries(lane, ecur);
-        slim_wmv_load<type, R, NM, align>(rows, ecur, lane, cur);
-    }
-    ggml_cuda_pdl_sync(); // the activations come from the previous kernel
-
-    const int8_t * yq  = yq_ptr  + (int64_t) ch*ncols*ne00;
-    const float2 * yds = yds_ptr + (int64_t) ch*ncols*(ne00/32);
-    float acc[NM][R][ncols] = {{{0.0f}}};
-
-    for (int j = lane; ok && j < G; j += WARP_SIZE) {
-        slim_wmv_codes<g, BMAX, R, NM> nxt;
-        if constexpr (PF) { // the next group's codes are requested before this group is computed
-            if (j + WARP_SIZE < G) {
-                slim_group enxt[NM];
-                entries(j + WARP_SIZE, enxt);
-                slim_wmv_load<type, R, NM, align>(rows, enxt, j + WARP_SIZE, nxt);
-            }
-        } else if (j != lane) {
-            entries(j, ecur);
-            slim_wmv_load<type, R, NM, align>(rows, ecur, j, cur);
-        }
-
-        float sd[NM][R][ncols] = {{{0.0f}}}; // sum over the 32-blocks of d_x * sum q*xq
-        float sx[ncols] = {0.0f};            // sum of the activations over the group
-#pragma unroll
-        for (int c = 0; c < W; ++c) {
-            int4   ya[ncols];
-            int4   yb[ncols];
-            float2 ds[ncols];
-#pragma unroll
-            for (int col = 0; col < ncols; ++col) {
-                const int4 * yv = (const int4 *) (yq + (int64_t) col*ne00 + j*g + 32*c);
-                ya[col] = yv[0];
-                yb[col] = yv[1];
-                ds[col] = yds[(int64_t) col*(ne00/32) + j*W + c];
-                sx[col] += ds[col].y;
-            }
-#pragma unroll
-            for (int m = 0; m < NM; ++m) {
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    uint32_t wc[BMAX];
-#pragma unroll
-                    for (int p = 0; p < BMAX; ++p) {
-                        wc[p] = cur.w[m][r][p][c];
-                    }
-                    uint32_t q[8];
-                    slim_expand<BMAX>(wc, q);
-#pragma unroll
-                    for (int col = 0; col < ncols; ++col) {
-                        int lo = slim_dp4a(q[0], ya[col].x, 0);
-                        lo     = slim_dp4a(q[1], ya[col].y, lo);
-                        lo     = slim_dp4a(q[2], ya[col].z, lo);
-                        lo     = slim_dp4a(q[3], ya[col].w, lo);
-                        int hi = slim_dp4a(q[4], yb[col].x, 0);
-                        hi     = slim_dp4a(q[5], yb[col].y, hi);
-                        hi     = slim_dp4a(q[6], yb[col].z, hi);
-                        hi     = slim_dp4a(q[7], yb[col].w, hi);
-                        sd[m][r][col] += ds[col].x * (float) (lo + (hi >> 4));
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int m = 0; m < NM; ++m) {
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const float d  = slim_half(cur.h[m][r] & 0x7FFF);
-                const float mm = slim_half(cur.h[m][r] >> 16);
-#pragma unroll
-                for (int col = 0; col < ncols; ++col) {
-                    acc[m][r][col] += d*sd[m][r][col] + mm*sx[col];
-                }
-            }
-        }
-        if constexpr (PF) {
-            cur = nxt;
-        }
-    }
-    ggml_cuda_pdl_lc(); // the next kernel may launch; it waits for this one's results in its ggml_cuda_pdl_sync
-
-    // lanes -> one sum per (matrix, row, column), fixed order (deterministic)
-#pragma unroll
-    for (int m = 0; m < NM; ++m) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-#pragma unroll
-            for (int col = 0; col < ncols; ++col) {
-                acc[m][r][col] = ok ? warp_reduce_sum(acc[m][r][col]) : NAN;
-            }
-        }
-    }
-    float * dst = dst_ptr + i12*stride_ch2_dst + i13*stride_ch3_dst;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-#pragma unroll
-        for (int col = 0; col < ncols; ++col) {
-            if (lane == r*ncols + col && r < nr) {
-                // SwiGLU as ggml-cuda's own GLU kernel computes it
-                dst[col*stride_col_dst + row0 + r] =
-                    NM == 2 ? ggml_cuda_op_silu_single(acc[0][r][col])*acc[NM - 1][r][col] : acc[0][r][col];
-            }
-        }
-    }
-}
-
 struct slim_mmv_args {
     const char * x; const char * x_up; const int8_t * yq; const float2 * yds; float * dst;
     int ne00; int nrows; int64_t stride_row;
@@ -997,130 +775,55 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
         a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages);
 }
 
-template <ggml_type type, int ncols, int R, int align, int NM>
-static void slim_wmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
-    constexpr int g = slim_traits<type>::g;
-    const int G = a.ne00/g;
-    const size_t shmem = (size_t) NM*G*sizeof(slim_group);
-    GGML_ASSERT(shmem <= 48*1024); // slim_mmv_fits()
-    const int rows_per_block = SLIM_WMV_NWARPS*R;
-    const dim3 grid((a.nrows + rows_per_block - 1)/rows_per_block, a.nch, 1);
-    const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_WMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
-    auto launch = [&](auto kernel) {
-        ggml_cuda_kernel_launch(kernel, params,
-            a.x, a.x_up, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
-            a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst);
-    };
-    if (a.ne00 > WARP_SIZE*g) { // more than one group per lane: prefetch the next one
-        launch(slim_mul_mat_vec_warp<type, ncols, R, align, NM, true>);
-    } else {
-        launch(slim_mul_mat_vec_warp<type, ncols, R, align, NM, false>);
-    }
-}
-
-// RB: rows per tile (ring kernel) or rows per warp (warp kernel)
-template <ggml_type type, int ncols, int RB, bool warp, int NM = 1>
+template <ggml_type type, int ncols, int RB, int NM = 1>
 static void slim_mmv_switch_align(const slim_mmv_args & a, const int align, cudaStream_t stream) {
-    auto launch = [&](auto align_c) {
-        constexpr int al = decltype(align_c)::value;
-        if constexpr (warp) {
-            slim_wmv_launch<type, ncols, RB, al, NM>(a, stream);
-        } else {
-            slim_mmv_launch<type, ncols, RB, al, NM>(a, stream);
-        }
-    };
     if constexpr (slim_traits<type>::g == 128) {
         if (align >= 16) {
-            launch(std::integral_constant<int, 16>{});
+            slim_mmv_launch<type, ncols, RB, 16, NM>(a, stream);
             return;
         }
     }
     if (align >= 8) {
-        launch(std::integral_constant<int, 8>{});
+        slim_mmv_launch<type, ncols, RB, 8, NM>(a, stream);
     } else {
-        launch(std::integral_constant<int, 4>{});
+        slim_mmv_launch<type, ncols, RB, 4, NM>(a, stream);
     }
 }
 
 template <ggml_type type>
-static void slim_mmv_switch_ncols_ring(const slim_mmv_args & a, const int ncols, const int rows_per_tile, const int align,
+static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, const int rows_per_tile, const int align,
         cudaStream_t stream) {
     if (a.x_up) { // gate/up fusion: one column, 8-row tiles of each matrix
         GGML_ASSERT(ncols == 1);
-        slim_mmv_switch_align<type, 1, 8, false, 2>(a, align, stream);
+        slim_mmv_switch_align<type, 1, 8, 2>(a, align, stream);
         return;
     }
     switch (ncols) {
         case 1:
             switch (rows_per_tile) {
-                case  4: slim_mmv_switch_align<type, 1,  4, false>(a, align, stream); break;
-                case 16: slim_mmv_switch_align<type, 1, 16, false>(a, align, stream); break;
-                case 32: slim_mmv_switch_align<type, 1, 32, false>(a, align, stream); break;
-                default: slim_mmv_switch_align<type, 1,  8, false>(a, align, stream); break;
+                case  4: slim_mmv_switch_align<type, 1,  4>(a, align, stream); break;
+                case 16: slim_mmv_switch_align<type, 1, 16>(a, align, stream); break;
+                case 32: slim_mmv_switch_align<type, 1, 32>(a, align, stream); break;
+                default: slim_mmv_switch_align<type, 1,  8>(a, align, stream); break;
             }
             break;
-        case 2: slim_mmv_switch_align<type, 2, 8, false>(a, align, stream); break;
-        case 3: slim_mmv_switch_align<type, 3, 8, false>(a, align, stream); break;
-        case 4: slim_mmv_switch_align<type, 4, 8, false>(a, align, stream); break;
-        case 5: slim_mmv_switch_align<type, 5, 8, false>(a, align, stream); break;
-        case 6: slim_mmv_switch_align<type, 6, 8, false>(a, align, stream); break;
-        case 7: slim_mmv_switch_align<type, 7, 8, false>(a, align, stream); break;
-        case 8: slim_mmv_switch_align<type, 8, 8, false>(a, align, stream); break;
+        case 2: slim_mmv_switch_align<type, 2, 8>(a, align, stream); break;
+        case 3: slim_mmv_switch_align<type, 3, 8>(a, align, stream); break;
+        case 4: slim_mmv_switch_align<type, 4, 8>(a, align, stream); break;
+        case 5: slim_mmv_switch_align<type, 5, 8>(a, align, stream); break;
+        case 6: slim_mmv_switch_align<type, 6, 8>(a, align, stream); break;
+        case 7: slim_mmv_switch_align<type, 7, 8>(a, align, stream); break;
+        case 8: slim_mmv_switch_align<type, 8, 8>(a, align, stream); break;
         default: GGML_ABORT("%s: %d columns", __func__, ncols);
     }
 }
 
-// warp kernel: R rows per warp at batch 1 (each matrix's R for the fused pair), one row per warp for 2..8 columns
-// (the activations of several columns do not fit in registers next to several rows' codes)
-template <ggml_type type>
-static void slim_mmv_switch_ncols_warp(const slim_mmv_args & a, const int ncols, const int rows_per_warp, const int align,
-        cudaStream_t stream) {
-    if (a.x_up) {
-        GGML_ASSERT(ncols == 1);
-        if (rows_per_warp == 1) {
-            slim_mmv_switch_align<type, 1, 1, true, 2>(a, align, stream);
-        } else {
-            slim_mmv_switch_align<type, 1, 2, true, 2>(a, align, stream);
-        }
-        return;
-    }
-    switch (ncols) {
-        case 1:
-            switch (rows_per_warp) {
-                case 1:  slim_mmv_switch_align<type, 1, 1, true>(a, align, stream); break;
-                case 4:  slim_mmv_switch_align<type, 1, 4, true>(a, align, stream); break;
-                default: slim_mmv_switch_align<type, 1, 2, true>(a, align, stream); break;
-            }
-            break;
-        case 2: slim_mmv_switch_align<type, 2, 1, true>(a, align, stream); break;
-        case 3: slim_mmv_switch_align<type, 3, 1, true>(a, align, stream); break;
-        case 4: slim_mmv_switch_align<type, 4, 1, true>(a, align, stream); break;
-        case 5: slim_mmv_switch_align<type, 5, 1, true>(a, align, stream); break;
-        case 6: slim_mmv_switch_align<type, 6, 1, true>(a, align, stream); break;
-        case 7: slim_mmv_switch_align<type, 7, 1, true>(a, align, stream); break;
-        case 8: slim_mmv_switch_align<type, 8, 1, true>(a, align, stream); break;
-        default: GGML_ABORT("%s: %d columns", __func__, ncols);
-    }
-}
-
-// tuning knobs, read once: GGML_CUDA_SLIM_MMV (decode kernel: 1 the warp kernel, default; 0 the shared-memory ring),
-// GGML_CUDA_SLIM_WARP_ROWS (warp kernel, rows per warp at batch 1: 1, 2 or 4; default 2; the fused pair takes 1 or 2
-// of each matrix), GGML_CUDA_SLIM_ROWS (ring kernel, rows per tile at batch 1: 4, 8, 16 or 32; default 8),
-// GGML_CUDA_SLIM_STAGES (ring kernel, shared-memory tiles in flight per block, 1..4; default 2),
+// tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per tile at batch 1: 4, 8, 16 or 32; default 8),
+// GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..4; default 2),
 // GGML_CUDA_SLIM_FUSE (0: no gate/up fusion; default 1)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
-}
-
-static bool slim_use_warp_kernel() {
-    static const bool warp = slim_env_int("GGML_CUDA_SLIM_MMV", 1) != 0;
-    return warp;
-}
-
-static int slim_wmv_rows_per_warp() {
-    static const int env_rows = slim_env_int("GGML_CUDA_SLIM_WARP_ROWS", 2);
-    return env_rows == 1 || env_rows == 4 ? env_rows : 2;
 }
 
 // rows per tile RB (4, 8, 16 or 32): 8 keeps several tiles per block in flight on LLaMA-sized matrices;
@@ -1130,13 +833,9 @@ static int slim_mmv_rows_per_tile(const int64_t ncols, const int NM) {
     return ncols == 1 && NM == 1 && (env_rows == 4 || env_rows == 16 || env_rows == 32) ? env_rows : 8;
 }
 
-// whether a launch over these operands fits in shared memory: the warp kernel's NM tables in the 48 KiB that need
-// no opt-in, the ring kernel's tables with at least one stage
+// whether a launch over these operands fits in shared memory with at least one stage
 static bool slim_mmv_fits(const ggml_tensor * src0, const int64_t ncols, const int NM) {
     const int G  = (int) (src0->ne[0]/ggml_blck_size(src0->type));
-    if (slim_use_warp_kernel()) {
-        return (size_t) NM*G*sizeof(slim_group) <= 48*1024;
-    }
     const int RB = slim_mmv_rows_per_tile(ncols, NM);
     return slim_mmv_stages(G, (int) ggml_row_size(src0->type, src0->ne[0]), (int) ncols, RB, NM, 1) > 0;
 }
@@ -1224,19 +923,13 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     a.stride_col_dst = nb1/sizeof(float); a.stride_ch2_dst = nb2/sizeof(float); a.stride_ch3_dst = nb3/sizeof(float);
     a.nch = nch; a.nstages = nstages;
 
-    const bool warp = slim_use_warp_kernel();
-    const int  rows = warp ? slim_wmv_rows_per_warp() : rows_per_tile;
-#define SLIM_MMV_CASE(T) \
-        case T: warp ? slim_mmv_switch_ncols_warp<T>(a, ne11, rows, align, stream) \
-                     : slim_mmv_switch_ncols_ring<T>(a, ne11, rows, align, stream); break;
     switch (src0->type) {
-        SLIM_MMV_CASE(GGML_TYPE_SLIM2_G64)
-        SLIM_MMV_CASE(GGML_TYPE_SLIM2_G128)
-        SLIM_MMV_CASE(GGML_TYPE_SLIM3_G64)
-        SLIM_MMV_CASE(GGML_TYPE_SLIM3_G128)
+        case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
+        case GGML_TYPE_SLIM2_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G128>(a, ne11, rows_per_tile, align, stream); break;
+        case GGML_TYPE_SLIM3_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G64> (a, ne11, rows_per_tile, align, stream); break;
+        case GGML_TYPE_SLIM3_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G128>(a, ne11, rows_per_tile, align, stream); break;
         default: GGML_ABORT("%s: not a SLIM type", __func__);
     }
-#undef SLIM_MMV_CASE
 }
 
 void ggml_cuda_mul_mat_vec_slim(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst) {
