@@ -13,6 +13,7 @@ COMMANDS = {
     "convert": ("slim2gguf.cmd_convert", "quantize a model with SliM-LLM and write a GGUF"),
     "eval": ("slim2gguf.cmd_eval", "quantize in memory and report perplexity (fake-quant, torch)"),
     "inspect": ("slim2gguf.cmd_inspect", "show the SLIM tensors of a GGUF: bit allocation, bpw"),
+    "tune": ("slim2gguf.cmd_tune", "train a SLIM file's group scales end to end against the full-precision model"),
     "build-llama": ("slim2gguf.cmd_build", "fetch, patch and build llama.cpp and llama-cpp-python"),
     "run": ("slim2gguf.cmd_run", "generate text from a GGUF with the patched llama-cpp-python"),
 }
