@@ -2,27 +2,17 @@
 
 The codes of every SLIM tensor stay as they are; each group's (d, m) is trained through the whole model so that
 its next-token distribution matches MODEL's (quant/e2e.py, EfficientQAT's E2E-QP), on calibration windows of a
-text. The output is the input file with the SLIM tensors' group headers rewritten in place: same size, same
-metadata, same tensors otherwise, so it runs wherever the input does. Written to a temporary file beside OUT and
-renamed at the end.
-
-MODEL is the full-precision model the file was converted from (teacher and the student's architecture); the
-student starts with exactly the file's weights (gguf_torch.load_gguf_weights).
+text (slim2gguf/tune.py). MODEL is the full-precision model the file was converted from (the teacher, and the
+student's architecture); the student starts with exactly the file's weights.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-from .errors import SlimError
-from .format import as_slim_type, is_slim, pack_rows, unpack_rows
+from .tune import tune_file
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -39,122 +29,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
-def _heads(reader) -> dict[str, int]:
-    from .gguf_in import metadata
-
-    kv = metadata(reader)
-    arch = kv.get("general.architecture", "llama")
-    n_head = int(kv[f"{arch}.attention.head_count"])
-    return {"attn_q": n_head, "attn_k": int(kv.get(f"{arch}.attention.head_count_kv", n_head))}
-
-
-def _hf_row_order(name: str, rows: int, heads: dict[str, int]) -> np.ndarray:
-    """order[i] = the file row holding the model's row i (llama.cpp stores q/k rows permuted for its rope)."""
-    from .gguf_torch import _unpermute_rope_rows
-
-    kind = name.split(".")[-2]
-    idx = np.arange(rows)
-    return _unpermute_rope_rows(idx[:, None], heads[kind])[:, 0] if kind in heads else idx
-
-
-def read_slim_linears(path: Path, model) -> dict[str, tuple]:
-    """{model parameter name: (QuantizedLinear in the model's row order, tensor, row order)} for the file's SLIM
-    tensors."""
-    import gguf
-    import torch
-
-    from quant.result import QuantizedLinear
-
-    from .gguf_in import open_gguf
-
-    reader = open_gguf(path)
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
-    by_gguf = {}
-    for hf_name, _ in model.named_parameters():
-        gname = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gname is not None:
-            by_gguf[gname] = hf_name
-    heads = _heads(reader)
-    out = {}
-    for t in reader.tensors:
-        if not is_slim(int(t.tensor_type)):
-            continue
-        if t.name not in by_gguf:
-            raise SlimError(f"{path}: SLIM tensor {t.name} has no parameter in the model")
-        st = as_slim_type(int(t.tensor_type))
-        ne0 = int(t.shape[0])
-        bits, q, d, m = unpack_rows(np.asarray(t.data), ne0, st)
-        order = _hf_row_order(t.name, q.shape[0], heads)
-        ql = QuantizedLinear(torch.from_numpy(bits.astype(np.int8)), torch.from_numpy(q[order].copy()),
-                             torch.from_numpy(d[order].copy()), torch.from_numpy(m[order].copy()), st.group_size)
-        out[by_gguf[t.name]] = (ql, t, order)
-    if not out:
-        raise SlimError(f"{path}: no SLIM tensors to tune")
-    return out
-
-
-def write_tuned(src: Path, dst: Path, linears: dict[str, tuple], tuned: dict) -> int:
-    """Copy src to dst with each tuned tensor's bytes repacked in place (headers change, codes do not)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    changed = 0
-    try:
-        with open(tmp, "r+b") as f:
-            for name, (ql0, t, order) in linears.items():
-                ql = tuned[name]
-                st = as_slim_type(int(t.tensor_type))
-                rows = ql.q.shape[0]
-                q, d, m = (np.empty_like(a) for a in (ql.q.numpy(), ql.d.numpy(), ql.m.numpy()))
-                q[order], d[order], m[order] = ql.q.numpy(), ql.d.numpy(), ql.m.numpy()
-                packed = pack_rows(ql.bits.numpy(), q, d, m, st)
-                old = np.asarray(t.data).reshape(rows, -1)
-                if packed.shape != old.shape:
-                    raise SlimError(f"{t.name}: repacked size {packed.shape} != {old.shape}")
-                f.seek(int(t.data_offset))
-                f.write(packed.tobytes())
-                changed += int((packed != old).any())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return changed
-
-
 def run(args) -> int:
-    import torch
-
-    from quant.calibration import windows_from_ids
-    from quant.e2e import DEFAULT_LR, train_scales
-
-    from .gguf_torch import load_gguf_weights
-    from .model_io import load_model, tokenize_file
-
-    t0 = time.time()
-    if not args.file.is_file():
-        raise SlimError(f"{args.file}: no such file")
-    if args.epochs < 1 or args.nsamples < 1 or args.seqlen < 2:
-        raise SlimError("--epochs and --nsamples must be >= 1, --seqlen >= 2")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    teacher, tok, desc = load_model(args.model)
-    student, _, _ = load_model(args.model)
-    load_gguf_weights(student, args.file)
-    linears = read_slim_linears(args.file, student)
-    params = dict(student.named_parameters())
-    for name, (ql, t, _) in linears.items():   # the file decodes to what the student holds, bit for bit
-        if not torch.equal(ql.dequantize(), params[name].data.float()):
-            raise SlimError(f"{args.file}: {t.name} does not decode to the weights loaded for {name}")
-    ids = tokenize_file(tok, args.calib)
-    calib = windows_from_ids(ids, args.nsamples, args.seqlen, args.seed, source=Path(args.calib).name)
-    teacher.to(device)
-    student.to(device)
-    tuned, info = train_scales(student, teacher, {n: v[0] for n, v in linears.items()}, calib.input_ids,
-                               args.epochs, args.lr or DEFAULT_LR, seed=args.seed)
-    changed = write_tuned(args.file, args.output, linears, tuned)
-    info.update({"file": str(args.file), "output": str(args.output), "model": args.model, "tensors": len(linears),
-                 "tensors_changed": changed, "calibration": calib.summary, "device": str(device),
-                 "seconds": round(time.time() - t0, 1)})
-    print(f"tuned {changed} of {len(linears)} SLIM tensors: calibration KL {info['loss_before']:.4f} -> "
-          f"{info['loss_after']:.4f}; wrote {args.output}")
+    info = tune_file(args.file, args.model, args.output, args.calib, args.nsamples, args.seqlen, args.seed,
+                     args.epochs, args.lr, args.device)
+    print(f"tuned {info['tensors_changed']} of {info['tensors']} SLIM tensors: calibration KL "
+          f"{info['loss_before']:.4f} -> {info['loss_after']:.4f}; wrote {args.output}")
     print(json.dumps(info))
     sys.stdout.flush()
     return 0

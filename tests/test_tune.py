@@ -36,7 +36,7 @@ def tiny_slim(tiny, tmp_path_factory):
 
 
 def _slim_linears(path, model):
-    from slim2gguf.cmd_tune import read_slim_linears
+    from slim2gguf.tune import read_slim_linears
     return read_slim_linears(path, model)
 
 
