@@ -48,6 +48,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fallback-type", default=DEFAULT_FALLBACK_TYPE, type=str.lower, choices=STOCK_TYPES,
                    metavar="TYPE", help="type of linear weights SLIM cannot hold, width not divisible by 64 "
                                         f"(default {DEFAULT_FALLBACK_TYPE}; F16 where the width is not a multiple of 32)")
+    p.add_argument("--tune-epochs", type=int, default=0, metavar="N",
+                   help="then train the written file's group scales end to end for N passes over the calibration "
+                        "windows, codes fixed (as `slim2gguf tune`; holds the model twice in memory; default 0: off)")
+    p.add_argument("--tune-lr", type=float, default=None, metavar="LR",
+                   help="AdamW learning rate of --tune-epochs (default 1e-3)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.ckpt/")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT.ckpt/ after a successful run")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp converter's log")
@@ -69,7 +74,16 @@ def settings(args: argparse.Namespace):
                            target_bpw=_positive(args.target_bpw, "--target-bpw"), fisher_samples=args.fisher_samples,
                            plan_file=_existing(args.plan, "--plan"), save_plan=args.save_plan,
                            device=args.device, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
-                           verbose=args.verbose)
+                           verbose=args.verbose, tune_epochs=_tune_epochs(args), tune_lr=args.tune_lr)
+
+
+def _tune_epochs(args) -> int:
+    from .errors import SlimError
+    if args.tune_epochs < 0:
+        raise SlimError(f"--tune-epochs must be >= 0, got {args.tune_epochs}")
+    if args.tune_epochs and args.method == "rtn":
+        raise SlimError("--tune-epochs trains on the calibration windows, which --method rtn does not read")
+    return args.tune_epochs
 
 
 def _existing(path, flag):

@@ -30,8 +30,18 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    info = tune_file(args.file, args.model, args.output, args.calib, args.nsamples, args.seqlen, args.seed,
-                     args.epochs, args.lr, args.device)
+    from quant.calibration import windows_from_ids
+
+    from .errors import SlimError
+    from .model_io import load_tokenizer, tokenize_file
+
+    if args.nsamples < 1 or args.seqlen < 2:
+        raise SlimError("--nsamples must be >= 1, --seqlen >= 2")
+    if not args.file.is_file():
+        raise SlimError(f"{args.file}: no such file")
+    ids = tokenize_file(load_tokenizer(args.model), args.calib)
+    windows = windows_from_ids(ids, args.nsamples, args.seqlen, args.seed, source=Path(args.calib).name)
+    info = tune_file(args.file, args.model, args.output, windows, args.epochs, args.lr, args.device, args.seed)
     print(f"tuned {info['tensors_changed']} of {info['tensors']} SLIM tensors: calibration KL "
           f"{info['loss_before']:.4f} -> {info['loss_after']:.4f}; wrote {args.output}")
     print(json.dumps(info))

@@ -44,6 +44,8 @@ class ConvertSettings:
     keep_model: bool = False                     # library use: keep every layer (fake-quant) in ConvertResult.model;
                                                  # by default a finished layer's weights are dropped (weights.py)
     verbose: bool = False                        # llama.cpp converter's log
+    tune_epochs: int = 0                         # > 0: then train the written file's group scales end to end
+    tune_lr: float | None = None                 #      (slim2gguf/tune.py, quant/e2e.py) on the calibration
 
 
 @dataclass
@@ -159,6 +161,11 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
                                          slim_meta=meta, plan=plan, model_name=source.model_name,
                                          metadata_override=source.metadata_override, verbose=s.verbose,
                                          weights=stream.weights if desc["gguf_file"] else None)
+    tune = None
+    if s.tune_epochs:    # in place: tune writes a temporary file and renames it over `out`
+        from .tune import tune_file
+        with times.stage("tune"):
+            tune = tune_file(out, s.model, out, calib, s.tune_epochs, s.tune_lr, device, s.calibration.seed)
     totals = analyze(out)["totals"]
     if not s.keep_checkpoints:
         ck.remove()
@@ -166,6 +173,8 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
                            resumed_layers=len(done), totals=totals, written=written, times=times, device=device,
                            calibration=summary, layers_held=stream.peak_resident,
                            phase_seconds=res.info.get("phase_seconds"))
+    if tune:
+        result["tune"] = {k: tune[k] for k in ("epochs", "lr", "loss_before", "loss_after", "seconds")}
     return ConvertResult(result, format_summary(result, s.stock.fallback), model,
                          dict(res) if s.keep_model else stored, written, source.hf_dir, tok, source.model_name,
                          source.general, stream)

@@ -83,6 +83,10 @@ def format_summary(s: dict[str, Any], fallback_type: str) -> str:
     ]
     if s.get("phase_seconds"):
         lines.append("  layer loop   " + ", ".join(f"{k} {v:.1f} s" for k, v in s["phase_seconds"].items()))
+    if s.get("tune"):
+        t = s["tune"]
+        lines.append(f"  tune         {t['epochs']} epoch(s) end to end, calibration KL {t['loss_before']:.4f} -> "
+                     f"{t['loss_after']:.4f}, {t['seconds']:.1f} s")
     lines += [
         f"  peak memory  {s['peak_rss_mib']:.0f} MiB RSS"
         + (f", {s['peak_gpu_mib']:.0f} MiB GPU" if s["peak_gpu_mib"] is not None else "")

@@ -94,6 +94,13 @@ def _load_tokenizer(folder: Path, gguf_file: str | None, model: str):
         raise SlimError(f"cannot load the tokenizer of {model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
 
+def load_tokenizer(model: str):
+    """The tokenizer of MODEL (folder, GGUF or 'demo') alone, without its weights."""
+    folder, gguf_file = resolve_model(model)
+    _quiet_transformers()
+    return _load_tokenizer(folder, gguf_file, model)
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 

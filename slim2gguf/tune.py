@@ -100,25 +100,25 @@ def write_tuned(src: Path, dst: Path, linears: dict[str, tuple], tuned: dict) ->
     return changed
 
 
-def tune_file(path: Path, model: str, output: Path, calib: str, nsamples: int, seqlen: int, seed: int,
-              epochs: int, lr: float | None, device: str | None) -> dict:
+def tune_file(path: Path, model: str, output: Path, windows, epochs: int, lr: float | None = None,
+              device: str | None = None, seed: int = 0) -> dict:
     """Train the (d, m) of every SLIM tensor of `path` end to end against `model` (the full-precision model the
-    file was converted from) on calibration windows of `calib`; write `output`. Returns the run's summary."""
+    file was converted from) on `windows` (a quant.calibration.CalibrationSet); write `output` (may be `path`).
+    Returns the run's summary."""
     import torch
 
-    from quant.calibration import windows_from_ids
     from quant.e2e import DEFAULT_LR, train_scales
 
     from .gguf_torch import load_gguf_weights
-    from .model_io import load_model, tokenize_file
+    from .model_io import load_model
 
     t0 = time.time()
     if not path.is_file():
         raise SlimError(f"{path}: no such file")
-    if epochs < 1 or nsamples < 1 or seqlen < 2:
-        raise SlimError("--epochs and --nsamples must be >= 1, --seqlen >= 2")
+    if epochs < 1:
+        raise SlimError("tune epochs must be >= 1")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    teacher, tok, _ = load_model(model)
+    teacher, _, _ = load_model(model)
     student, _, _ = load_model(model)
     load_gguf_weights(student, path)
     linears = read_slim_linears(path, student)
@@ -126,7 +126,6 @@ def tune_file(path: Path, model: str, output: Path, calib: str, nsamples: int, s
     for name, (ql, t, _) in linears.items():   # the file decodes to what the student holds, bit for bit
         if not torch.equal(ql.dequantize(), params[name].data.float()):
             raise SlimError(f"{path}: {t.name} does not decode to the weights loaded for {name}")
-    windows = windows_from_ids(tokenize_file(tok, calib), nsamples, seqlen, seed, source=Path(calib).name)
     teacher.to(dev)
     student.to(dev)
     tuned, info = train_scales(student, teacher, {n: v[0] for n, v in linears.items()}, windows.input_ids,

@@ -129,3 +129,30 @@ def test_tune_cli_bad_input_is_one_line(tiny, tmp_path, capsys):
                    "--calib", str(tmp_path / "t.txt")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "missing.gguf" in err[0]
+
+
+def test_convert_tune_epochs_tunes_the_written_file(tiny, tmp_path):
+    from slim2gguf.convert import convert
+    from test_convert import convert_args
+
+    plain, tuned = tmp_path / "plain.gguf", tmp_path / "tuned.gguf"
+    convert(convert_args(tiny, plain, 2))
+    res = convert(convert_args(tiny, tuned, 2, "--tune-epochs", "2", "--tune-lr", "3e-3"))
+    t = res.summary["tune"]
+    assert t["epochs"] == 2 and t["loss_after"] < t["loss_before"]
+    assert "tune         2 epoch(s)" in res.text
+    assert tuned.stat().st_size == plain.stat().st_size
+    for ta, tb in zip(open_gguf(plain).tensors, open_gguf(tuned).tensors):
+        if is_slim(int(ta.tensor_type)):   # the same conversion, then only the group headers moved
+            st, ne0 = as_slim_type(int(ta.tensor_type)), int(ta.shape[0])
+            _, q_a, d_a, _ = unpack_rows(np.asarray(ta.data), ne0, st)
+            _, q_b, d_b, _ = unpack_rows(np.asarray(tb.data), ne0, st)
+            assert np.array_equal(q_a, q_b) and not np.array_equal(d_a, d_b), ta.name
+
+
+def test_convert_tune_epochs_refuses_rtn(tiny, tmp_path, capsys):
+    rc = cli.main(["convert", str(tiny), "--bits", "2", "--method", "rtn", "--tune-epochs", "1",
+                   "-o", str(tmp_path / "o.gguf")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--tune-epochs" in err[0]
+    assert not (tmp_path / "o.gguf").exists()
