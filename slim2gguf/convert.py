@@ -1,8 +1,9 @@
 """A conversion, start to end: MODEL (streamed, weights.py) -> calibration tokens -> quant.pipeline, one decoder
 layer at a time (read from the source just before, dropped just after), each finished layer checkpointed to
 OUT.ckpt/ -> llama.cpp's own converter writes OUT.partial with SLIM rows for the quantized linears (gguf_out),
-reading the other tensors from the source one at a time -> renamed to OUT -> summary measured from the file
-(convert_summary).
+reading the other tensors from the source one at a time -> renamed to OUT -> with tune_epochs, OUT's group
+scales trained end to end (tune.py; the whole model twice in memory; a tuned copy renamed over OUT, the
+checkpoints kept until then) -> summary measured from the file (convert_summary).
 
 `resume` continues from OUT.ckpt/ after an interruption and gives a byte-identical file. The CLI front end is
 cmd_convert; this module is the library entry point (`convert(ConvertSettings(...))`).
