@@ -23,6 +23,27 @@ def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def parameter_names(model: torch.nn.Module) -> dict[str, str]:
+    """{GGUF tensor name: parameter name of `model`} through gguf-py's LLaMA name map."""
+    import gguf
+
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
+    by_gguf = {}
+    for hf_name, _ in model.named_parameters():
+        gname = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gname is not None:
+            by_gguf[gname] = hf_name
+    return by_gguf
+
+
+def model_row_order(tensor_name: str, rows: int, config) -> np.ndarray | None:
+    """order[i] = the file row that holds the model's row i for attn_q / attn_k (the per-head rope permutation);
+    None for every other tensor (its rows are the model's)."""
+    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+    kind = tensor_name.split(".")[-2]
+    return _unpermute_rope_rows(np.arange(rows)[:, None], heads[kind])[:, 0] if kind in heads else None
+
+
 def _tensor_as_float(t) -> np.ndarray:
     import gguf
 
@@ -36,18 +57,10 @@ def load_gguf_weights(model: torch.nn.Module, path: str | Path) -> int:
     """Copy every tensor of the GGUF file at `path` into the matching parameter of `model` (a transformers
     LLaMA-family model with the file's shapes). Returns the number of tensors copied; a tensor with no
     parameter, or a parameter the file lacks (other than a tied output), is an error."""
-    import gguf
-
     reader = open_gguf(path)
     cfg = model.config
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
     params = dict(model.named_parameters())
-    by_gguf = {}
-    for hf_name in params:
-        gname = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gname is not None:
-            by_gguf[gname] = hf_name
-    heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
+    by_gguf = parameter_names(model)
     copied = set()
     with torch.no_grad():
         for t in reader.tensors:
@@ -57,9 +70,9 @@ def load_gguf_weights(model: torch.nn.Module, path: str | Path) -> int:
                     continue          # computed by the model itself
                 raise SlimError(f"{path}: tensor {t.name} has no parameter in the torch model")
             w = _tensor_as_float(t).reshape(tuple(int(n) for n in reversed(t.shape)))
-            kind = t.name.split(".")[-2]
-            if kind in heads:
-                w = _unpermute_rope_rows(w, heads[kind])
+            order = model_row_order(t.name, w.shape[0], cfg)
+            if order is not None:
+                w = w[order]
             p = params[hf_name]
             if tuple(w.shape) != tuple(p.shape):
                 raise SlimError(f"{path}: {t.name} has shape {w.shape}, the model's {hf_name} {tuple(p.shape)}")

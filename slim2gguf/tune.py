@@ -16,45 +16,21 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SlimError
-from .format import as_slim_type, is_slim, pack_rows, unpack_rows
-
-
-def _heads(reader) -> dict[str, int]:
-    from .gguf_in import metadata
-
-    kv = metadata(reader)
-    arch = kv.get("general.architecture", "llama")
-    n_head = int(kv[f"{arch}.attention.head_count"])
-    return {"attn_q": n_head, "attn_k": int(kv.get(f"{arch}.attention.head_count_kv", n_head))}
-
-
-def _hf_row_order(name: str, rows: int, heads: dict[str, int]) -> np.ndarray:
-    """order[i] = the file row holding the model's row i (llama.cpp stores q/k rows permuted for its rope)."""
-    from .gguf_torch import _unpermute_rope_rows
-
-    kind = name.split(".")[-2]
-    idx = np.arange(rows)
-    return _unpermute_rope_rows(idx[:, None], heads[kind])[:, 0] if kind in heads else idx
+from .format import as_slim_type, is_slim, pack_quantized, unpack_rows
 
 
 def read_slim_linears(path: Path, model) -> dict[str, tuple]:
     """{model parameter name: (QuantizedLinear in the model's row order, tensor, row order)} for the file's SLIM
     tensors."""
-    import gguf
     import torch
 
     from quant.result import QuantizedLinear
 
     from .gguf_in import open_gguf
+    from .gguf_torch import model_row_order, parameter_names
 
     reader = open_gguf(path)
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
-    by_gguf = {}
-    for hf_name, _ in model.named_parameters():
-        gname = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gname is not None:
-            by_gguf[gname] = hf_name
-    heads = _heads(reader)
+    by_gguf = parameter_names(model)
     out = {}
     for t in reader.tensors:
         if not is_slim(int(t.tensor_type)):
@@ -64,7 +40,9 @@ def read_slim_linears(path: Path, model) -> dict[str, tuple]:
         st = as_slim_type(int(t.tensor_type))
         ne0 = int(t.shape[0])
         bits, q, d, m = unpack_rows(np.asarray(t.data), ne0, st)
-        order = _hf_row_order(t.name, q.shape[0], heads)
+        order = model_row_order(t.name, q.shape[0], model.config)
+        if order is None:
+            order = np.arange(q.shape[0])
         ql = QuantizedLinear(torch.from_numpy(bits.astype(np.int8)), torch.from_numpy(q[order].copy()),
                              torch.from_numpy(d[order].copy()), torch.from_numpy(m[order].copy()), st.group_size)
         out[by_gguf[t.name]] = (ql, t, order)
@@ -80,14 +58,11 @@ def write_tuned(src: Path, dst: Path, linears: dict[str, tuple], tuned: dict) ->
     changed = 0
     try:
         with open(tmp, "r+b") as f:
-            for name, (ql0, t, order) in linears.items():
+            for name, (_, t, order) in linears.items():
                 ql = tuned[name]
-                st = as_slim_type(int(t.tensor_type))
-                rows = ql.q.shape[0]
-                q, d, m = (np.empty_like(a) for a in (ql.q.numpy(), ql.d.numpy(), ql.m.numpy()))
-                q[order], d[order], m[order] = ql.q.numpy(), ql.d.numpy(), ql.m.numpy()
-                packed = pack_rows(ql.bits.numpy(), q, d, m, st)
-                old = np.asarray(t.data).reshape(rows, -1)
+                # file row k holds the model's row argsort(order)[k]
+                packed = pack_quantized(ql, as_slim_type(int(t.tensor_type)), row_order=np.argsort(order))
+                old = np.asarray(t.data).reshape(ql.q.shape[0], -1)
                 if packed.shape != old.shape:
                     raise SlimError(f"{t.name}: repacked size {packed.shape} != {old.shape}")
                 f.seek(int(t.data_offset))
