@@ -30,6 +30,7 @@
 # tune:   tg128 of SLIM2 / SLIM3 under each SLIM_SETTINGS entry, settings alternating in separate llama-bench
 #         processes, TUNE_ROUNDS rounds (default 3); nothing else may run meanwhile (a background llama-quantize
 #         moved these numbers by 10 %)
+# quiet:  wait until the process in QUIET_PID's file has ended (another job's timing-sensitive neighbour)
 # models_bg / models_wait: IQ2_XS with an imatrix (minutes of CPU) made in the background while other stages run
 #
 # --detach STAGES...: run the stages in a process that outlives this call (logs under $W/run/out); a later call's
@@ -88,15 +89,21 @@ PY
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
 }
 
-# SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults).
-# STAGES=1: SLIM3 decoded 2.4 % faster with one tile in flight (docs/bench/2026-12-03-h200-decode-kernels.md);
-# checked here before it can become SLIM3's default
-SLIM_SETTINGS=("" "GGML_CUDA_SLIM_STAGES=1")
+# SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults),
+# '|'-separated in SLIM_SETTINGS to override; CHECK_SETTINGS / PROFILE_SETTINGS / TUNE_SETTINGS override it for one
+# stage. The defaults are 2 tiles in flight for SLIM2, 1 for SLIM3 (docs/bench/2026-12-03-h200-fold.md); the two
+# settings force each type onto the other's count
+SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_STAGES=1|GGML_CUDA_SLIM_STAGES=2}
+settings() { # settings "STRING": the '|'-separated entries into SLIM_SET
+  IFS="|" read -r -a SLIM_SET <<< "$1"
+  [ "${#SLIM_SET[@]}" -gt 0 ] || SLIM_SET=("")
+}
 
 stage_check() {
   local rc=0 e
+  settings "${CHECK_SETTINGS:-$SLIM_SETTINGS}"
   : > "$OUT/check.log"
-  for e in "${SLIM_SETTINGS[@]}"; do
+  for e in "${SLIM_SET[@]}"; do
     stamp "test-backend-ops (CUDA0 vs CPU, SLIM cases) ${e:-defaults}"
     echo "=== ${e:-defaults}" >> "$OUT/check.log"
     env $e "$BIN/test-backend-ops" -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION -p slim > "$W/tbo.log" 2>&1 || rc=1
@@ -245,8 +252,9 @@ stage_profile() {
   # decode kernels, 240 launches after the first 500 (all layer matmuls + their activation quantization; -n 16):
   # Q4_0 (mmvq), then SLIM2 and SLIM3 under each SLIM kernel setting
   local m e tag
+  settings "${PROFILE_SETTINGS:-$SLIM_SETTINGS}"
   for m in q4_0 slim2 slim3; do
-    for e in "${SLIM_SETTINGS[@]}"; do
+    for e in "${SLIM_SET[@]}"; do
       [ "$m" = q4_0 ] && [ -n "$e" ] && continue
       tag="$m${e:+ $e}"
       stamp "ncu $tag"
@@ -260,10 +268,21 @@ stage_profile() {
   done
 }
 
+stage_quiet() { # wait for another job on this machine to end (QUIET_PID: its pid file, waited for until it exists)
+  local t0=$SECONDS limit=${QUIET_LIMIT:-600}
+  [ -n "${QUIET_PID:-}" ] || return 0
+  stamp "waiting for $QUIET_PID's process to end (at most $limit s)"
+  while [ $((SECONDS - t0)) -lt "$limit" ] && { [ ! -f "$QUIET_PID" ] || kill -0 "$(cat "$QUIET_PID")" 2>/dev/null; }; do
+    sleep 5
+  done
+  stamp "quiet wait over"
+}
+
 stage_tune() {
   local d=$W/models e i
+  settings "${TUNE_SETTINGS:-$SLIM_SETTINGS}"
   for i in $(seq "${TUNE_ROUNDS:-3}"); do
-    for e in "${SLIM_SETTINGS[@]}"; do
+    for e in "${SLIM_SET[@]}"; do
       env $e "$BIN/llama-bench" -m "$d/llama7b-slim2.gguf" -m "$d/llama7b-slim3.gguf" -ngl 99 -p 0 -n 128 -r 3 -o md \
         2>/dev/null | grep tg128 | sed "s|^|$i ${e:-defaults} |" | tee -a "$OUT/tune.log"
     done

@@ -97,6 +97,12 @@ SLIM_VARIANTS = {
     # SmolLM2's tied embedding is a fifth of its weights: the same SliM blocks with a 4-bit embedding show what
     # the embedding's type costs on the whole-file axis (2-bit only, to keep the report's run time down)
     "embd": ("SliM {b}-bit, embd Q4_0", ["--method", "slim", "--embd-type", "q4_0", "--output-type", "q4_0"]),
+    # issue 14: block-wise training (SliM+, its defaults), and end-to-end scale training after either
+    # (labels that differ by more than a '+': the workdir's file names drop punctuation)
+    "slimplus": ("SliM+ (block-wise training) {b}-bit", ["--method", "slim+"]),
+    "tune": ("SliM {b}-bit + tune 2 epochs", ["--method", "slim", "--tune-epochs", "2"]),
+    "slimplus_tune": ("SliM+ (block-wise training) {b}-bit + tune 2 epochs",
+                      ["--method", "slim+", "--tune-epochs", "2"]),
 }
 EMBD_VARIANT_BITS = {2}
 QUICK_SLIM_VARIANTS = ["rtn", "slim"]
@@ -621,6 +627,31 @@ class Report:
         plt.close(fig)
 
 
+def merge(args) -> int:
+    """--merge: <out>/<tag>.json plus another run's rows (same label: the other run's wins), written again with
+    the first run's settings; the other run's settings are kept under "merged_from"."""
+    js = Path(args.out) / f"{args.tag}.json"
+    if not js.is_file():
+        raise SlimError(f"--merge: no {js} to merge into")
+    if not Path(args.merge).is_file():
+        raise SlimError(f"--merge: {args.merge} not found")
+    base, other = json.loads(js.read_text()), json.loads(Path(args.merge).read_text())
+    new = {r["label"]: r for r in other["rows"]}
+    rows = [Row(**new.pop(r["label"], r)) for r in base["rows"]] + [Row(**r) for r in new.values()]
+    rep = Report.__new__(Report)
+    rep.args, rep.rows, rep.timings = args, rows, {**base.get("timings_s", {}), **other.get("timings_s", {})}
+    rep.eval_info = {"chunks": base["settings"].get("chunks")}
+    o = other["settings"]
+    merged_from = base["settings"].get("merged_from", []) + [
+        f"{len(other['rows'])} rows of {o.get('date')} (commit {o.get('slim2gguf_commit')}, torch {o.get('torch')}, "
+        f"{o.get('machine')}; {', '.join(r['label'] for r in other['rows'])})"]
+    rep.settings = lambda: {**{k: v for k, v in base["settings"].items() if k != "merged_from"},
+                            "merged_from": merged_from}
+    md, js, png = rep.write()
+    print(f"[report] merged {len(other['rows'])} rows of {args.merge}: wrote {md}, {js}, {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="demo",
@@ -667,10 +698,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cached-only", action="store_true",
                     help="make nothing, measure nothing: the table from the workdir's cache, the rest listed as "
                          "not measured yet (to write the table while, or after, a long run is stopped)")
+    ap.add_argument("--merge", metavar="JSON", default=None,
+                    help="make and measure nothing: add the rows of another run's JSON (e.g. one made on the GPU "
+                         "machine) to <out>/<tag>.json, replacing rows of the same label, and write the table, JSON "
+                         "and plot again")
     args = ap.parse_args(argv)
     args.model = MODEL_ALIASES.get(args.model, args.model)
     args.tag = args.tag or ("smollm2-135m" if args.model == "demo" else Path(args.model).name)
     args.workdir = args.workdir or str(REPO / "build" / "report" / args.tag)
+    if args.merge:
+        return merge(args)
     for p in (args.calib, args.eval_text):
         if not Path(p).is_file():
             raise SlimError(f"text file not found: {p}")

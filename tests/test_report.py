@@ -90,3 +90,33 @@ def test_report_quick(tiny_text_file, tmp_path):
     assert rows3["Q2_K, embd/output Q8_0 +imatrix"]["ppl"] is None
     assert "not measured yet" in rows3["Q2_K, embd/output Q8_0"]["note"]
     assert not list((tmp_path / "work").glob("q2_k-embd*"))
+
+
+def _row(label, ppl, family="slim"):
+    return {"label": label, "family": family, "file": f"{label}.gguf", "file_bytes": 1000, "bpw": 3.9,
+            "blk_bpw": 2.25, "types": {"SLIM2_G128": 10}, "ppl": ppl, "ppl_err": 0.5, "kld": 1.0, "same_top": 40.0,
+            "note": ""}
+
+
+def test_report_merge(tmp_path):
+    """--merge adds another run's rows (same label: replaced), keeps the first run's settings and records the other."""
+    out = tmp_path / "results"
+    out.mkdir()
+    settings = {"date": "d0", "ctx": 512, "chunks": 16, "slim2gguf_commit": "aaa"}
+    (out / "m.json").write_text(json.dumps({"settings": settings, "rows": [
+        _row("F16", 10.0, "f16") | {"kld": None, "same_top": None}, _row("SliM 2-bit", 40.0)]}))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"settings": {"date": "d1", "slim2gguf_commit": "bbb", "machine": "gpu"},
+                                 "rows": [_row("SliM 2-bit", 38.0), _row("SliM+ 2-bit", 35.0)]}))
+    cmd = [sys.executable, str(REPO / "scripts" / "report.py"), "--model", "demo", "--tag", "m", "--out", str(out)]
+    res = subprocess.run(cmd + ["--merge", str(other)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    data = json.loads((out / "m.json").read_text())
+    rows = {r["label"]: r for r in data["rows"]}
+    assert sorted(rows) == ["F16", "SliM 2-bit", "SliM+ 2-bit"]
+    assert rows["SliM 2-bit"]["ppl"] == 38.0 and rows["SliM+ 2-bit"]["ppl"] == 35.0
+    assert data["settings"]["date"] == "d0" and "bbb" in data["settings"]["merged_from"][0]
+    assert "| SliM+ 2-bit" in (out / "m.md").read_text() and (out / "m.png").stat().st_size > 0
+    # a missing file is a one-line error, no traceback
+    res = subprocess.run(cmd + ["--merge", str(tmp_path / "none.json")], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "not found" in res.stderr and "Traceback" not in res.stderr
