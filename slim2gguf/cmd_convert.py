@@ -53,6 +53,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "windows, codes fixed (as `slim2gguf tune`; holds the model twice in memory; default 0: off)")
     p.add_argument("--tune-lr", type=float, default=None, metavar="LR",
                    help="AdamW learning rate of --tune-epochs (default 1e-3)")
+    p.add_argument("--tune-heldout", type=int, default=None, metavar="N",
+                   help="calibration windows --tune-epochs does not train on; the epoch with the lowest KL on them "
+                        "is kept (default: one in eight; 0: train on all)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.ckpt/")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep OUT.ckpt/ after a successful run")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp converter's log")
@@ -74,7 +77,8 @@ def settings(args: argparse.Namespace):
                            target_bpw=_positive(args.target_bpw, "--target-bpw"), fisher_samples=args.fisher_samples,
                            plan_file=_existing(args.plan, "--plan"), save_plan=args.save_plan,
                            device=args.device, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
-                           verbose=args.verbose, tune_epochs=_tune_epochs(args), tune_lr=args.tune_lr)
+                           verbose=args.verbose, tune_epochs=_tune_epochs(args), tune_lr=args.tune_lr,
+                           tune_heldout=args.tune_heldout)
 
 
 def _tune_epochs(args) -> int:
@@ -83,6 +87,9 @@ def _tune_epochs(args) -> int:
         raise SlimError(f"--tune-epochs must be >= 0, got {args.tune_epochs}")
     if args.tune_epochs and args.method == "rtn":
         raise SlimError("--tune-epochs trains on the calibration windows, which --method rtn does not read")
+    if args.tune_epochs:   # checked now, not after the conversion
+        from .tune import heldout_count
+        heldout_count(args.nsamples, args.tune_heldout)
     return args.tune_epochs
 
 

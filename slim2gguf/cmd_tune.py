@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .tune import tune_file
+from .tune import heldout_note, tune_file
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the windows and their order (default 0)")
     p.add_argument("--epochs", type=int, default=2, help="passes over the windows (default 2)")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate of log d and m/d0 (default 1e-3)")
+    p.add_argument("--heldout", type=int, default=None, metavar="N",
+                   help="windows (of --nsamples) not trained on; the epoch with the lowest KL on them is kept, the "
+                        "file's own scales if none improves (default: one in eight; 0: train on all, keep the last)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
@@ -41,9 +44,10 @@ def run(args) -> int:
         raise SlimError(f"{args.file}: no such file")
     ids = tokenize_file(load_tokenizer(args.model), args.calib)
     windows = windows_from_ids(ids, args.nsamples, args.seqlen, args.seed, source=Path(args.calib).name)
-    info = tune_file(args.file, args.model, args.output, windows, args.epochs, args.lr, args.device, args.seed)
+    info = tune_file(args.file, args.model, args.output, windows, args.epochs, args.lr, args.device, args.seed,
+                     args.heldout)
     print(f"tuned {info['tensors_changed']} of {info['tensors']} SLIM tensors: calibration KL "
-          f"{info['loss_before']:.4f} -> {info['loss_after']:.4f}; wrote {args.output}")
+          f"{info['loss_before']:.4f} -> {info['loss_after']:.4f}{heldout_note(info)}; wrote {args.output}")
     print(json.dumps(info))
     sys.stdout.flush()
     return 0

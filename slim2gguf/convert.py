@@ -47,6 +47,7 @@ class ConvertSettings:
     verbose: bool = False                        # llama.cpp converter's log
     tune_epochs: int = 0                         # > 0: then train the written file's group scales end to end
     tune_lr: float | None = None                 #      (slim2gguf/tune.py, quant/e2e.py) on the calibration
+    tune_heldout: int | None = None              #      windows, less these held out (None: one in eight)
 
 
 @dataclass
@@ -166,7 +167,8 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
     if s.tune_epochs:    # in place: tune writes a temporary file and renames it over `out`
         from .tune import tune_file
         with times.stage("tune"):
-            tune = tune_file(out, s.model, out, calib, s.tune_epochs, s.tune_lr, device, s.calibration.seed)
+            tune = tune_file(out, s.model, out, calib, s.tune_epochs, s.tune_lr, device, s.calibration.seed,
+                             s.tune_heldout)
     totals = analyze(out)["totals"]
     if not s.keep_checkpoints:
         ck.remove()
@@ -175,7 +177,8 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
                            calibration=summary, layers_held=stream.peak_resident,
                            phase_seconds=res.info.get("phase_seconds"))
     if tune:
-        result["tune"] = {k: tune[k] for k in ("epochs", "lr", "loss_before", "loss_after", "seconds")}
+        result["tune"] = {k: tune[k] for k in ("epochs", "lr", "loss_before", "loss_after", "seconds", "heldout",
+                                               "heldout_after", "kept_epoch") if k in tune}
     return ConvertResult(result, format_summary(result, s.stock.fallback), model,
                          dict(res) if s.keep_model else stored, written, source.hf_dir, tok, source.model_name,
                          source.general, stream)

@@ -85,8 +85,9 @@ def format_summary(s: dict[str, Any], fallback_type: str) -> str:
         lines.append("  layer loop   " + ", ".join(f"{k} {v:.1f} s" for k, v in s["phase_seconds"].items()))
     if s.get("tune"):
         t = s["tune"]
+        from .tune import heldout_note
         lines.append(f"  tune         {t['epochs']} epoch(s) end to end, calibration KL {t['loss_before']:.4f} -> "
-                     f"{t['loss_after']:.4f}, {t['seconds']:.1f} s")
+                     f"{t['loss_after']:.4f}{heldout_note(t)}, {t['seconds']:.1f} s")
     lines += [
         f"  peak memory  {s['peak_rss_mib']:.0f} MiB RSS"
         + (f", {s['peak_gpu_mib']:.0f} MiB GPU" if s["peak_gpu_mib"] is not None else "")

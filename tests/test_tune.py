@@ -83,6 +83,35 @@ def test_training_lowers_the_kl_and_keeps_the_codes(tiny, tiny_slim):
     assert not any(hasattr(m, "parametrizations") and m.parametrizations for m in student.modules())
 
 
+def test_heldout_windows_choose_the_epoch(tiny, tiny_slim):
+    """The held-out KL is measured before training and after each epoch and the best state is kept; when every
+    epoch makes it worse the file's own scales come back unchanged."""
+    teacher, tok, _ = load_model(str(tiny))
+    gen = torch.Generator().manual_seed(2)
+    windows = torch.randint(2, len(tok), (4, 32), generator=gen)
+    unseen = torch.randint(2, len(tok), (2, 32), generator=gen)
+    # held-out windows the training fits (two of its own) pick a trained epoch; unseen ones with a learning rate
+    # far too high pick none
+    for lr, heldout, improves in ((3e-3, windows[:2], True), (1.0, unseen, False)):
+        student, _, _ = load_model(str(tiny))
+        load_gguf_weights(student, tiny_slim)
+        linears = {n: v[0] for n, v in _slim_linears(tiny_slim, student).items()}
+        tuned, info = train_scales(student, teacher, linears, windows, epochs=2, lr=lr, progress=False,
+                                   heldout=heldout)
+        assert info["heldout_windows"] == 2 and len(info["heldout"]) == 3, info
+        k = info["kept_epoch"]
+        assert info["heldout"][k] == min(info["heldout"]), info
+        # the kept state, on the storage grid, is what the student holds and what heldout_after measured
+        assert info["heldout_after"] == pytest.approx(info["heldout"][k], rel=0.05)
+        if improves:
+            assert k > 0 and info["heldout_after"] < info["heldout"][0]
+        else:
+            assert k == 0 and min(info["heldout"][1:]) > info["heldout"][0], info
+            for n, ql in tuned.items():
+                assert torch.equal(ql.dequantize(), linears[n].dequantize()), n
+            assert info["heldout_after"] == pytest.approx(info["heldout"][0], rel=1e-5)
+
+
 def test_tune_cli_rewrites_headers_only(tiny, tiny_slim, tmp_path, capsys):
     text = CALIB if CALIB.exists() else None
     if text is None:
@@ -124,11 +153,18 @@ def test_tune_cli_rewrites_headers_only(tiny, tiny_slim, tmp_path, capsys):
     assert not list(tmp_path.glob(".tuned.gguf.tmp-*"))
 
 
-def test_tune_cli_bad_input_is_one_line(tiny, tmp_path, capsys):
+def test_tune_cli_bad_input_is_one_line(tiny, tiny_slim, tmp_path, capsys):
     rc = cli.main(["tune", str(tmp_path / "missing.gguf"), "--model", str(tiny), "-o", str(tmp_path / "o.gguf"),
                    "--calib", str(tmp_path / "t.txt")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "missing.gguf" in err[0]
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(f"word{i % 37} and more text" for i in range(2000)))
+    rc = cli.main(["tune", str(tiny_slim), "--model", str(tiny), "-o", str(tmp_path / "o.gguf"), "--calib", str(text),
+                   "--nsamples", "4", "--seqlen", "32", "--heldout", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--heldout 4" in err[0], err
+    assert not (tmp_path / "o.gguf").exists()
 
 
 def test_convert_tune_epochs_tunes_the_written_file(tiny, tmp_path):
@@ -155,4 +191,10 @@ def test_convert_tune_epochs_refuses_rtn(tiny, tmp_path, capsys):
                    "-o", str(tmp_path / "o.gguf")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--tune-epochs" in err[0]
+    assert not (tmp_path / "o.gguf").exists()
+    # a held-out count that leaves nothing to train on is refused before the conversion starts
+    rc = cli.main(["convert", str(tiny), "--bits", "2", "--nsamples", "4", "--tune-epochs", "1", "--tune-heldout", "4",
+                   "-o", str(tmp_path / "o.gguf")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--heldout 4" in err[0], err
     assert not (tmp_path / "o.gguf").exists()
