@@ -47,6 +47,20 @@ class PlanStats:
     tied_output: bool = False
 
 
+def tied_output(model) -> bool:
+    """Whether the output head shares the token embedding's weight. A model whose weights are still on the meta
+    device (a streamed conversion before its layers load) has no storage to compare: its config says."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None:
+        return False
+    a, b = head.weight, embed.weight
+    if a is b:
+        return True
+    if a.is_meta or b.is_meta:
+        return bool(getattr(model.config, "tie_word_embeddings", False))
+    return a.data_ptr() == b.data_ptr()
+
+
 def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stock_candidates: StockCandidates,
                        stock_fake: StockFake, *, fisher_samples: int = 8, sample_rows: int = 512, device=None,
                        progress: bool = True) -> PlanStats:
@@ -57,9 +71,7 @@ def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stoc
     costs a fraction of a conversion on wide models. Stock candidates are exact (ggml quantizes fast)."""
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     layers = decoder_layers(model)
-    head = model.get_output_embeddings()
-    embed = model.get_input_embeddings()
-    tied = head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
+    tied = tied_output(model)
     names = [f"model.layers.{li}.{n}" for li in range(len(layers)) for n in LINEAR_NAMES] + ["lm_head"]
     fisher = output_fisher(model, input_ids[:fisher_samples], names, device, progress)
     stats = PlanStats(tied_output=tied)

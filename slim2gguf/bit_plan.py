@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quant.bit_budget import Option, allocate
-from quant.plan import EMBEDDING, OUTPUT, PlanStats
+from quant.plan import EMBEDDING, OUTPUT, PlanStats, tied_output
 
 from . import ggml_quants
 from .errors import SlimError
@@ -96,12 +96,17 @@ class Plan:
 
 
 def fixed_bytes_and_weights(model, planned: set[str], fallback: str) -> tuple[int, int]:
-    """Bytes of the tensors the plan does not choose (1-D: F32; 2-D: the fallback type) and all weights."""
+    """Bytes of the tensors the plan does not choose (1-D: F32; 2-D: the fallback type) and all weights.
+    Shapes only: the parameters may still be on the meta device (a streamed conversion), where every tensor's
+    data_ptr is 0, so a tensor counts once per Parameter object, and a tied output head not at all."""
     fixed, weights, seen = 0, 0, set()
+    head = model.get_output_embeddings()
+    tied_copy = head.weight if tied_output(model) and head.weight is not model.get_input_embeddings().weight else None
     for name, p in model.named_parameters(remove_duplicate=False):
-        if p.data_ptr() in seen:
+        key = id(p) if p.is_meta else p.data_ptr()
+        if key in seen or p is tied_copy:
             continue
-        seen.add(p.data_ptr())
+        seen.add(key)
         weights += p.numel()
         if name in planned:
             continue
@@ -120,7 +125,7 @@ def reachable_range(model, preferred_group: int, fallback: str) -> tuple[float, 
     from quant.quantizer import pick_group_size
 
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    tied = head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
+    tied = tied_output(model)
     shapes = {f"model.layers.{li}.{n}.weight": tuple(model.get_submodule(f"model.layers.{li}.{n}").weight.shape)
               for li in range(model.config.num_hidden_layers) for n in LINEAR_NAMES}
     shapes = {n: s for n, s in shapes.items() if pick_group_size(s[1], preferred_group) is not None}

@@ -249,3 +249,27 @@ def test_bits_or_target_is_required(capsys, tiny_llama, tmp_path):
     rc, err = _cli(capsys, "convert", tiny_llama, "-o", tmp_path / "o.gguf")
     assert rc == 2 and err == ["slim2gguf: error: give --bits 2|3, or --target-bpw X to let the tool choose each "
                                "tensor's type"]
+
+
+@needs_ggml
+@pytest.mark.parametrize("tied", [True, False])
+def test_reachable_range_of_a_meta_model_is_that_of_the_loaded_model(tied):
+    """A streamed conversion checks --target-bpw before any layer loads, on a model whose parameters are on the
+    meta device (every data_ptr 0): the range must be the loaded model's (it once came out as 13.5 to 39.9 bpw
+    for SmolLM2, and an untied head counted as tied)."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from conftest import build_tiny_llama
+    from quant.plan import tied_output
+    from slim2gguf.bit_plan import reachable_range
+
+    model = build_tiny_llama(256, tie_word_embeddings=tied)
+    with init_empty_weights(include_buffers=False):
+        meta = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    assert all(p.is_meta for p in meta.parameters())
+    assert tied_output(model) == tied_output(meta) == tied
+    lo, hi = reachable_range(model, 128, "q8_0")
+    assert 2 < lo < 4 < 8 < hi <= 32
+    assert reachable_range(meta, 128, "q8_0") == pytest.approx((lo, hi), rel=1e-12)
