@@ -71,6 +71,8 @@ def measure_candidates(model, input_ids: torch.Tensor, config: QuantConfig, stoc
     costs a fraction of a conversion on wide models. Stock candidates are exact (ggml quantizes fast)."""
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     layers = decoder_layers(model)
+    head = model.get_output_embeddings()
+    embed = model.get_input_embeddings()
     tied = tied_output(model)
     names = [f"model.layers.{li}.{n}" for li in range(len(layers)) for n in LINEAR_NAMES] + ["lm_head"]
     fisher = output_fisher(model, input_ids[:fisher_samples], names, device, progress)
