@@ -452,6 +452,10 @@ class Report:
                 label = label.format(b=bits)
                 if not self.keep(label):
                     jobs.append(SlimJob(label, bits, extra))
+        seen: dict[str, str] = {}
+        for j in jobs:   # the workdir names files by tag: two rows on one name would overwrite each other's files
+            if seen.setdefault(j.tag, j.label) != j.label:
+                raise SlimError(f"rows '{seen[j.tag]}' and '{j.label}' would share the file name {j.tag}.gguf")
         self.slim_rows(jobs)
         for spec in a.slim or []:
             label, _, file = spec.rpartition("=")

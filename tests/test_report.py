@@ -120,3 +120,14 @@ def test_report_merge(tmp_path):
     # a missing file is a one-line error, no traceback
     res = subprocess.run(cmd + ["--merge", str(tmp_path / "none.json")], capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "not found" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_variant_rows_have_distinct_file_names():
+    """The workdir names a row's files by slug(label), which drops punctuation ('SliM+' -> 'slim'): two variants
+    on one name would overwrite each other's files when converted side by side (it happened on the GPU machine)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import report
+
+    tags = [report.slug(label.format(b=b)) for label, _ in report.SLIM_VARIANTS.values() for b in (2, 3)]
+    assert len(tags) == len(set(tags)), sorted(t for t in tags if tags.count(t) > 1)
+    assert report.slug("SliM+ 2-bit") == report.slug("SliM 2-bit")   # why the labels must differ by more
