@@ -32,6 +32,24 @@ def windows_from_ids(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 
                                   "tokens": int(batch.numel()), "seed": seed})
 
 
+def isolated_windows(windows: torch.Tensor, count: int, ngram: int = 16) -> list[int]:
+    """Up to `count` indices of windows, taken from the last, that share no run of `ngram` tokens with any other
+    window. windows_from_ids draws its offsets independently, so windows can overlap; a window held out of
+    training must not be (half) a training window. Content, not offsets (the set does not keep them): two windows
+    of one stream overlap exactly when they share a run, and a repeated phrase only makes this stricter."""
+    n, seqlen = windows.shape
+    if count <= 0 or seqlen < ngram:
+        return []
+    grams = [set(map(tuple, w.unfold(0, ngram, 1).tolist())) for w in windows]
+    picked: list[int] = []
+    for i in reversed(range(n)):
+        if len(picked) == count:
+            break
+        if not any(grams[i] & grams[j] for j in range(n) if j != i):
+            picked.append(i)
+    return sorted(picked)
+
+
 @torch.no_grad()
 def self_generated(model, nsamples: int, seqlen: int, seed: int = 0, bos_token_id: int | None = None,
                    batch_size: int = 16) -> CalibrationSet:

@@ -4,8 +4,9 @@ After the block-wise stages every quantized linear is W = d*q + m per group, wit
 stay as they are and only each group's (d, m) move, for all linears of the model at once, trained through the
 whole network so that the quantized model's next-token distribution matches the full-precision model's
 (KL divergence on the calibration windows). Block-wise training matches each block's output in isolation;
-this stage sees the loss the model is judged on, and since only (d, m) train (2 of every g weights' worth of
-parameters) it fits on a few hundred thousand calibration tokens without overfitting them.
+this stage sees the loss the model is judged on. Only (d, m) train (2 numbers per group), yet with few windows
+that is still enough to fit the windows rather than the model (Qwen2.5-Coder-1.5B, 16 windows), hence the
+held-out windows that choose the epoch (train_scales' `heldout`).
 
 Parametrization (why not d, m directly): d = d0 * exp(s), m = m0 + d0 * t with s, t trained from 0, so one AdamW
 learning rate means the same relative step for every group whatever its scale, and d stays positive (the file's

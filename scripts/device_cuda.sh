@@ -90,7 +90,7 @@ PY
 }
 
 # SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults),
-# '|'-separated in SLIM_SETTINGS to override; CHECK_SETTINGS / PROFILE_SETTINGS / TUNE_SETTINGS override it for one
+# '|'-separated in SLIM_SETTINGS to override (SLIM_SETTINGS='|' for the defaults alone); CHECK_SETTINGS / PROFILE_SETTINGS / TUNE_SETTINGS override it for one
 # stage. The defaults are 2 tiles in flight for SLIM2, 1 for SLIM3 (docs/bench/2026-12-03-h200-fold.md); the two
 # settings force each type onto the other's count
 SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_STAGES=1|GGML_CUDA_SLIM_STAGES=2}
@@ -275,7 +275,11 @@ stage_quiet() { # wait for another job on this machine to end (QUIET_PID: its pi
   while [ $((SECONDS - t0)) -lt "$limit" ] && { [ ! -f "$QUIET_PID" ] || kill -0 "$(cat "$QUIET_PID")" 2>/dev/null; }; do
     sleep 5
   done
-  stamp "quiet wait over"
+  if [ -f "$QUIET_PID" ] && ! kill -0 "$(cat "$QUIET_PID")" 2>/dev/null; then
+    stamp "quiet: $QUIET_PID's process has ended"
+  else
+    stamp "quiet: gave up after $limit s (the machine may not be quiet: timings after this are suspect)"; return 1
+  fi
 }
 
 stage_tune() {

@@ -100,9 +100,10 @@ SLIM_VARIANTS = {
     # issue 14: block-wise training (SliM+, its defaults), and end-to-end scale training after either
     # (labels that differ by more than a '+': the workdir's file names drop punctuation)
     "slimplus": ("SliM+ (block-wise training) {b}-bit", ["--method", "slim+"]),
-    "tune": ("SliM {b}-bit + tune 2 epochs", ["--method", "slim", "--tune-epochs", "2"]),
+    # (all windows trained, as in the committed Qwen rows: --tune-heldout came after them)
+    "tune": ("SliM {b}-bit + tune 2 epochs", ["--method", "slim", "--tune-epochs", "2", "--tune-heldout", "0"]),
     "slimplus_tune": ("SliM+ (block-wise training) {b}-bit + tune 2 epochs",
-                      ["--method", "slim+", "--tune-epochs", "2"]),
+                      ["--method", "slim+", "--tune-epochs", "2", "--tune-heldout", "0"]),
 }
 EMBD_VARIANT_BITS = {2}
 QUICK_SLIM_VARIANTS = ["rtn", "slim"]
@@ -640,10 +641,18 @@ def merge(args) -> int:
     if not Path(args.merge).is_file():
         raise SlimError(f"--merge: {args.merge} not found")
     base, other = json.loads(js.read_text()), json.loads(Path(args.merge).read_text())
-    new = {r["label"]: r for r in other["rows"]}
+    # rows measured differently do not belong in one table
+    for k in ("ctx", "chunks", "eval_text", "calib_text", "slim_calibration"):
+        if k in other["settings"] and other["settings"][k] != base["settings"].get(k):
+            raise SlimError(f"--merge: {args.merge} has {k} {other['settings'][k]!r}, {js} "
+                            f"{base['settings'].get(k)!r}")
+    fields = set(Row.__dataclass_fields__)
+    new = {r["label"]: {k: v for k, v in r.items() if k in fields} for r in other["rows"]}
     rows = [Row(**new.pop(r["label"], r)) for r in base["rows"]] + [Row(**r) for r in new.values()]
     rep = Report.__new__(Report)
-    rep.args, rep.rows, rep.timings = args, rows, {**base.get("timings_s", {}), **other.get("timings_s", {})}
+    timings = {**base.get("timings_s", {}), **{k: v for k, v in other.get("timings_s", {}).items() if k != "total"}}
+    rep.args, rep.rows, rep.timings = args, rows, timings
+    args.ctx = base["settings"].get("ctx", args.ctx)
     rep.eval_info = {"chunks": base["settings"].get("chunks")}
     o = other["settings"]
     merged_from = base["settings"].get("merged_from", []) + [

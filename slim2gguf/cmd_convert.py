@@ -89,7 +89,7 @@ def _tune_epochs(args) -> int:
         raise SlimError("--tune-epochs trains on the calibration windows, which --method rtn does not read")
     if args.tune_epochs:   # checked now, not after the conversion
         from .tune import heldout_count
-        heldout_count(args.nsamples, args.tune_heldout)
+        heldout_count(args.nsamples, args.tune_heldout, "--tune-heldout")
     return args.tune_epochs
 
 

@@ -83,11 +83,11 @@ def heldout_note(info: dict) -> str:
             f"(epoch {info['kept_epoch']} of {info['epochs']} kept)")
 
 
-def heldout_count(nwindows: int, heldout: int | None) -> int:
+def heldout_count(nwindows: int, heldout: int | None, flag: str = "--heldout") -> int:
     """Windows kept out of training to choose the epoch: `heldout`, or by default one in eight (none below 8)."""
     h = nwindows // 8 if heldout is None else heldout
     if h < 0 or (h and h >= nwindows):
-        raise SlimError(f"--heldout {h}: must be >= 0 and leave windows to train on (of {nwindows})")
+        raise SlimError(f"{flag} {h}: must be >= 0 and leave windows to train on (of {nwindows})")
     return h
 
 
@@ -95,10 +95,11 @@ def tune_file(path: Path, model: str, output: Path, windows, epochs: int, lr: fl
               device: str | None = None, seed: int = 0, heldout: int | None = None) -> dict:
     """Train the (d, m) of every SLIM tensor of `path` end to end against `model` (the full-precision model the
     file was converted from) on `windows` (a quant.calibration.CalibrationSet); write `output` (may be `path`).
-    The last `heldout` windows (heldout_count) are not trained on: the epoch with the lowest KL on them is kept.
-    Returns the run's summary."""
+    `heldout` windows (heldout_count; the last ones that overlap no other window, quant.calibration.
+    isolated_windows) are not trained on: the epoch with the lowest KL on them is kept. Returns the run's summary."""
     import torch
 
+    from quant.calibration import isolated_windows
     from quant.e2e import DEFAULT_LR, train_scales
 
     from .gguf_torch import load_gguf_weights
@@ -110,7 +111,8 @@ def tune_file(path: Path, model: str, output: Path, windows, epochs: int, lr: fl
     if epochs < 1:
         raise SlimError("tune epochs must be >= 1")
     ids = windows.input_ids
-    h = heldout_count(ids.shape[0], heldout)
+    held = isolated_windows(ids, heldout_count(ids.shape[0], heldout))
+    train = [i for i in range(ids.shape[0]) if i not in held]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     teacher, _, _ = load_model(model)
     student, _, _ = load_model(model)
@@ -122,8 +124,8 @@ def tune_file(path: Path, model: str, output: Path, windows, epochs: int, lr: fl
             raise SlimError(f"{path}: {t.name} does not decode to the weights loaded for {name}")
     teacher.to(dev)
     student.to(dev)
-    tuned, info = train_scales(student, teacher, {n: v[0] for n, v in linears.items()}, ids[:ids.shape[0] - h],
-                               epochs, lr or DEFAULT_LR, seed=seed, heldout=ids[ids.shape[0] - h:] if h else None)
+    tuned, info = train_scales(student, teacher, {n: v[0] for n, v in linears.items()}, ids[train], epochs,
+                               lr or DEFAULT_LR, seed=seed, heldout=ids[held] if held else None)
     changed = write_tuned(path, output, linears, tuned)
     info.update({"file": str(path), "output": str(output), "model": model, "tensors": len(linears),
                  "tensors_changed": changed, "calibration": windows.summary, "device": str(dev),

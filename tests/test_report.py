@@ -117,6 +117,10 @@ def test_report_merge(tmp_path):
     assert rows["SliM 2-bit"]["ppl"] == 38.0 and rows["SliM+ 2-bit"]["ppl"] == 35.0
     assert data["settings"]["date"] == "d0" and "bbb" in data["settings"]["merged_from"][0]
     assert "| SliM+ 2-bit" in (out / "m.md").read_text() and (out / "m.png").stat().st_size > 0
+    # rows measured with other settings are refused
+    other.write_text(json.dumps({"settings": {"ctx": 256}, "rows": []}))
+    res = subprocess.run(cmd + ["--merge", str(other)], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "ctx 256" in res.stderr and "Traceback" not in res.stderr
     # a missing file is a one-line error, no traceback
     res = subprocess.run(cmd + ["--merge", str(tmp_path / "none.json")], capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "not found" in res.stderr and "Traceback" not in res.stderr

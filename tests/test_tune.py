@@ -112,6 +112,21 @@ def test_heldout_windows_choose_the_epoch(tiny, tiny_slim):
             assert info["heldout_after"] == pytest.approx(info["heldout"][0], rel=1e-5)
 
 
+def test_isolated_windows_share_no_tokens_with_the_others():
+    """Held-out windows are the last ones that overlap no other window of the set (windows of one stream are drawn
+    at independent offsets and can overlap)."""
+    from quant.calibration import isolated_windows, windows_from_ids
+
+    stream = torch.randperm(5000, generator=torch.Generator().manual_seed(0))   # no repeated token: runs are offsets
+    ws = windows_from_ids(stream, 24, 256, seed=3).input_ids
+    starts = [int((stream == w[0]).nonzero()) for w in ws]
+    overlaps = [any(abs(starts[i] - starts[j]) < 256 for j in range(len(ws)) if j != i) for i in range(len(ws))]
+    assert any(overlaps) and not all(overlaps)          # the draw has both kinds
+    held = isolated_windows(ws, 3)
+    assert held == sorted([i for i in range(len(ws)) if not overlaps[i]][-3:])
+    assert isolated_windows(ws, 0) == [] and len(isolated_windows(ws, 100)) == overlaps.count(False)
+
+
 def test_tune_cli_rewrites_headers_only(tiny, tiny_slim, tmp_path, capsys):
     text = CALIB if CALIB.exists() else None
     if text is None:
@@ -196,5 +211,5 @@ def test_convert_tune_epochs_refuses_rtn(tiny, tmp_path, capsys):
     rc = cli.main(["convert", str(tiny), "--bits", "2", "--nsamples", "4", "--tune-epochs", "1", "--tune-heldout", "4",
                    "-o", str(tmp_path / "o.gguf")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "--heldout 4" in err[0], err
+    assert rc == 2 and len(err) == 1 and "--tune-heldout 4" in err[0], err
     assert not (tmp_path / "o.gguf").exists()
