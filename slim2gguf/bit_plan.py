@@ -103,7 +103,7 @@ def fixed_bytes_and_weights(model, planned: set[str], fallback: str) -> tuple[in
     head = model.get_output_embeddings()
     tied_copy = head.weight if tied_output(model) and head.weight is not model.get_input_embeddings().weight else None
     for name, p in model.named_parameters(remove_duplicate=False):
-        key = id(p) if p.is_meta else p.data_ptr()
+        key = ("meta", id(p)) if p.is_meta else ("ptr", p.data_ptr())
         if key in seen or p is tied_copy:
             continue
         seen.add(key)
