@@ -116,8 +116,11 @@ def train_scales(student: nn.Module, teacher: nn.Module, linears: dict[str, Quan
 
     info = {"loss_before": mean_loss(windows), "loss": [], "epochs": epochs, "lr": lr, "batch_size": batch_size,
             "parameters": sum(p.numel() for p in params)}
+    def snapshot(epoch: int, kl: float) -> dict:
+        return {"epoch": epoch, "kl": kl, "state": [p.detach().clone() for p in params]}
+
     if heldout is not None:
-        best = {"epoch": 0, "kl": mean_loss(heldout), "state": [p.detach().clone() for p in params]}
+        best = snapshot(0, mean_loss(heldout))
         info["heldout_windows"] = int(heldout.shape[0])
         info["heldout"] = [best["kl"]]
     for ep in range(epochs):
@@ -139,7 +142,7 @@ def train_scales(student: nn.Module, teacher: nn.Module, linears: dict[str, Quan
             kl = mean_loss(heldout)
             info["heldout"].append(kl)
             if kl < best["kl"]:
-                best = {"epoch": ep + 1, "kl": kl, "state": [p.detach().clone() for p in params]}
+                best = snapshot(ep + 1, kl)
         if on_epoch:
             on_epoch(ep, run / k)
     if heldout is not None:   # back to the best state (epoch 0: the file's own scales)

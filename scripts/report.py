@@ -548,10 +548,11 @@ class Report:
                 front.add(r.label)
         return front
 
-    def write(self) -> tuple[Path, Path, Path]:
+    def write(self, settings: dict | None = None) -> tuple[Path, Path, Path]:
+        """The table, JSON and plot of self.rows; `settings` for the table's header (default: this run's)."""
         out = Path(self.args.out)
         out.mkdir(parents=True, exist_ok=True)
-        settings = self.settings()
+        settings = settings or self.settings()
         f16 = next((r for r in self.rows if r.family == "f16" and r.ppl), None)
         front = self.pareto()
         lines = [f"# Perplexity against bits per weight: {self.args.tag}", "",
@@ -658,9 +659,8 @@ def merge(args) -> int:
     merged_from = base["settings"].get("merged_from", []) + [
         f"{len(other['rows'])} rows of {o.get('date')} (commit {o.get('slim2gguf_commit')}, torch {o.get('torch')}, "
         f"{o.get('machine')}; {', '.join(r['label'] for r in other['rows'])})"]
-    rep.settings = lambda: {**{k: v for k, v in base["settings"].items() if k != "merged_from"},
-                            "merged_from": merged_from}
-    md, js, png = rep.write()
+    md, js, png = rep.write({**{k: v for k, v in base["settings"].items() if k != "merged_from"},
+                             "merged_from": merged_from})
     print(f"[report] merged {len(other['rows'])} rows of {args.merge}: wrote {md}, {js}, {png}")
     return 0
 
