@@ -8,7 +8,8 @@ weights in F16, Q4_0, Q3_K_S, Q2_K, IQ2_XS and IQ2_S (with an imatrix) and SLIM 
 `make`: F16 via gguf-py (random N(0, 0.02) weights; one random matrix per shape, shared by the 32 layers: speed
 does not depend on values, and 13.5 GB of fresh randoms would cost minutes of device time), tokenizer copied from
 the vocab file; Q4_0 / Q3_K_S / Q2_K by llama-quantize; SLIM by round-to-nearest of the SAME random weights with a
-random SBA-shaped bit map per shape (a quarter of the groups up, a quarter down), by slim2gguf.rtn_rows. The SLIM files take token_embd
+random SBA-shaped bit map per shape (a quarter of the groups up, a quarter down), by slim2gguf.rtn_rows, with q/k/v
+in one attn_qkv tensor as `slim2gguf convert` writes them (slim2-sep: apart, on request). The SLIM files take token_embd
 (CPU-side) and output (Q6_K) from the Q4_0 file, as llama-quantize chose them, so only the linear layers differ.
 IQ2_XS / IQ2_S need an importance matrix: `llama-imatrix` over --imatrix-text (16 chunks of 512 tokens, on the GPU
 when BIN is a CUDA build) on the F16 file; without --imatrix-text they are left out. Quantizing a 7B shape to
@@ -42,7 +43,11 @@ LAYER_MATS = {  # name: (rows, cols) = (ne1, ne0)
 STOCK = ["Q4_0", "Q3_K_S", "Q2_K"]
 IMATRIX_TYPES = ["IQ2_XS", "IQ2_S"]   # llama-quantize refuses these without an importance matrix
 IMATRIX_CHUNKS = 16
-SLIM = {"slim2": (2, 128), "slim3": (3, 128)}
+# name: (average bits, group size, q/k/v as one attn_qkv tensor). slim2gguf convert writes the fused layout (one
+# mat-vec launch and one activation quantization instead of three); slim2-sep is the same SLIM2 file with
+# attn_q/k/v apart, to measure what the fusion does (only on request: `make --types slim2-sep`)
+SLIM = {"slim2": (2, 128, True), "slim3": (3, 128, True), "slim2-sep": (2, 128, False)}
+SLIM_DEFAULT = ["slim2", "slim3"]
 
 
 def log(msg: str) -> None:
@@ -133,7 +138,7 @@ def make_slim(path: Path, name: str, q4_path: Path, mats, vocab: Path) -> None:
     import gguf
     from slim2gguf.format import slim_type
 
-    avg, g = SLIM[name]
+    avg, g, fused_qkv = SLIM[name]
     st = slim_type(avg, g)
     rng = np.random.default_rng(11 + avg)
     packed = {shape: slim_rtn(mats[shape], st, rng) for shape in set(LAYER_MATS.values())}
@@ -155,6 +160,12 @@ def make_slim(path: Path, name: str, q4_path: Path, mats, vocab: Path) -> None:
     for i in range(N_LAYER):
         copy(f"blk.{i}.attn_norm.weight")
         for lname, shape in LAYER_MATS.items():
+            if fused_qkv and lname in ("attn_k", "attn_v"):
+                continue
+            if fused_qkv and lname == "attn_q":   # q, k, v rows one after the other, as convert writes them
+                qkv = np.concatenate([packed[LAYER_MATS[n]] for n in ("attn_q", "attn_k", "attn_v")])
+                w.add_tensor(f"blk.{i}.attn_qkv.weight", qkv, raw_dtype=st.ggml_type)
+                continue
             w.add_tensor(f"blk.{i}.{lname}.weight", packed[shape], raw_dtype=st.ggml_type)
         copy(f"blk.{i}.ffn_norm.weight")
     copy("output_norm.weight")
@@ -166,7 +177,7 @@ def cmd_make(args) -> None:
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    wanted = args.types.split(",") if args.types else STOCK + IMATRIX_TYPES + list(SLIM)
+    wanted = args.types.split(",") if args.types else STOCK + IMATRIX_TYPES + SLIM_DEFAULT
     unknown = set(wanted) - set(STOCK + IMATRIX_TYPES + list(SLIM))
     if unknown:
         raise SystemExit(f"unknown --types {sorted(unknown)}: choose from {STOCK + IMATRIX_TYPES + list(SLIM)}")
@@ -265,7 +276,10 @@ def cmd_bench(args) -> None:
         r = next(x for x in rows if Path(x["model_filename"]).stem == f"llama7b-{name}")
         size = r["model_size"]
         pp, tg = by[name].get("pp512", (0, 0)), by[name].get("tg128", (0, 0))
-        lines.append(f"| {r['model_type'].split(' ', 2)[-1] if 'model_type' in r else name} | {size / 2**30:.2f} | "
+        label = r['model_type'].split(' ', 2)[-1] if 'model_type' in r else name
+        if name in SLIM:
+            label += ", q/k/v fused" if SLIM[name][2] else ", q/k/v apart"
+        lines.append(f"| {label} | {size / 2**30:.2f} | "
                      f"{8 * size / nparams:.2f} | {pp[0]:.0f} ± {pp[1]:.0f} | {tg[0]:.1f} ± {tg[1]:.1f} |")
     lines += ["", "Issue 16's targets: SLIM2 tg128 >= 1.6x Q4_0 and >= 1.6x IQ2_XS; SLIM3 tg128 >= 1.2x Q4_0; "
                   "SLIM2 pp512 >= 1.3x Q4_0.", ""]
@@ -296,7 +310,7 @@ def main() -> None:
     m.add_argument("--dir", required=True)
     m.add_argument("--imatrix-text", help="text for llama-imatrix (IQ2_XS / IQ2_S files; left out without it)")
     m.add_argument("--types", help="comma list of the files to make besides F16 (default all: "
-                   + ",".join(STOCK + IMATRIX_TYPES + list(SLIM)) + "); files that exist are kept")
+                   + ",".join(STOCK + IMATRIX_TYPES + SLIM_DEFAULT) + "; also slim2-sep); files that exist are kept")
     b = sub.add_parser("bench")
     b.add_argument("--bin", required=True)
     b.add_argument("--dir", required=True)

@@ -11,7 +11,7 @@
 #
 # build:  cmake with slim2gguf.llama_build.cmake_args(cuda=True) (-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a
 #         -DGGML_CUDA_FA_QUANTS=f16-f16; SLIM2GGUF_CUDA_ARCH overrides), only the targets needed, -j$(nproc)
-# check:  test-backend-ops -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION -p slim; scripts/cuda_slim_check.cpp on Numba-decoded
+# check:  test-backend-ops -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION,SLIM_NORM_CHAIN -p slim; scripts/cuda_slim_check.cpp on Numba-decoded
 #         cases (CUDA == Numba == CPU bit for bit, mat-vec within Q8 rounding)
 # smol:   for each .devcarry/smol/*.gguf: llama-perplexity on GPU (-ngl 99) and CPU (no GPU visible), greedy
 #         generation on both
@@ -27,7 +27,7 @@
 #         greedy text, then one llama-bench run over every file carried so far
 # order:  the bench run's files in reverse order (bench_gpu.py bench --reverse); SLIM2 with CUDA graphs off
 # profile: ncu of the decode mat-vec kernels: Q4_0 (mmvq) and SLIM2/SLIM3 under each SLIM_SETTINGS entry
-# tune:   tg128 of SLIM2 / SLIM3 under each SLIM_SETTINGS entry, settings alternating in separate llama-bench
+# tune:   tg128 of SLIM2 / SLIM3 (TUNE_FILES) under each SLIM_SETTINGS entry, settings alternating in separate llama-bench
 #         processes, TUNE_ROUNDS rounds (default 3); nothing else may run meanwhile (a background llama-quantize
 #         moved these numbers by 10 %)
 # quiet:  wait until the process in QUIET_PID's file has ended (another job's timing-sensitive neighbour)
@@ -106,7 +106,8 @@ stage_check() {
   for e in "${SLIM_SET[@]}"; do
     stamp "test-backend-ops (CUDA0 vs CPU, SLIM cases) ${e:-defaults}"
     echo "=== ${e:-defaults}" >> "$OUT/check.log"
-    env $e "$BIN/test-backend-ops" -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION -p slim > "$W/tbo.log" 2>&1 || rc=1
+    env $e "$BIN/test-backend-ops" -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION,SLIM_NORM_CHAIN -p slim \
+      > "$W/tbo.log" 2>&1 || rc=1
     cat "$W/tbo.log" >> "$OUT/check.log"
     grep -E "tests passed|FAIL|not supported" "$W/tbo.log" | sort | uniq -c | head -20
     tail -2 "$W/tbo.log"
@@ -259,7 +260,7 @@ stage_profile() {
       tag="$m${e:+ $e}"
       stamp "ncu $tag"
       echo "== $tag" >> "$OUT/profile.log"
-      env $e timeout 150 ncu --clock-control none -k 'regex:slim_mul_mat_vec|mul_mat_vec_q|slim_quantize|quantize_q8_1' \
+      env $e timeout 150 ncu --clock-control none -k 'regex:slim_mul_mat_vec|mul_mat_vec_q|slim_quantize|quantize_q8_1|rms_norm' \
         --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
         --csv --print-units base --launch-skip 500 --launch-count 240 \
         "$BIN/llama-bench" -m "$W/models/llama7b-$m.gguf" -ngl 99 -p 0 -n 16 -r 1 > "$W/ncu.csv" 2> "$W/ncu.err"
@@ -282,12 +283,13 @@ stage_quiet() { # wait for another job on this machine to end (QUIET_PID: its pi
   fi
 }
 
-stage_tune() {
-  local d=$W/models e i
+stage_tune() { # TUNE_FILES: the bench files run under each setting (default "slim2 slim3")
+  local d=$W/models e i f files=()
+  for f in ${TUNE_FILES:-slim2 slim3}; do files+=(-m "$d/llama7b-$f.gguf"); done
   settings "${TUNE_SETTINGS:-$SLIM_SETTINGS}"
   for i in $(seq "${TUNE_ROUNDS:-3}"); do
     for e in "${SLIM_SET[@]}"; do
-      env $e "$BIN/llama-bench" -m "$d/llama7b-slim2.gguf" -m "$d/llama7b-slim3.gguf" -ngl 99 -p 0 -n 128 -r 3 -o md \
+      env $e "$BIN/llama-bench" "${files[@]}" -ngl 99 -p 0 -n 128 -r 3 -o md \
         2>/dev/null | grep tg128 | sed "s|^|$i ${e:-defaults} |" | tee -a "$OUT/tune.log"
     done
   done

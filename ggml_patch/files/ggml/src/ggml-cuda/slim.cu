@@ -10,6 +10,8 @@
 #include "slim.cuh"
 #include "unary.cuh"
 
+#include "ggml-backend-impl.h"
+
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -540,7 +542,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         const int ne00, const int nrows, const int64_t stride_row,
         const int ne12, const int r2, const int r3, const int64_t nb02, const int64_t nb03,
         const int64_t stride_col_dst, const int64_t stride_ch2_dst, const int64_t stride_ch3_dst,
-        const int nstages) {
+        const int nstages, int8_t * oq_ptr, float2 * ods_ptr, const int write_dst) {
     constexpr int g  = slim_traits<type>::g;
     constexpr int b  = slim_traits<type>::b;
     constexpr int NW = SLIM_MMV_NWARPS;
@@ -549,6 +551,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     extern __shared__ __align__(16) char s_mem[];
     __shared__ int s_n[NM][3];
     __shared__ int s_ok[NM];
+    __shared__ float s_glu[NM == 2 ? WARP_SIZE : 1]; // one 32-block of GLU outputs (quantized output)
 
     const int G         = ne00/g;
     const int row_bytes = G*slim_type_size<type>;
@@ -567,6 +570,13 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         xs[1] = x1_ptr + x_off;
     }
     const int ntiles = (nrows + RB - 1)/RB;
+    // With the GLU output quantized for ffn_down (oq_ptr, NM == 2 only) a block takes units of TPU consecutive tiles,
+    // one 32-block of outputs, so that it holds the whole block when it quantizes it; else single tiles.
+    // tile_of(k): the block's k-th tile (increasing in k)
+    const int TPU = NM == 2 && oq_ptr ? WARP_SIZE/RB : 1;
+    auto tile_of = [&](const int k) {
+        return (blockIdx.x + (k/TPU)*gridDim.x)*TPU + k%TPU;
+    };
 
     slim_group * tab = (slim_group *) s_mem; // matrix m's table at tab + 3*G*m
     char * bufs = s_mem + ((NM*3*G*sizeof(slim_group) + 15) & ~15);
@@ -594,7 +604,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
 
     // weights only until ggml_cuda_pdl_sync: this part overlaps the previous kernel
     for (int s = 0; s < nstages; ++s) {
-        issue(blockIdx.x + s*gridDim.x, s);
+        issue(tile_of(s), s);
     }
     slim_cp_async_wait(nstages);
     __syncthreads();
@@ -617,7 +627,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     float * dst = dst_ptr + i12*stride_ch2_dst + i13*stride_ch3_dst;
     const int r = lane % RB; // this lane's row in every tile
 
-    for (int k = 0, tile = blockIdx.x; tile < ntiles; ++k, tile += gridDim.x) {
+    for (int k = 0, tile = tile_of(0); tile < ntiles; ++k, tile = tile_of(k)) {
         const int stage = k % nstages;
         if (k > 0) {
             slim_cp_async_wait(nstages);
@@ -668,7 +678,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
             }
         }
         __syncthreads(); // partial sums are in, and the stage is free again
-        issue(tile + nstages*gridDim.x, stage);
+        issue(tile_of(k + nstages), stage);
         if (threadIdx.x < RB*ncols) {
             const int rr  = threadIdx.x / ncols;
             const int col = threadIdx.x - rr*ncols;
@@ -681,9 +691,34 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
                     v[m] += red_k[((m*NW + w)*RB + rr)*ncols + col];
                 }
             }
-            if (rr < nr) {
-                // SwiGLU as ggml-cuda's own GLU kernel computes it
-                dst[col*stride_col_dst + r0 + rr] = NM == 2 ? ggml_cuda_op_silu_single(v[0])*v[NM - 1] : v[0];
+            // SwiGLU as ggml-cuda's own GLU kernel computes it
+            const float out = NM == 2 ? ggml_cuda_op_silu_single(v[0])*v[NM - 1] : v[0];
+            if (rr < nr && write_dst) {
+                dst[col*stride_col_dst + r0 + rr] = out;
+            }
+            if constexpr (NM == 2) {
+                if (oq_ptr) {
+                    s_glu[(k % TPU)*RB + rr] = out; // nrows % 32 == 0 here: every row is real
+                }
+            }
+        }
+        if constexpr (NM == 2) {
+            // the unit's last tile: warp 0 (whose lanes wrote s_glu) quantizes its 32 outputs exactly as
+            // slim_quantize_act would quantize the f32 GLU output
+            if (oq_ptr && warp == 0) {
+                __syncwarp();
+                if (k % TPU == TPU - 1) {
+                    const int   unit = tile/TPU;
+                    const float xi   = s_glu[lane];
+                    const float amax = warp_reduce_max(fabsf(xi));
+                    const float sum  = warp_reduce_sum(xi);
+                    const float d    = amax / 127.0f;
+                    oq_ptr[unit*WARP_SIZE + slim_act_pos(lane)] = (int8_t) (amax == 0.0f ? 0 : __float2int_rn(xi / d));
+                    if (lane == 0) {
+                        ods_ptr[unit] = make_float2(d, sum);
+                    }
+                }
+                __syncwarp();
             }
         }
     }
@@ -696,6 +731,7 @@ struct slim_mmv_args {
     int ne12; int r2; int r3; int64_t nb02; int64_t nb03;
     int64_t stride_col_dst; int64_t stride_ch2_dst; int64_t stride_ch3_dst;
     int nch; int nstages;
+    int8_t * oq; float2 * ods; bool write_dst; // gate/up pair: GLU output quantized for ffn_down; f32 output or not
 };
 
 // dynamic shared memory of one mat-vec block: [NM x 3G table][nstages tiles of NM x RB rows][partial sums]
@@ -768,11 +804,12 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
         bps = it->second;
     }
 
-    const dim3 grid(std::min(ntiles, bps*nsm), a.nch, 1);
+    const int units = a.oq ? ntiles/(WARP_SIZE/RB) : ntiles; // the kernel's work units (see tile_of there)
+    const dim3 grid(std::min(units, bps*nsm), a.nch, 1);
     const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
     ggml_cuda_kernel_launch(kernel, params,
         a.x, a.x_up, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
-        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages);
+        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages, a.oq, a.ods, (int) a.write_dst);
 }
 
 template <ggml_type type, int ncols, int RB, int NM = 1>
@@ -878,9 +915,18 @@ bool ggml_cuda_slim_should_fuse_glu(const ggml_tensor * gate, const ggml_tensor 
            slim_mmv_fits(w_up, 1, 2);
 }
 
+// what a fused caller (ggml_cuda_slim_try_fuse) changes about one mat-vec launch
+struct slim_mmv_io {
+    const int8_t * yq  = nullptr; // src1 already quantized by the producer kernel; nullptr: quantize src1 here
+    const float2 * yds = nullptr;
+    int8_t * oq  = nullptr;       // gate/up pair: also write the GLU output in the activation layout (for ffn_down)
+    float2 * ods = nullptr;
+    bool write_dst = true;        // false: no node outside the fusion reads dst's f32 values
+};
+
 // dst = src0 x, or with src0_up: dst = silu(src0 x) * (src0_up x) (src0 the gate)
 static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src0_up,
-        const ggml_tensor * src1, ggml_tensor * dst) {
+        const ggml_tensor * src1, ggml_tensor * dst, const slim_mmv_io & io = {}) {
     GGML_TENSOR_BINARY_OP_LOCALS;
     GGML_ASSERT(ggml_cuda_slim_use_mmv(src0, src1, dst));
     GGML_ASSERT(ne12 % ne02 == 0 && ne13 % ne03 == 0);
@@ -893,9 +939,13 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(nch <= 65535);
 
     // activations -> int8 (permuted) + per-32 (d, sum), once for both matrices of a fused pair
-    ggml_cuda_pool_alloc<int8_t> yq (ctx.pool(), nch*ne11*ne10);
-    ggml_cuda_pool_alloc<float2> yds(ctx.pool(), nch*ne11*(ne10/32));
-    {
+    ggml_cuda_pool_alloc<int8_t> yq (ctx.pool());
+    ggml_cuda_pool_alloc<float2> yds(ctx.pool());
+    if (io.yq) {
+        GGML_ASSERT(nch == 1 && io.yds);
+    } else {
+        yq.alloc(nch*ne11*ne10);
+        yds.alloc(nch*ne11*(ne10/32));
         const int threads = 256;
         const dim3 grid((ne10 + threads - 1)/threads, ne11, nch);
         const ggml_cuda_kernel_launch_params params(grid, dim3(threads, 1, 1), 0, stream);
@@ -920,11 +970,13 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
 
     slim_mmv_args a;
     a.x = (const char *) src0->data; a.x_up = src0_up ? (const char *) src0_up->data : nullptr;
-    a.yq = yq.get(); a.yds = yds.get(); a.dst = (float *) dst->data;
+    a.yq = io.yq ? io.yq : yq.get(); a.yds = io.yds ? io.yds : yds.get(); a.dst = (float *) dst->data;
     a.ne00 = ne00; a.nrows = ne01; a.stride_row = nb01;
     a.ne12 = ne12; a.r2 = ne12/ne02; a.r3 = ne13/ne03; a.nb02 = nb02; a.nb03 = nb03;
     a.stride_col_dst = nb1/sizeof(float); a.stride_ch2_dst = nb2/sizeof(float); a.stride_ch3_dst = nb3/sizeof(float);
     a.nch = nch; a.nstages = nstages;
+    a.oq = io.oq; a.ods = io.ods; a.write_dst = io.write_dst;
+    GGML_ASSERT(!a.oq || (src0_up && nch == 1 && ne11 == 1 && ne01 % 32 == 0 && rows_per_tile == 8));
 
     switch (src0->type) {
         case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
@@ -943,4 +995,249 @@ void ggml_cuda_mul_mat_vec_slim_glu(ggml_backend_cuda_context & ctx, const ggml_
         ggml_tensor * glu) {
     GGML_ASSERT(ggml_cuda_slim_should_fuse_glu(gate, up, glu));
     slim_mul_mat_vec_cuda(ctx, gate->src[0], up->src[0], up->src[1], glu);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// fusions around the mat-vec (decode): each saves a launch and an activation quantization
+//
+//   RMS_NORM, MUL, MUL_MAT                        the norm kernel writes the activations already quantized
+//   RMS_NORM, MUL, MUL_MAT, MUL_MAT, GLU [, MUL_MAT]   ... for the gate/up pair, which quantizes its own output
+//   MUL_MAT, MUL_MAT, GLU, MUL_MAT                for ffn_down
+//
+// A fused intermediate's f32 values are written only when a node outside the fusion reads them.
+
+#define SLIM_NORM_THREADS 256
+
+// y = x * rsqrt(mean(x^2) + eps) * w per row (as ggml-cuda's rms_norm_f32 fused with MUL computes it), then the
+// mat-vec's activation layout of y (slim_quantize_act's): int8 in the permuted order + per-32 (d, sum).
+// y_ptr may be null (no f32 output). One block per row; ncols % 32 == 0.
+static __global__ void __launch_bounds__(SLIM_NORM_THREADS) slim_rms_norm_quantize(
+        const float * x_ptr, const int64_t stride_x, const float * w, const float eps, const int ncols,
+        float * y_ptr, const int64_t stride_y, int8_t * yq, float2 * yds) {
+    constexpr int NW = SLIM_NORM_THREADS/WARP_SIZE;
+    __shared__ float s_sum[NW];
+    ggml_cuda_pdl_lc();
+    const int row  = blockIdx.x;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const float * x = x_ptr + row*stride_x;
+
+    ggml_cuda_pdl_sync();
+    float ss = 0.0f;
+    for (int col = threadIdx.x; col < ncols; col += SLIM_NORM_THREADS) {
+        const float xi = x[col];
+        ss += xi * xi;
+    }
+    ss = warp_reduce_sum(ss);
+    if (lane == 0) {
+        s_sum[warp] = ss;
+    }
+    __syncthreads();
+    ss = warp_reduce_sum(lane < NW ? s_sum[lane] : 0.0f);
+    const float scale = rsqrtf(ss / ncols + eps);
+
+    for (int c = warp; c < ncols/WARP_SIZE; c += NW) {
+        const int   col = c*WARP_SIZE + lane;
+        const float yi  = scale * x[col] * w[col];
+        if (y_ptr) {
+            y_ptr[row*stride_y + col] = yi;
+        }
+        const float amax = warp_reduce_max(fabsf(yi));
+        const float sum  = warp_reduce_sum(yi);
+        const float d    = amax / 127.0f;
+        yq[(int64_t) row*ncols + c*WARP_SIZE + slim_act_pos(lane)] = (int8_t) (amax == 0.0f ? 0 : __float2int_rn(yi / d));
+        if (lane == 0) {
+            yds[(int64_t) row*(ncols/WARP_SIZE) + c] = make_float2(d, sum);
+        }
+    }
+}
+
+// RMS_NORM -> MUL by a weight vector, on rows of f32 that the mat-vec's activation layout can take
+static bool slim_norm_mul_fusable(const ggml_tensor * norm, const ggml_tensor * mul) {
+    if (norm->op != GGML_OP_RMS_NORM || !mul || mul->op != GGML_OP_MUL) {
+        return false;
+    }
+    const ggml_tensor * w = mul->src[0] == norm ? mul->src[1] : mul->src[1] == norm ? mul->src[0] : nullptr;
+    const ggml_tensor * x = norm->src[0];
+    return w && x->type == GGML_TYPE_F32 && norm->type == GGML_TYPE_F32 && mul->type == GGML_TYPE_F32 &&
+           w->type == GGML_TYPE_F32 && ggml_is_contiguous(w) && w->ne[0] == x->ne[0] && ggml_nrows(w) == 1 &&
+           ggml_are_same_shape(mul, norm) && x->ne[2] == 1 && x->ne[3] == 1 && x->ne[1] <= SLIM_MMV_MAX_COLS &&
+           x->ne[0] % 32 == 0 && x->nb[0] == sizeof(float) && mul->nb[0] == sizeof(float) && x->ne[0] <= INT_MAX;
+}
+
+// a mat-vec over a SLIM weight that reads `act` (one channel)
+static bool slim_mmv_reads(const ggml_tensor * mm, const ggml_tensor * act) {
+    return mm && mm->op == GGML_OP_MUL_MAT && mm->src[1] == act && ggml_cuda_type_is_slim(mm->src[0]->type) &&
+           act->ne[2] == 1 && act->ne[3] == 1 && ggml_cuda_slim_use_mmv(mm->src[0], act, mm);
+}
+
+static bool slim_ranges_overlap(const ggml_tensor * a, const ggml_tensor * b) {
+    const int64_t a0 = (int64_t) a->data, a1 = a0 + ggml_backend_buft_get_alloc_size(a->buffer->buft, a);
+    const int64_t b0 = (int64_t) b->data, b1 = b0 + ggml_backend_buft_get_alloc_size(b->buffer->buft, b);
+    return a0 < b1 && b0 < a1;
+}
+
+// nodes [i, i + count) can run as one: intermediates not in `outputs` have no reader outside, and no output's
+// memory overlaps a tensor the fusion reads from outside (its kernels write outputs before the last read)
+static bool slim_can_fuse(const ggml_cgraph * cgraph, const int i, const int count, const ggml_op * ops,
+        const int * outputs, const int n_outputs) {
+    if (!ggml_can_fuse_subgraph(cgraph, i, count, ops, outputs, n_outputs)) {
+        return false;
+    }
+    for (int o = 0; o < n_outputs; ++o) {
+        const ggml_tensor * out = cgraph->nodes[outputs[o]];
+        for (int j = i; j < i + count; ++j) {
+            for (int s = 0; s < GGML_MAX_SRC; ++s) {
+                const ggml_tensor * src = cgraph->nodes[j]->src[s];
+                if (!src || src->op == GGML_OP_NONE || !src->buffer) {
+                    continue; // weights and graph inputs are not written by the graph
+                }
+                bool internal = false;
+                for (int k = i; k < j; ++k) {
+                    internal = internal || cgraph->nodes[k] == src;
+                }
+                if (!internal && slim_ranges_overlap(out, src)) {
+                    return false;
+                }
+            }
+        }
+    }
+    return true;
+}
+
+// whether node idx is read by nodes outside [i, i + count)
+static bool slim_read_outside(const ggml_cgraph * cgraph, const int idx, const int i, const int count) {
+    const ggml_tensor * t = cgraph->nodes[idx];
+    int inside = 0;
+    for (int j = i; j < i + count; ++j) {
+        for (int s = 0; s < GGML_MAX_SRC; ++s) {
+            inside += cgraph->nodes[j]->src[s] == t;
+        }
+    }
+    return ggml_node_get_use_count(cgraph, idx) > inside || (t->flags & GGML_TENSOR_FLAG_OUTPUT);
+}
+
+int ggml_cuda_slim_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
+    // GGML_CUDA_SLIM_FUSE_NORM=0 / GGML_CUDA_SLIM_FUSE_DOWN=0 turn the norm and the ffn_down fusions off (A/B)
+    static const bool fuse_norm = slim_env_int("GGML_CUDA_SLIM_FUSE_NORM", 1) != 0;
+    static const bool fuse_down = slim_env_int("GGML_CUDA_SLIM_FUSE_DOWN", 1) != 0;
+    static const bool fuse_glu  = slim_env_int("GGML_CUDA_SLIM_FUSE", 1) != 0;
+    const int n = cgraph->n_nodes;
+    auto node = [&](const int k) { return k < n ? cgraph->nodes[k] : nullptr; };
+
+    ggml_tensor * norm = nullptr;
+    ggml_tensor * mul  = nullptr;
+    int p = i; // first node after the norm
+    if (node(i)->op == GGML_OP_RMS_NORM) {
+        if (!fuse_norm || !slim_norm_mul_fusable(node(i), node(i + 1))) {
+            return 0;
+        }
+        norm = node(i);
+        mul  = node(i + 1);
+        p    = i + 2;
+    } else if (node(i)->op != GGML_OP_MUL_MAT) {
+        return 0;
+    }
+
+    // consumer: the gate/up pair + GLU (+ ffn_down), or (after a norm) one mat-vec
+    ggml_tensor * glu  = node(p + 2);
+    ggml_tensor * gate = nullptr;
+    ggml_tensor * up   = nullptr;
+    ggml_tensor * down = nullptr;
+    ggml_tensor * mm   = nullptr;
+    if (fuse_glu && glu && glu->op == GGML_OP_GLU && node(p)->op == GGML_OP_MUL_MAT && node(p + 1)->op == GGML_OP_MUL_MAT &&
+        ((glu->src[0] == node(p) && glu->src[1] == node(p + 1)) || (glu->src[0] == node(p + 1) && glu->src[1] == node(p))) &&
+        ggml_cuda_slim_should_fuse_glu(glu->src[0], glu->src[1], glu) && (!mul || glu->src[1]->src[1] == mul)) {
+        gate = glu->src[0];
+        up   = glu->src[1];
+        ggml_tensor * d = node(p + 3);
+        if (fuse_down && slim_mmv_reads(d, glu) && glu->ne[1] == 1 && up->src[0]->ne[1] % 32 == 0 &&
+            ggml_is_contiguous(glu)) {
+            down = d;
+        }
+    } else if (mul && slim_mmv_reads(node(p), mul)) {
+        mm = node(p);
+    }
+    if (!mm && !gate) {
+        return 0;
+    }
+    if (!norm && !down) {
+        return 0; // the plain pair: the patched gate/up fusion in ggml-cuda.cu
+    }
+
+    ggml_op ops[6];
+    int count = 0;
+    if (norm) {
+        ops[count++] = GGML_OP_RMS_NORM;
+        ops[count++] = GGML_OP_MUL;
+    }
+    if (mm) {
+        ops[count++] = GGML_OP_MUL_MAT;
+    } else {
+        ops[count++] = GGML_OP_MUL_MAT;
+        ops[count++] = GGML_OP_MUL_MAT;
+        ops[count++] = GGML_OP_GLU;
+        if (down) {
+            ops[count++] = GGML_OP_MUL_MAT;
+        }
+    }
+    const int last = i + count - 1;
+    const int mul_idx = i + 1;
+    const int glu_idx = p + 2;
+    const bool mul_out = norm && slim_read_outside(cgraph, mul_idx, i, count);
+    const bool glu_out = down && slim_read_outside(cgraph, glu_idx, i, count);
+    int outputs[3];
+    int n_outputs = 0;
+    outputs[n_outputs++] = last;
+    if (mul_out) {
+        outputs[n_outputs++] = mul_idx;
+    }
+    if (glu_out) {
+        outputs[n_outputs++] = glu_idx;
+    }
+    if (!slim_can_fuse(cgraph, i, count, ops, outputs, n_outputs)) {
+        return 0;
+    }
+
+    cudaStream_t stream = ctx.stream();
+    ggml_cuda_pool_alloc<int8_t> aq(ctx.pool());  // the norm's output, quantized
+    ggml_cuda_pool_alloc<float2> ads(ctx.pool());
+    slim_mmv_io io;
+    if (norm) {
+        const ggml_tensor * x = norm->src[0];
+        const ggml_tensor * w = mul->src[0] == norm ? mul->src[1] : mul->src[0];
+        const int64_t ncols = x->ne[0];
+        const int64_t nrows = x->ne[1];
+        float eps;
+        memcpy(&eps, norm->op_params, sizeof(float));
+        aq.alloc(nrows*ncols);
+        ads.alloc(nrows*(ncols/32));
+        const ggml_cuda_kernel_launch_params params(dim3(nrows, 1, 1), dim3(SLIM_NORM_THREADS, 1, 1), 0, stream);
+        ggml_cuda_kernel_launch(slim_rms_norm_quantize, params, (const float *) x->data, (int64_t) (x->nb[1]/sizeof(float)),
+            (const float *) w->data, eps, (int) ncols, mul_out ? (float *) mul->data : (float *) nullptr,
+            (int64_t) (mul->nb[1]/sizeof(float)), aq.get(), ads.get());
+        io.yq  = aq.get();
+        io.yds = ads.get();
+    }
+    if (mm) {
+        slim_mul_mat_vec_cuda(ctx, mm->src[0], nullptr, mm->src[1], mm, io);
+        return count;
+    }
+    ggml_cuda_pool_alloc<int8_t> gq(ctx.pool());  // the GLU output, quantized for ffn_down
+    ggml_cuda_pool_alloc<float2> gds(ctx.pool());
+    if (down) {
+        gq.alloc(glu->ne[0]);
+        gds.alloc(glu->ne[0]/32);
+        io.oq = gq.get();
+        io.ods = gds.get();
+        io.write_dst = glu_out;
+    }
+    slim_mul_mat_vec_cuda(ctx, gate->src[0], up->src[0], up->src[1], glu, io);
+    if (down) {
+        slim_mmv_io io_down;
+        io_down.yq  = gq.get();
+        io_down.yds = gds.get();
+        slim_mul_mat_vec_cuda(ctx, down->src[0], nullptr, glu, down, io_down);
+    }
+    return count;
 }
