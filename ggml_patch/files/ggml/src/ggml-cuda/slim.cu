@@ -542,7 +542,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         const int ne00, const int nrows, const int64_t stride_row,
         const int ne12, const int r2, const int r3, const int64_t nb02, const int64_t nb03,
         const int64_t stride_col_dst, const int64_t stride_ch2_dst, const int64_t stride_ch3_dst,
-        const int nstages, int8_t * oq_ptr, float2 * ods_ptr, const int write_dst) {
+        const int nstages) {
     constexpr int g  = slim_traits<type>::g;
     constexpr int b  = slim_traits<type>::b;
     constexpr int NW = SLIM_MMV_NWARPS;
@@ -551,7 +551,6 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     extern __shared__ __align__(16) char s_mem[];
     __shared__ int s_n[NM][3];
     __shared__ int s_ok[NM];
-    __shared__ float s_glu[NM == 2 ? WARP_SIZE : 1]; // one 32-block of GLU outputs (quantized output)
 
     const int G         = ne00/g;
     const int row_bytes = G*slim_type_size<type>;
@@ -570,13 +569,6 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         xs[1] = x1_ptr + x_off;
     }
     const int ntiles = (nrows + RB - 1)/RB;
-    // With the GLU output quantized for ffn_down (oq_ptr, NM == 2 only) a block takes units of TPU consecutive tiles,
-    // one 32-block of outputs, so that it holds the whole block when it quantizes it; else single tiles.
-    // tile_of(k): the block's k-th tile (increasing in k)
-    const int TPU = NM == 2 && oq_ptr ? WARP_SIZE/RB : 1;
-    auto tile_of = [&](const int k) {
-        return (blockIdx.x + (k/TPU)*gridDim.x)*TPU + k%TPU;
-    };
 
     slim_group * tab = (slim_group *) s_mem; // matrix m's table at tab + 3*G*m
     char * bufs = s_mem + ((NM*3*G*sizeof(slim_group) + 15) & ~15);
@@ -604,7 +596,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
 
     // weights only until ggml_cuda_pdl_sync: this part overlaps the previous kernel
     for (int s = 0; s < nstages; ++s) {
-        issue(tile_of(s), s);
+        issue(blockIdx.x + s*gridDim.x, s);
     }
     slim_cp_async_wait(nstages);
     __syncthreads();
@@ -627,7 +619,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     float * dst = dst_ptr + i12*stride_ch2_dst + i13*stride_ch3_dst;
     const int r = lane % RB; // this lane's row in every tile
 
-    for (int k = 0, tile = tile_of(0); tile < ntiles; ++k, tile = tile_of(k)) {
+    for (int k = 0, tile = blockIdx.x; tile < ntiles; ++k, tile += gridDim.x) {
         const int stage = k % nstages;
         if (k > 0) {
             slim_cp_async_wait(nstages);
@@ -678,7 +670,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
             }
         }
         __syncthreads(); // partial sums are in, and the stage is free again
-        issue(tile_of(k + nstages), stage);
+        issue(tile + nstages*gridDim.x, stage);
         if (threadIdx.x < RB*ncols) {
             const int rr  = threadIdx.x / ncols;
             const int col = threadIdx.x - rr*ncols;
@@ -691,34 +683,9 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
                     v[m] += red_k[((m*NW + w)*RB + rr)*ncols + col];
                 }
             }
-            // SwiGLU as ggml-cuda's own GLU kernel computes it
-            const float out = NM == 2 ? ggml_cuda_op_silu_single(v[0])*v[NM - 1] : v[0];
-            if (rr < nr && write_dst) {
-                dst[col*stride_col_dst + r0 + rr] = out;
-            }
-            if constexpr (NM == 2) {
-                if (oq_ptr) {
-                    s_glu[(k % TPU)*RB + rr] = out; // nrows % 32 == 0 here: every row is real
-                }
-            }
-        }
-        if constexpr (NM == 2) {
-            // the unit's last tile: warp 0 (whose lanes wrote s_glu) quantizes its 32 outputs exactly as
-            // slim_quantize_act would quantize the f32 GLU output
-            if (oq_ptr && warp == 0) {
-                __syncwarp();
-                if (k % TPU == TPU - 1) {
-                    const int   unit = tile/TPU;
-                    const float xi   = s_glu[lane];
-                    const float amax = warp_reduce_max(fabsf(xi));
-                    const float sum  = warp_reduce_sum(xi);
-                    const float d    = amax / 127.0f;
-                    oq_ptr[unit*WARP_SIZE + slim_act_pos(lane)] = (int8_t) (amax == 0.0f ? 0 : __float2int_rn(xi / d));
-                    if (lane == 0) {
-                        ods_ptr[unit] = make_float2(d, sum);
-                    }
-                }
-                __syncwarp();
+            if (rr < nr) {
+                // SwiGLU as ggml-cuda's own GLU kernel computes it
+                dst[col*stride_col_dst + r0 + rr] = NM == 2 ? ggml_cuda_op_silu_single(v[0])*v[NM - 1] : v[0];
             }
         }
     }
@@ -731,7 +698,6 @@ struct slim_mmv_args {
     int ne12; int r2; int r3; int64_t nb02; int64_t nb03;
     int64_t stride_col_dst; int64_t stride_ch2_dst; int64_t stride_ch3_dst;
     int nch; int nstages;
-    int8_t * oq; float2 * ods; bool write_dst; // gate/up pair: GLU output quantized for ffn_down; f32 output or not
 };
 
 // dynamic shared memory of one mat-vec block: [NM x 3G table][nstages tiles of NM x RB rows][partial sums]
@@ -804,12 +770,11 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
         bps = it->second;
     }
 
-    const int units = a.oq ? ntiles/(WARP_SIZE/RB) : ntiles; // the kernel's work units (see tile_of there)
-    const dim3 grid(std::min(units, bps*nsm), a.nch, 1);
+    const dim3 grid(std::min(ntiles, bps*nsm), a.nch, 1);
     const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
     ggml_cuda_kernel_launch(kernel, params,
         a.x, a.x_up, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
-        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages, a.oq, a.ods, (int) a.write_dst);
+        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages);
 }
 
 template <ggml_type type, int ncols, int RB, int NM = 1>
@@ -915,18 +880,11 @@ bool ggml_cuda_slim_should_fuse_glu(const ggml_tensor * gate, const ggml_tensor 
            slim_mmv_fits(w_up, 1, 2);
 }
 
-// what a fused caller (ggml_cuda_slim_try_fuse) changes about one mat-vec launch
-struct slim_mmv_io {
-    const int8_t * yq  = nullptr; // src1 already quantized by the producer kernel; nullptr: quantize src1 here
-    const float2 * yds = nullptr;
-    int8_t * oq  = nullptr;       // gate/up pair: also write the GLU output in the activation layout (for ffn_down)
-    float2 * ods = nullptr;
-    bool write_dst = true;        // false: no node outside the fusion reads dst's f32 values
-};
-
-// dst = src0 x, or with src0_up: dst = silu(src0 x) * (src0_up x) (src0 the gate)
+// dst = src0 x, or with src0_up: dst = silu(src0 x) * (src0_up x) (src0 the gate).
+// yq_pre / yds_pre: src1 already in the activation layout (a fused producer wrote it: ggml_cuda_slim_try_fuse);
+// nullptr: src1 is quantized here
 static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src0_up,
-        const ggml_tensor * src1, ggml_tensor * dst, const slim_mmv_io & io = {}) {
+        const ggml_tensor * src1, ggml_tensor * dst, const int8_t * yq_pre = nullptr, const float2 * yds_pre = nullptr) {
     GGML_TENSOR_BINARY_OP_LOCALS;
     GGML_ASSERT(ggml_cuda_slim_use_mmv(src0, src1, dst));
     GGML_ASSERT(ne12 % ne02 == 0 && ne13 % ne03 == 0);
@@ -941,8 +899,8 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     // activations -> int8 (permuted) + per-32 (d, sum), once for both matrices of a fused pair
     ggml_cuda_pool_alloc<int8_t> yq (ctx.pool());
     ggml_cuda_pool_alloc<float2> yds(ctx.pool());
-    if (io.yq) {
-        GGML_ASSERT(nch == 1 && io.yds);
+    if (yq_pre) {
+        GGML_ASSERT(nch == 1 && yds_pre);
     } else {
         yq.alloc(nch*ne11*ne10);
         yds.alloc(nch*ne11*(ne10/32));
@@ -970,13 +928,11 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
 
     slim_mmv_args a;
     a.x = (const char *) src0->data; a.x_up = src0_up ? (const char *) src0_up->data : nullptr;
-    a.yq = io.yq ? io.yq : yq.get(); a.yds = io.yds ? io.yds : yds.get(); a.dst = (float *) dst->data;
+    a.yq = yq_pre ? yq_pre : yq.get(); a.yds = yds_pre ? yds_pre : yds.get(); a.dst = (float *) dst->data;
     a.ne00 = ne00; a.nrows = ne01; a.stride_row = nb01;
     a.ne12 = ne12; a.r2 = ne12/ne02; a.r3 = ne13/ne03; a.nb02 = nb02; a.nb03 = nb03;
     a.stride_col_dst = nb1/sizeof(float); a.stride_ch2_dst = nb2/sizeof(float); a.stride_ch3_dst = nb3/sizeof(float);
     a.nch = nch; a.nstages = nstages;
-    a.oq = io.oq; a.ods = io.ods; a.write_dst = io.write_dst;
-    GGML_ASSERT(!a.oq || (src0_up && nch == 1 && ne11 == 1 && ne01 % 32 == 0 && rows_per_tile == 8));
 
     switch (src0->type) {
         case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
@@ -998,32 +954,35 @@ void ggml_cuda_mul_mat_vec_slim_glu(ggml_backend_cuda_context & ctx, const ggml_
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// fusions around the mat-vec (decode): each saves a launch and an activation quantization
-//
-//   RMS_NORM, MUL, MUL_MAT                        the norm kernel writes the activations already quantized
-//   RMS_NORM, MUL, MUL_MAT, MUL_MAT, GLU [, MUL_MAT]   ... for the gate/up pair, which quantizes its own output
-//   MUL_MAT, MUL_MAT, GLU, MUL_MAT                for ffn_down
-//
-// A fused intermediate's f32 values are written only when a node outside the fusion reads them.
+// RMSNorm fused with the mat-vec(s) that read it (decode): the norm kernel writes the activations already in the
+// mat-vec's int8 layout, a launch and an activation quantization fewer per norm:
+//   RMS_NORM, MUL, MUL_MAT                       (a fused attn_qkv, or the first of separate q/k/v)
+//   RMS_NORM, MUL, MUL_MAT, MUL_MAT, GLU         (ffn_gate + ffn_up + SwiGLU, the fused pair)
+// The MUL's f32 output is written only when a node outside the fusion reads it.
+// (A third fusion, the gate/up kernel quantizing its SwiGLU output for ffn_down, measured no faster on an H200 and
+// was removed: docs/bench/2026-12-04-h200-fusions.md.)
 
 #define SLIM_NORM_THREADS 256
 
-// y = x * rsqrt(mean(x^2) + eps) * w per row (as ggml-cuda's rms_norm_f32 fused with MUL computes it), then the
-// mat-vec's activation layout of y (slim_quantize_act's): int8 in the permuted order + per-32 (d, sum).
-// y_ptr may be null (no f32 output). One block per row; ncols % 32 == 0.
+// y = x * rsqrt(mean(x^2) + eps) * w per row (as ggml-cuda's rms_norm_f32 fused with MUL computes it), then y in the
+// mat-vec's activation layout (slim_quantize_act's): int8 in the permuted order + per-32 (d, sum). y_ptr may be null.
+// Grid (ceil(ncols/32 / warps), rows): every block reduces the whole row (the same code and order in every block, so
+// one scale per row) and quantizes one 32-block per warp: as parallel as slim_quantize_act. (One block per row, as
+// the stock norm kernel, left the quantization of a 4096-wide row to one multiprocessor: decode 15 % slower.)
 static __global__ void __launch_bounds__(SLIM_NORM_THREADS) slim_rms_norm_quantize(
         const float * x_ptr, const int64_t stride_x, const float * w, const float eps, const int ncols,
         float * y_ptr, const int64_t stride_y, int8_t * yq, float2 * yds) {
     constexpr int NW = SLIM_NORM_THREADS/WARP_SIZE;
     __shared__ float s_sum[NW];
     ggml_cuda_pdl_lc();
-    const int row  = blockIdx.x;
+    const int row  = blockIdx.y;
     const int warp = threadIdx.x / WARP_SIZE;
     const int lane = threadIdx.x % WARP_SIZE;
     const float * x = x_ptr + row*stride_x;
 
     ggml_cuda_pdl_sync();
     float ss = 0.0f;
+#pragma unroll 4
     for (int col = threadIdx.x; col < ncols; col += SLIM_NORM_THREADS) {
         const float xi = x[col];
         ss += xi * xi;
@@ -1036,19 +995,21 @@ static __global__ void __launch_bounds__(SLIM_NORM_THREADS) slim_rms_norm_quanti
     ss = warp_reduce_sum(lane < NW ? s_sum[lane] : 0.0f);
     const float scale = rsqrtf(ss / ncols + eps);
 
-    for (int c = warp; c < ncols/WARP_SIZE; c += NW) {
-        const int   col = c*WARP_SIZE + lane;
-        const float yi  = scale * x[col] * w[col];
-        if (y_ptr) {
-            y_ptr[row*stride_y + col] = yi;
-        }
-        const float amax = warp_reduce_max(fabsf(yi));
-        const float sum  = warp_reduce_sum(yi);
-        const float d    = amax / 127.0f;
-        yq[(int64_t) row*ncols + c*WARP_SIZE + slim_act_pos(lane)] = (int8_t) (amax == 0.0f ? 0 : __float2int_rn(yi / d));
-        if (lane == 0) {
-            yds[(int64_t) row*(ncols/WARP_SIZE) + c] = make_float2(d, sum);
-        }
+    const int c = blockIdx.x*NW + warp; // this warp's 32-block
+    if (c >= ncols/WARP_SIZE) {
+        return;
+    }
+    const int   col = c*WARP_SIZE + lane;
+    const float yi  = scale * x[col] * w[col];
+    if (y_ptr) {
+        y_ptr[row*stride_y + col] = yi;
+    }
+    const float amax = warp_reduce_max(fabsf(yi));
+    const float sum  = warp_reduce_sum(yi);
+    const float d    = amax / 127.0f;
+    yq[(int64_t) row*ncols + c*WARP_SIZE + slim_act_pos(lane)] = (int8_t) (amax == 0.0f ? 0 : __float2int_rn(yi / d));
+    if (lane == 0) {
+        yds[(int64_t) row*(ncols/WARP_SIZE) + c] = make_float2(d, sum);
     }
 }
 
@@ -1078,7 +1039,7 @@ static bool slim_ranges_overlap(const ggml_tensor * a, const ggml_tensor * b) {
 }
 
 // nodes [i, i + count) can run as one: intermediates not in `outputs` have no reader outside, and no output's
-// memory overlaps a tensor the fusion reads from outside (its kernels write outputs before the last read)
+// memory overlaps a tensor the fusion reads from outside (the kernels write outputs before the last read)
 static bool slim_can_fuse(const ggml_cgraph * cgraph, const int i, const int count, const ggml_op * ops,
         const int * outputs, const int n_outputs) {
     if (!ggml_can_fuse_subgraph(cgraph, i, count, ops, outputs, n_outputs)) {
@@ -1105,7 +1066,7 @@ static bool slim_can_fuse(const ggml_cgraph * cgraph, const int i, const int cou
     return true;
 }
 
-// whether node idx is read by nodes outside [i, i + count)
+// whether node idx is read by nodes outside [i, i + count) (or is a graph output)
 static bool slim_read_outside(const ggml_cgraph * cgraph, const int idx, const int i, const int count) {
     const ggml_tensor * t = cgraph->nodes[idx];
     int inside = 0;
@@ -1118,126 +1079,58 @@ static bool slim_read_outside(const ggml_cgraph * cgraph, const int idx, const i
 }
 
 int ggml_cuda_slim_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
-    // GGML_CUDA_SLIM_FUSE_NORM=0 / GGML_CUDA_SLIM_FUSE_DOWN=0 turn the norm and the ffn_down fusions off (A/B)
+    // GGML_CUDA_SLIM_FUSE_NORM=0 turns this off (A/B); GGML_CUDA_SLIM_FUSE=0 the gate/up pair (then the norm fuses
+    // with the gate's mat-vec alone)
     static const bool fuse_norm = slim_env_int("GGML_CUDA_SLIM_FUSE_NORM", 1) != 0;
-    static const bool fuse_down = slim_env_int("GGML_CUDA_SLIM_FUSE_DOWN", 1) != 0;
     static const bool fuse_glu  = slim_env_int("GGML_CUDA_SLIM_FUSE", 1) != 0;
     const int n = cgraph->n_nodes;
-    auto node = [&](const int k) { return k < n ? cgraph->nodes[k] : nullptr; };
+    if (!fuse_norm || i + 2 >= n || !slim_norm_mul_fusable(cgraph->nodes[i], cgraph->nodes[i + 1])) {
+        return 0;
+    }
+    ggml_tensor * norm = cgraph->nodes[i];
+    ggml_tensor * mul  = cgraph->nodes[i + 1];
+    ggml_tensor * a    = cgraph->nodes[i + 2];
+    ggml_tensor * b    = i + 3 < n ? cgraph->nodes[i + 3] : nullptr;
+    ggml_tensor * glu  = i + 4 < n ? cgraph->nodes[i + 4] : nullptr;
 
-    ggml_tensor * norm = nullptr;
-    ggml_tensor * mul  = nullptr;
-    int p = i; // first node after the norm
-    if (node(i)->op == GGML_OP_RMS_NORM) {
-        if (!fuse_norm || !slim_norm_mul_fusable(node(i), node(i + 1))) {
-            return 0;
-        }
-        norm = node(i);
-        mul  = node(i + 1);
-        p    = i + 2;
-    } else if (node(i)->op != GGML_OP_MUL_MAT) {
+    // the consumer: the gate/up pair + GLU, else one mat-vec
+    const bool pair = fuse_glu && glu && glu->op == GGML_OP_GLU && a->op == GGML_OP_MUL_MAT && b->op == GGML_OP_MUL_MAT &&
+        ((glu->src[0] == a && glu->src[1] == b) || (glu->src[0] == b && glu->src[1] == a)) &&
+        ggml_cuda_slim_should_fuse_glu(glu->src[0], glu->src[1], glu) && glu->src[1]->src[1] == mul;
+    if (!pair && !slim_mmv_reads(a, mul)) {
+        return 0;
+    }
+    const ggml_op ops_mm[3]   = { GGML_OP_RMS_NORM, GGML_OP_MUL, GGML_OP_MUL_MAT };
+    const ggml_op ops_pair[5] = { GGML_OP_RMS_NORM, GGML_OP_MUL, GGML_OP_MUL_MAT, GGML_OP_MUL_MAT, GGML_OP_GLU };
+    const int count = pair ? 5 : 3;
+    const bool mul_out = slim_read_outside(cgraph, i + 1, i, count);
+    const int outputs[2] = { i + count - 1, i + 1 };
+    if (!slim_can_fuse(cgraph, i, count, pair ? ops_pair : ops_mm, outputs, mul_out ? 2 : 1)) {
         return 0;
     }
 
-    // consumer: the gate/up pair + GLU (+ ffn_down), or (after a norm) one mat-vec
-    ggml_tensor * glu  = node(p + 2);
-    ggml_tensor * gate = nullptr;
-    ggml_tensor * up   = nullptr;
-    ggml_tensor * down = nullptr;
-    ggml_tensor * mm   = nullptr;
-    if (fuse_glu && glu && glu->op == GGML_OP_GLU && node(p)->op == GGML_OP_MUL_MAT && node(p + 1)->op == GGML_OP_MUL_MAT &&
-        ((glu->src[0] == node(p) && glu->src[1] == node(p + 1)) || (glu->src[0] == node(p + 1) && glu->src[1] == node(p))) &&
-        ggml_cuda_slim_should_fuse_glu(glu->src[0], glu->src[1], glu) && (!mul || glu->src[1]->src[1] == mul)) {
-        gate = glu->src[0];
-        up   = glu->src[1];
-        ggml_tensor * d = node(p + 3);
-        if (fuse_down && slim_mmv_reads(d, glu) && glu->ne[1] == 1 && up->src[0]->ne[1] % 32 == 0 &&
-            ggml_is_contiguous(glu)) {
-            down = d;
-        }
-    } else if (mul && slim_mmv_reads(node(p), mul)) {
-        mm = node(p);
-    }
-    if (!mm && !gate) {
-        return 0;
-    }
-    if (!norm && !down) {
-        return 0; // the plain pair: the patched gate/up fusion in ggml-cuda.cu
-    }
-
-    ggml_op ops[6];
-    int count = 0;
-    if (norm) {
-        ops[count++] = GGML_OP_RMS_NORM;
-        ops[count++] = GGML_OP_MUL;
-    }
-    if (mm) {
-        ops[count++] = GGML_OP_MUL_MAT;
-    } else {
-        ops[count++] = GGML_OP_MUL_MAT;
-        ops[count++] = GGML_OP_MUL_MAT;
-        ops[count++] = GGML_OP_GLU;
-        if (down) {
-            ops[count++] = GGML_OP_MUL_MAT;
-        }
-    }
-    const int last = i + count - 1;
-    const int mul_idx = i + 1;
-    const int glu_idx = p + 2;
-    const bool mul_out = norm && slim_read_outside(cgraph, mul_idx, i, count);
-    const bool glu_out = down && slim_read_outside(cgraph, glu_idx, i, count);
-    int outputs[3];
-    int n_outputs = 0;
-    outputs[n_outputs++] = last;
-    if (mul_out) {
-        outputs[n_outputs++] = mul_idx;
-    }
-    if (glu_out) {
-        outputs[n_outputs++] = glu_idx;
-    }
-    if (!slim_can_fuse(cgraph, i, count, ops, outputs, n_outputs)) {
-        return 0;
-    }
-
+    const ggml_tensor * x = norm->src[0];
+    const ggml_tensor * w = mul->src[0] == norm ? mul->src[1] : mul->src[0];
+    const int64_t ncols = x->ne[0];
+    const int64_t nrows = x->ne[1];
+    float eps;
+    memcpy(&eps, norm->op_params, sizeof(float));
     cudaStream_t stream = ctx.stream();
-    ggml_cuda_pool_alloc<int8_t> aq(ctx.pool());  // the norm's output, quantized
-    ggml_cuda_pool_alloc<float2> ads(ctx.pool());
-    slim_mmv_io io;
-    if (norm) {
-        const ggml_tensor * x = norm->src[0];
-        const ggml_tensor * w = mul->src[0] == norm ? mul->src[1] : mul->src[0];
-        const int64_t ncols = x->ne[0];
-        const int64_t nrows = x->ne[1];
-        float eps;
-        memcpy(&eps, norm->op_params, sizeof(float));
-        aq.alloc(nrows*ncols);
-        ads.alloc(nrows*(ncols/32));
-        const ggml_cuda_kernel_launch_params params(dim3(nrows, 1, 1), dim3(SLIM_NORM_THREADS, 1, 1), 0, stream);
-        ggml_cuda_kernel_launch(slim_rms_norm_quantize, params, (const float *) x->data, (int64_t) (x->nb[1]/sizeof(float)),
-            (const float *) w->data, eps, (int) ncols, mul_out ? (float *) mul->data : (float *) nullptr,
-            (int64_t) (mul->nb[1]/sizeof(float)), aq.get(), ads.get());
-        io.yq  = aq.get();
-        io.yds = ads.get();
-    }
-    if (mm) {
-        slim_mul_mat_vec_cuda(ctx, mm->src[0], nullptr, mm->src[1], mm, io);
-        return count;
-    }
-    ggml_cuda_pool_alloc<int8_t> gq(ctx.pool());  // the GLU output, quantized for ffn_down
-    ggml_cuda_pool_alloc<float2> gds(ctx.pool());
-    if (down) {
-        gq.alloc(glu->ne[0]);
-        gds.alloc(glu->ne[0]/32);
-        io.oq = gq.get();
-        io.ods = gds.get();
-        io.write_dst = glu_out;
-    }
-    slim_mul_mat_vec_cuda(ctx, gate->src[0], up->src[0], up->src[1], glu, io);
-    if (down) {
-        slim_mmv_io io_down;
-        io_down.yq  = gq.get();
-        io_down.yds = gds.get();
-        slim_mul_mat_vec_cuda(ctx, down->src[0], nullptr, glu, down, io_down);
+    ggml_cuda_pool_alloc<int8_t> yq (ctx.pool(), nrows*ncols);
+    ggml_cuda_pool_alloc<float2> yds(ctx.pool(), nrows*(ncols/32));
+    constexpr int nw = SLIM_NORM_THREADS/WARP_SIZE;
+    const dim3 grid((ncols/32 + nw - 1)/nw, nrows, 1);
+    const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_NORM_THREADS, 1, 1), 0, stream);
+    ggml_cuda_kernel_launch(slim_rms_norm_quantize, params, (const float *) x->data, (int64_t) (x->nb[1]/sizeof(float)),
+        (const float *) w->data, eps, (int) ncols, mul_out ? (float *) mul->data : (float *) nullptr,
+        (int64_t) (mul->nb[1]/sizeof(float)), yq.get(), yds.get());
+
+    if (pair) {
+        const ggml_tensor * gate = glu->src[0];
+        const ggml_tensor * up   = glu->src[1];
+        slim_mul_mat_vec_cuda(ctx, gate->src[0], up->src[0], mul, glu, yq.get(), yds.get());
+    } else {
+        slim_mul_mat_vec_cuda(ctx, a->src[0], nullptr, mul, a, yq.get(), yds.get());
     }
     return count;
 }

@@ -8,7 +8,7 @@
 //
 //   ggml_cuda_mul_mat_vec_slim   MUL_MAT for src1 batches of 1..SLIM_MMV_MAX_COLS columns (decode)
 //   ggml_cuda_mul_mat_vec_slim_glu  ffn_gate + ffn_up + SwiGLU in one mat-vec launch (batch 1)
-//   ggml_cuda_slim_try_fuse      RMSNorm + mat-vec(s) and gate/up + ffn_down chains (decode)
+//   ggml_cuda_slim_try_fuse      RMSNorm + the mat-vec(s) reading it, one activation quantization (decode)
 //   ggml_cuda_slim_get_to_nc     dequantize to f32/f16/bf16 (larger batches: dequantize + cuBLAS)
 //   ggml_cuda_get_rows_slim      GET_ROWS
 // MUL_MAT_ID (MoE) is not implemented: supports_op says no.
@@ -38,8 +38,8 @@ bool ggml_cuda_slim_should_fuse_glu(const ggml_tensor * gate, const ggml_tensor 
 void ggml_cuda_mul_mat_vec_slim_glu(ggml_backend_cuda_context & ctx, const ggml_tensor * gate, const ggml_tensor * up,
         ggml_tensor * glu);
 
-// fusions around the decode mat-vec (RMSNorm -> mat-vec(s), gate/up -> ffn_down) starting at node i of cgraph:
-// runs them and returns the number of nodes done, or 0 when none applies (the caller goes on as usual)
+// RMSNorm -> MUL -> SLIM mat-vec (or the fused gate/up pair) starting at node i of cgraph: runs them (the norm kernel
+// writes the mat-vec's int8 activations) and returns the number of nodes done, or 0 (the caller goes on as usual)
 int ggml_cuda_slim_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, int i);
 
 // dequantize with strides (s01..s03 in blocks of the type, as ggml_cuda_mul_mat_cublas passes them); nullptr if not SLIM
