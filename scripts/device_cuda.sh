@@ -91,9 +91,10 @@ PY
 
 # SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults),
 # '|'-separated in SLIM_SETTINGS to override (SLIM_SETTINGS='|' for the defaults alone); CHECK_SETTINGS,
-# PROFILE_SETTINGS and TUNE_SETTINGS override it for one stage. The defaults are 2 tiles in flight for SLIM2, 1 for SLIM3 (docs/bench/2026-12-03-h200-fold.md); the two
-# settings force each type onto the other's count
-SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_STAGES=1|GGML_CUDA_SLIM_STAGES=2}
+# PROFILE_SETTINGS and TUNE_SETTINGS override it for one stage. Default: the kernels' defaults, and the residual-ADD
+# fusion that is off until measured (GGML_CUDA_SLIM_FUSE_ADD=1); other knobs: GGML_CUDA_SLIM_STAGES=1/2 (tiles in
+# flight), GGML_CUDA_SLIM_FUSE_NORM=0 (docs/bench/2026-12-04-h200-fusions.md)
+SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_FUSE_ADD=1}
 settings() { # settings "STRING": the '|'-separated entries into SLIM_SET
   IFS="|" read -r -a SLIM_SET <<< "$1"
   [ "${#SLIM_SET[@]}" -gt 0 ] || SLIM_SET=("")

@@ -542,7 +542,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         const int ne00, const int nrows, const int64_t stride_row,
         const int ne12, const int r2, const int r3, const int64_t nb02, const int64_t nb03,
         const int64_t stride_col_dst, const int64_t stride_ch2_dst, const int64_t stride_ch3_dst,
-        const int nstages) {
+        const int nstages, const float * resid_ptr, const int64_t stride_col_resid) {
     constexpr int g  = slim_traits<type>::g;
     constexpr int b  = slim_traits<type>::b;
     constexpr int NW = SLIM_MMV_NWARPS;
@@ -684,8 +684,12 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
                 }
             }
             if (rr < nr) {
-                // SwiGLU as ggml-cuda's own GLU kernel computes it
-                dst[col*stride_col_dst + r0 + rr] = NM == 2 ? ggml_cuda_op_silu_single(v[0])*v[NM - 1] : v[0];
+                // SwiGLU as ggml-cuda's own GLU kernel computes it; a fused residual ADD as its f32 add does
+                float out = NM == 2 ? ggml_cuda_op_silu_single(v[0])*v[NM - 1] : v[0];
+                if (resid_ptr) {
+                    out += resid_ptr[col*stride_col_resid + r0 + rr];
+                }
+                dst[col*stride_col_dst + r0 + rr] = out;
             }
         }
     }
@@ -698,6 +702,7 @@ struct slim_mmv_args {
     int ne12; int r2; int r3; int64_t nb02; int64_t nb03;
     int64_t stride_col_dst; int64_t stride_ch2_dst; int64_t stride_ch3_dst;
     int nch; int nstages;
+    const float * resid; int64_t stride_col_resid; // dst = W x + resid (a fused residual ADD; one channel)
 };
 
 // dynamic shared memory of one mat-vec block: [NM x 3G table][nstages tiles of NM x RB rows][partial sums]
@@ -774,7 +779,7 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
     const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
     ggml_cuda_kernel_launch(kernel, params,
         a.x, a.x_up, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
-        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages);
+        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages, a.resid, a.stride_col_resid);
 }
 
 template <ggml_type type, int ncols, int RB, int NM = 1>
@@ -882,9 +887,10 @@ bool ggml_cuda_slim_should_fuse_glu(const ggml_tensor * gate, const ggml_tensor 
 
 // dst = src0 x, or with src0_up: dst = silu(src0 x) * (src0_up x) (src0 the gate).
 // yq_pre / yds_pre: src1 already in the activation layout (a fused producer wrote it: ggml_cuda_slim_try_fuse);
-// nullptr: src1 is quantized here
+// nullptr: src1 is quantized here. resid: dst = src0 x + resid (a fused residual ADD; same shape as dst)
 static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src0_up,
-        const ggml_tensor * src1, ggml_tensor * dst, const int8_t * yq_pre = nullptr, const float2 * yds_pre = nullptr) {
+        const ggml_tensor * src1, ggml_tensor * dst, const int8_t * yq_pre = nullptr, const float2 * yds_pre = nullptr,
+        const ggml_tensor * resid = nullptr) {
     GGML_TENSOR_BINARY_OP_LOCALS;
     GGML_ASSERT(ggml_cuda_slim_use_mmv(src0, src1, dst));
     GGML_ASSERT(ne12 % ne02 == 0 && ne13 % ne03 == 0);
@@ -933,6 +939,9 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     a.ne12 = ne12; a.r2 = ne12/ne02; a.r3 = ne13/ne03; a.nb02 = nb02; a.nb03 = nb03;
     a.stride_col_dst = nb1/sizeof(float); a.stride_ch2_dst = nb2/sizeof(float); a.stride_ch3_dst = nb3/sizeof(float);
     a.nch = nch; a.nstages = nstages;
+    GGML_ASSERT(!resid || (nch == 1 && !src0_up && ggml_are_same_shape(resid, dst) && resid->nb[0] == sizeof(float)));
+    a.resid = resid ? (const float *) resid->data : nullptr;
+    a.stride_col_resid = resid ? resid->nb[1]/sizeof(float) : 0;
 
     switch (src0->type) {
         case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
@@ -1078,7 +1087,40 @@ static bool slim_read_outside(const ggml_cgraph * cgraph, const int idx, const i
     return ggml_node_get_use_count(cgraph, idx) > inside || (t->flags & GGML_TENSOR_FLAG_OUTPUT);
 }
 
+// MUL_MAT (SLIM mat-vec) + ADD of a residual of the same shape (attn_output + the layer input, ffn_down + the FFN
+// input): the mat-vec's epilogue adds it, one ADD launch fewer. The ADD may be in place on the residual (each
+// element is read and written by the same thread), not on anything else the mat-vec reads.
+static int slim_try_fuse_add(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
+    ggml_tensor * mm  = cgraph->nodes[i];
+    ggml_tensor * add = i + 1 < cgraph->n_nodes ? cgraph->nodes[i + 1] : nullptr;
+    if (!add || add->op != GGML_OP_ADD || !slim_mmv_reads(mm, mm->src[1]) || mm->src[0]->ne[2]*mm->src[0]->ne[3] != 1) {
+        return 0;
+    }
+    const ggml_tensor * r = add->src[0] == mm ? add->src[1] : add->src[1] == mm ? add->src[0] : nullptr;
+    if (!r || r == mm || r->type != GGML_TYPE_F32 || add->type != GGML_TYPE_F32 || !ggml_are_same_shape(r, mm) ||
+        !ggml_are_same_shape(add, mm) || r->nb[0] != sizeof(float) || add->nb[0] != sizeof(float) ||
+        !ggml_are_same_stride(add, mm)) {
+        return 0;
+    }
+    const ggml_op ops[2] = { GGML_OP_MUL_MAT, GGML_OP_ADD };
+    const int outputs[1] = { i + 1 };
+    if (!ggml_can_fuse_subgraph(cgraph, i, 2, ops, outputs, 1)) {
+        return 0;
+    }
+    const bool in_place = add->data == r->data && ggml_are_same_stride(add, r);
+    if (slim_ranges_overlap(add, mm->src[1]) || (!in_place && slim_ranges_overlap(add, r))) {
+        return 0;
+    }
+    slim_mul_mat_vec_cuda(ctx, mm->src[0], nullptr, mm->src[1], add, nullptr, nullptr, r);
+    return 2;
+}
+
 int ggml_cuda_slim_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
+    // GGML_CUDA_SLIM_FUSE_ADD=1: the residual ADD into the mat-vec (off by default until measured on a GPU)
+    static const bool fuse_add = slim_env_int("GGML_CUDA_SLIM_FUSE_ADD", 0) != 0;
+    if (fuse_add && cgraph->nodes[i]->op == GGML_OP_MUL_MAT) {
+        return slim_try_fuse_add(ctx, cgraph, i);
+    }
     // GGML_CUDA_SLIM_FUSE_NORM=0 turns this off (A/B); GGML_CUDA_SLIM_FUSE=0 the gate/up pair (then the norm fuses
     // with the gate's mat-vec alone)
     static const bool fuse_norm = slim_env_int("GGML_CUDA_SLIM_FUSE_NORM", 1) != 0;
