@@ -11,6 +11,7 @@
 #
 # build:  cmake with slim2gguf.llama_build.cmake_args(cuda=True) (-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a
 #         -DGGML_CUDA_FA_QUANTS=f16-f16; SLIM2GGUF_CUDA_ARCH overrides), only the targets needed, -j$(nproc)
+# exact:  the Numba exactness harness alone (the second half of check)
 # check:  test-backend-ops -b CUDA0 -o MUL_MAT,GET_ROWS,MUL_MAT_VEC_FUSION,SLIM_NORM_CHAIN -p slim; scripts/cuda_slim_check.cpp on Numba-decoded
 #         cases (CUDA == Numba == CPU bit for bit, mat-vec within Q8 rounding)
 # smol:   for each .devcarry/smol/*.gguf: llama-perplexity on GPU (-ngl 99) and CPU (no GPU visible), greedy
@@ -27,6 +28,7 @@
 #         greedy text, then one llama-bench run over every file carried so far
 # order:  the bench run's files in reverse order (bench_gpu.py bench --reverse); SLIM2 with CUDA graphs off
 # profile: ncu of the decode mat-vec kernels: Q4_0 (mmvq) and SLIM2/SLIM3 under each SLIM_SETTINGS entry
+# stalls: ncu's warp-state (stall reasons), occupancy and memory sections of one layer's decode mat-vecs
 # tune:   tg128 of SLIM2 / SLIM3 (TUNE_FILES) under each SLIM_SETTINGS entry, settings alternating in separate llama-bench
 #         processes, TUNE_ROUNDS rounds (default 3); nothing else may run meanwhile (a background llama-quantize
 #         moved these numbers by 10 %)
@@ -91,10 +93,10 @@ PY
 
 # SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults),
 # '|'-separated in SLIM_SETTINGS to override (SLIM_SETTINGS='|' for the defaults alone); CHECK_SETTINGS,
-# PROFILE_SETTINGS and TUNE_SETTINGS override it for one stage. Default: the kernels' defaults, and the residual-ADD
-# fusion that is off until measured (GGML_CUDA_SLIM_FUSE_ADD=1); other knobs: GGML_CUDA_SLIM_STAGES=1/2 (tiles in
+# PROFILE_SETTINGS and TUNE_SETTINGS override it for one stage. Default: the kernels' defaults, and without the
+# residual-ADD fusion (GGML_CUDA_SLIM_FUSE_ADD=0); other knobs: GGML_CUDA_SLIM_STAGES=1/2 (tiles in
 # flight), GGML_CUDA_SLIM_FUSE_NORM=0 (docs/bench/2026-12-04-h200-fusions.md)
-SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_FUSE_ADD=1}
+SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_FUSE_ADD=0}
 settings() { # settings "STRING": the '|'-separated entries into SLIM_SET
   IFS="|" read -r -a SLIM_SET <<< "$1"
   [ "${#SLIM_SET[@]}" -gt 0 ] || SLIM_SET=("")
@@ -113,6 +115,12 @@ stage_check() {
     grep -E "tests passed|FAIL|not supported" "$W/tbo.log" | sort | uniq -c | head -20
     tail -2 "$W/tbo.log"
   done
+  stage_exact || rc=1
+  return $rc
+}
+
+stage_exact() { # the Numba exactness harness alone (check runs it after test-backend-ops)
+  local rc=0
   stamp "exactness cases (Numba) + harness"
   python3 scripts/cuda_slim_cases.py "$W/cases" >> "$OUT/check.log" 2>&1 || { tail "$OUT/check.log"; return 1; }
   g++ -O2 -std=c++17 scripts/cuda_slim_check.cpp -I"$SRC/ggml/include" -L"$BIN" -Wl,-rpath,"$BIN" \
@@ -267,6 +275,21 @@ stage_profile() {
         "$BIN/llama-bench" -m "$W/models/llama7b-$m.gguf" -ngl 99 -p 0 -n 16 -r 1 > "$W/ncu.csv" 2> "$W/ncu.err"
       python3 scripts/ncu_summary.py "$W/ncu.csv" | tee -a "$OUT/profile.log"
     done
+  done
+}
+
+stage_stalls() {
+  # why the decode mat-vecs wait: ncu's warp-state (stall reasons), occupancy and memory sections, in text, for the
+  # first 8 matching launches after 500 (one layer's mat-vecs) of Q4_0 (mmvq) and SLIM2/SLIM3 (defaults)
+  local m
+  for m in q4_0 slim2 slim3; do
+    stamp "ncu stalls $m"
+    timeout 200 ncu --clock-control none -k 'regex:slim_mul_mat_vec|mul_mat_vec_q' --section WarpStateStats \
+      --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis --section SchedulerStats \
+      --print-details all --launch-skip 500 --launch-count 8 \
+      "$BIN/llama-bench" -m "$W/models/llama7b-$m.gguf" -ngl 99 -p 0 -n 16 -r 1 > "$OUT/stalls_$m.log" 2>&1
+    grep -E "slim_mul_mat_vec|mul_mat_vec_q|Warp Cycles Per Issued|Stall|stall|Achieved Occupancy|Duration" \
+      "$OUT/stalls_$m.log" | head -40
   done
 }
 

@@ -1116,8 +1116,8 @@ static int slim_try_fuse_add(ggml_backend_cuda_context & ctx, const ggml_cgraph 
 }
 
 int ggml_cuda_slim_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
-    // GGML_CUDA_SLIM_FUSE_ADD=1: the residual ADD into the mat-vec (off by default until measured on a GPU)
-    static const bool fuse_add = slim_env_int("GGML_CUDA_SLIM_FUSE_ADD", 0) != 0;
+    // the residual ADD into the mat-vec's epilogue; GGML_CUDA_SLIM_FUSE_ADD=0 turns it off (A/B)
+    static const bool fuse_add = slim_env_int("GGML_CUDA_SLIM_FUSE_ADD", 1) != 0;
     if (fuse_add && cgraph->nodes[i]->op == GGML_OP_MUL_MAT) {
         return slim_try_fuse_add(ctx, cgraph, i);
     }
