@@ -93,10 +93,11 @@ PY
 
 # SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults),
 # '|'-separated in SLIM_SETTINGS to override (SLIM_SETTINGS='|' for the defaults alone); CHECK_SETTINGS,
-# PROFILE_SETTINGS and TUNE_SETTINGS override it for one stage. Default: the kernels' defaults, and without the
-# residual-ADD fusion (GGML_CUDA_SLIM_FUSE_ADD=0); other knobs: GGML_CUDA_SLIM_STAGES=1/2 (tiles in
-# flight), GGML_CUDA_SLIM_FUSE_NORM=0 (docs/bench/2026-12-04-h200-fusions.md)
-SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_FUSE_ADD=0}
+# PROFILE_SETTINGS and TUNE_SETTINGS override it for one stage. Default: the kernels' defaults, and the mat-vec's lean
+# variant that is off until test-backend-ops and the Numba harness have run with it (GGML_CUDA_SLIM_MMV_V2=1,
+# docs/bench/2026-12-04-h200-fuse-add.md); other knobs: GGML_CUDA_SLIM_STAGES=1/2 (tiles in flight),
+# GGML_CUDA_SLIM_FUSE_NORM=0, GGML_CUDA_SLIM_FUSE_ADD=0 (docs/bench/2026-12-04-h200-*.md)
+SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_MMV_V2=1}
 settings() { # settings "STRING": the '|'-separated entries into SLIM_SET
   IFS="|" read -r -a SLIM_SET <<< "$1"
   [ "${#SLIM_SET[@]}" -gt 0 ] || SLIM_SET=("")

@@ -542,7 +542,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         const int ne00, const int nrows, const int64_t stride_row,
         const int ne12, const int r2, const int r3, const int64_t nb02, const int64_t nb03,
         const int64_t stride_col_dst, const int64_t stride_ch2_dst, const int64_t stride_ch3_dst,
-        const int nstages, const float * resid_ptr, const int64_t stride_col_resid) {
+        const int nstages, const float * resid_ptr, const int64_t stride_col_resid, const int lean) {
     constexpr int g  = slim_traits<type>::g;
     constexpr int b  = slim_traits<type>::b;
     constexpr int NW = SLIM_MMV_NWARPS;
@@ -577,6 +577,13 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
 
     // tile -> stage buffer, one commit group per tile (an empty group past the last tile keeps the count uniform)
     const int chunks_per_row = row_bytes/align;
+    // lean: this thread's first (row, chunk) and the stride of blockDim.x chunks as (rows, chunks), divided once here
+    // instead of once per 16-byte copy (a division by a runtime value is ~20 instructions; the copy loop ran one per
+    // chunk, about a fifth of the kernel's instructions on a gate/up tile)
+    const int c_row0  = threadIdx.x / chunks_per_row;
+    const int c_col0  = threadIdx.x - c_row0*chunks_per_row;
+    const int c_drow  = blockDim.x / chunks_per_row;
+    const int c_dcol  = blockDim.x - c_drow*chunks_per_row;
     auto issue = [&](const int tile, const int stage) {
         if (tile < ntiles) {
             const int r0 = tile*RB;
@@ -584,15 +591,32 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
 #pragma unroll
             for (int m = 0; m < NM; ++m) {
                 const uint32_t dst = bufs_s + stage*tile_cap + m*mat_cap;
-                for (int c = threadIdx.x; c < nr*chunks_per_row; c += blockDim.x) {
-                    const int r = c / chunks_per_row;
-                    const int o = (c - r*chunks_per_row)*align;
-                    slim_cp_async(dst + r*rstride + o, xs[m] + (int64_t) (r0 + r)*stride_row + o, align);
+                if (lean) {
+                    const char * src = xs[m] + (int64_t) r0*stride_row;
+                    for (int r = c_row0, cc = c_col0; r < nr; ) {
+                        const int o = cc*align;
+                        slim_cp_async(dst + r*rstride + o, src + (int64_t) r*stride_row + o, align);
+                        r  += c_drow;
+                        cc += c_dcol;
+                        if (cc >= chunks_per_row) {
+                            cc -= chunks_per_row;
+                            ++r;
+                        }
+                    }
+                } else {
+                    for (int c = threadIdx.x; c < nr*chunks_per_row; c += blockDim.x) {
+                        const int r = c / chunks_per_row;
+                        const int o = (c - r*chunks_per_row)*align;
+                        slim_cp_async(dst + r*rstride + o, xs[m] + (int64_t) (r0 + r)*stride_row + o, align);
+                    }
                 }
             }
         }
         asm volatile("cp.async.commit_group;");
     };
+    // lean with two or more stages: ONE block barrier per tile. The barrier after the partial sums also waits for
+    // the next tile (this thread's copies first, then everyone's), so the loop's top needs none.
+    const bool one_barrier = lean && nstages >= 2;
 
     // weights only until ggml_cuda_pdl_sync: this part overlaps the previous kernel
     for (int s = 0; s < nstages; ++s) {
@@ -621,7 +645,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
 
     for (int k = 0, tile = blockIdx.x; tile < ntiles; ++k, tile += gridDim.x) {
         const int stage = k % nstages;
-        if (k > 0) {
+        if (k > 0 && !one_barrier) {
             slim_cp_async_wait(nstages);
             __syncthreads();
         }
@@ -669,7 +693,10 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
                 }
             }
         }
-        __syncthreads(); // partial sums are in, and the stage is free again
+        if (one_barrier) {
+            slim_cp_async_wait(nstages - 1); // pending: tiles k+1 .. k+nstages-1; the oldest, k+1, has landed
+        }
+        __syncthreads(); // partial sums are in, and the stage is free again (one_barrier: tile k+1 is in for all)
         issue(tile + nstages*gridDim.x, stage);
         if (threadIdx.x < RB*ncols) {
             const int rr  = threadIdx.x / ncols;
@@ -703,6 +730,7 @@ struct slim_mmv_args {
     int64_t stride_col_dst; int64_t stride_ch2_dst; int64_t stride_ch3_dst;
     int nch; int nstages;
     const float * resid; int64_t stride_col_resid; // dst = W x + resid (a fused residual ADD; one channel)
+    int lean; // GGML_CUDA_SLIM_MMV_V2=1: division-free copy indexing, one block barrier per tile (2+ stages)
 };
 
 // dynamic shared memory of one mat-vec block: [NM x 3G table][nstages tiles of NM x RB rows][partial sums]
@@ -779,7 +807,7 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
     const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
     ggml_cuda_kernel_launch(kernel, params,
         a.x, a.x_up, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
-        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages, a.resid, a.stride_col_resid);
+        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages, a.resid, a.stride_col_resid, a.lean);
 }
 
 template <ggml_type type, int ncols, int RB, int NM = 1>
@@ -828,7 +856,8 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
 // tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per tile at batch 1: 4, 8, 16 or 32; default 8),
 // GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..4; default 2 for SLIM2, 1 for SLIM3: measured on
 // an H200, 7B shape, alternating processes: SLIM3 tg128 +1.5..2.4 % with one stage, SLIM2 -1..2 %),
-// GGML_CUDA_SLIM_FUSE (0: no gate/up fusion; default 1)
+// GGML_CUDA_SLIM_FUSE (0: no gate/up fusion; default 1), GGML_CUDA_SLIM_MMV_V2 (1: the mat-vec's lean variant,
+// division-free copy indexing and one block barrier per tile with 2+ stages; default 0 until checked on a GPU)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
@@ -897,6 +926,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(ne10 % 32 == 0);
 
     static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 0); // 0: the type's default
+    static const int env_lean   = slim_env_int("GGML_CUDA_SLIM_MMV_V2", 0);   // not yet checked on a GPU: off
 
     cudaStream_t stream = ctx.stream();
     const int64_t nch = ne12*ne13;
@@ -942,6 +972,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(!resid || (nch == 1 && !src0_up && ggml_are_same_shape(resid, dst) && resid->nb[0] == sizeof(float)));
     a.resid = resid ? (const float *) resid->data : nullptr;
     a.stride_col_resid = resid ? resid->nb[1]/sizeof(float) : 0;
+    a.lean = env_lean != 0;
 
     switch (src0->type) {
         case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
