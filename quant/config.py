@@ -2,7 +2,7 @@
 
 Everything that decides the quantized numbers is a field here (plus the calibration tokens and the device), so
 `convert` also uses `QuantConfig.key()` as the key of its per-layer checkpoints: a resumed run with any other
-value is refused.
+value is refused (fuse_qkv included, though only the writer reads it: a resume is refused rather than guessed at).
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ GROUP_SIZES = (64, 128)             # the SLIM storage types' group sizes
 FITS = ("weighted", "minmax")       # how a group's (d, m) is chosen (quant/group_fit.py, or min/max + SQC's taus)
 IMPORTANCES = ("hdiag", "obs")      # the weighted fit's per-column weight: diag(H) (llama.cpp's imatrix) or the
                                     # OBS one, 1/[chol(H^-1)]_jj^2
+# --joint-qkv makes SBA share a map so that q/k/v fuse; with --no-fuse-qkv it would cost accuracy for nothing
+JOINT_WITHOUT_FUSING = "--joint-qkv shares one q/k/v bit map so that they fuse; it cannot go with --no-fuse-qkv"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,15 @@ class QuantConfig:
     importance: str = "hdiag"           # IMPORTANCES
     act_order: bool = False             # GPTQ visits whole groups by decreasing sum of diag(H) (static groups)
     true_sequential: bool = False       # q/k/v, o, gate/up, down: each sees the already quantized ones' outputs
+    # q/k/v read the same input, and a writer can hold them as one tensor (GGUF attn_qkv: one mat-vec instead of
+    # three) only where their bit maps coincide, since a SLIM tensor has one map for all its rows.
+    # fuse_qkv: the writer fuses the layers whose maps happen to coincide (free: the weights are the same either
+    # way); False: never (`--no-fuse-qkv`). It does not change the quantized numbers.
+    # joint_qkv (SliM with SBA only): SBA chooses one map for the three stacked (quant/layer.py joint_sba_bits), so
+    # every layer whose q/k/v share their settings fuses; it costs accuracy (docs/results/2026-12-04-fused-qkv.md),
+    # hence opt-in (`--joint-qkv`), and meaningless without fusing (refused with fuse_qkv False)
+    fuse_qkv: bool = True
+    joint_qkv: bool = False
     # slim+ only (issue 14): what the block-wise loop trains, for how many epochs over the calibration batches,
     # at which AdamW rate (0: the mode's DEFAULT_LR)
     train: str = "weights"              # TRAIN_MODES (lwc is the paper's SliM-LLM+; weights measured best)
@@ -60,11 +71,15 @@ class QuantConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.epochs < 0 or not self.lr >= 0 or self.train_batch < 1:
             raise ValueError("epochs and lr must not be negative, train_batch at least 1")
+        if self.joint_qkv and not self.fuse_qkv:
+            raise ValueError(JOINT_WITHOUT_FUSING)
         # SBA and SQC are parts of SliM: RTN and GPTQ have neither, and the settings (and the file) say so
         if self.method not in SLIM_METHODS:
             for name, plain in (("sba", False), ("sqc", False), ("fit", "minmax"), ("act_order", False),
                                 ("true_sequential", False)):
                 object.__setattr__(self, name, plain)
+        if not self.sba:    # no SBA, no map to share: every map is uniform (and every layer fuses anyway)
+            object.__setattr__(self, "joint_qkv", False)
         if self.method == "slim+":
             # the block-wise loop captures its own inputs (no true-sequential); act-order shapes the GPTQ result the
             # training starts from, so it only means something with train_init gptq

@@ -121,24 +121,39 @@ def sba_group_bits(W: torch.Tensor, U: torch.Tensor, hdiag: torch.Tensor, X_kl: 
     return allocate_group_bits(group_salience(s, group_size), bits, score)
 
 
+def joint_sba_bits(Ws: list[torch.Tensor], U: torch.Tensor, hdiag: torch.Tensor, X_kl: torch.Tensor,
+                   config: QuantConfig, group_size: int) -> tuple[torch.Tensor, dict]:
+    """SBA's one bit map [G] for several matrices that read the same input (q/k/v: one H, one set of KL rows),
+    chosen for their rows stacked [W_0; W_1; ...] as if they were one matrix: group salience summed over all rows,
+    the KL score over the stacked outputs. Each matrix is then quantized with it (quantize_linear's group_bits),
+    so all carry the same tags and the file can hold them as one tensor."""
+    return sba_group_bits(torch.cat([W.float() for W in Ws], dim=0), U, hdiag, X_kl, config, group_size)
+
+
 def quantize_linear(W: torch.Tensor, H: torch.Tensor | None, X_kl: torch.Tensor | None, config: QuantConfig,
                     group_size: int, factor: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    clock: PhaseClock | None = None) -> tuple[QuantizedLinear, dict]:
+                    clock: PhaseClock | None = None, group_bits: torch.Tensor | None = None
+                    ) -> tuple[QuantizedLinear, dict]:
     """W [rows, cols]; H [cols, cols] (not needed for rtn); X_kl [tokens, cols] calibration inputs for SBA's
     KL score; group_size: this tensor's (config.group_size is the preference); factor: H's
     inverse_hessian_cholesky(H, config.percdamp) when the caller already has it (several quantizations of one H).
     clock: adds the seconds of the factorisation ("cholesky"), bit allocation ("sba") and GPTQ ("gptq").
-    Returns the QuantizedLinear and a small info dict (chosen k, KL scores)."""
+    group_bits: a bit map [G] chosen elsewhere (SBA over several matrices that read the same input, e.g. q/k/v
+    concatenated: joint_sba_bits): used as it is, SBA does not run (X_kl is then not needed).
+    Returns the QuantizedLinear and a small info dict (chosen k, KL scores; empty when group_bits is given)."""
     W = W.float()
     if config.method == "rtn":
-        return quantize_groups(W, torch.full((W.shape[1] // group_size,), config.bits, dtype=torch.int8),
-                               group_size), {}
+        if group_bits is None:
+            group_bits = torch.full((W.shape[1] // group_size,), config.bits, dtype=torch.int8)
+        return quantize_groups(W, group_bits, group_size), {}
     phase = clock if clock is not None else PhaseClock()
     hdiag = torch.diag(H).float()
     with phase("cholesky"):
         U, dead = factor if factor is not None else inverse_hessian_cholesky(H, config.percdamp)   # all threads
-    with phase("sba"):
-        group_bits, info = sba_group_bits(W, U, hdiag, X_kl, config, group_size)
+    info = {}
+    if group_bits is None:
+        with phase("sba"):
+            group_bits, info = sba_group_bits(W, U, hdiag, X_kl, config, group_size)
     with phase("gptq"):
         return _gptq(W, H, U, dead, hdiag, group_bits, config, group_size), info
 

@@ -5,9 +5,11 @@ previous layers) through it with hooks that accumulate each linear's Hessian and
 SBA's KL score; quantize its seven linears; write their fake-quant weights d*q + m into the model; run the
 activations through the quantized layer to get the next layer's inputs. With `true_sequential` the seven
 are quantized in four stages (q/k/v, o, gate/up, down), each stage's inputs captured with the earlier stages'
-weights already quantized, as GPTQ's true-sequential option does. Only one layer sits on the compute
-device at a time, and only one layer's activations (plus its outputs) are held: memory is one decoder layer
-plus the calibration activations.
+weights already quantized, as GPTQ's true-sequential option does. q/k/v read the same input: with
+config.joint_qkv (opt-in: it costs accuracy) SBA chooses one bit map for the three (_joint_qkv_bits), so a writer
+can store every layer's as one tensor; each is still quantized, checkpointed and returned on its own. Only one
+layer sits on the compute device at a time, and only one layer's activations (plus its outputs) are held: memory
+is one decoder layer plus the calibration activations.
 """
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ from typing import Callable
 import torch
 
 from .calibration import CalibrationSet
-from .config import QuantConfig
+from .config import SLIM_METHODS, QuantConfig
 from .blockwise import layer_forward, to_store, train_block
 from .hessian import HessianAccumulator, inverse_hessian_cholesky
-from .layer import quantize_linear, rtn_group_fit, sba_group_bits
+from .layer import joint_sba_bits, quantize_linear, rtn_group_fit, sba_group_bits
 from .phase_clock import PhaseClock
 from .quantizer import pick_group_size
 from .result import QuantizedLinear
@@ -105,6 +107,8 @@ SEQUENTIAL_STAGES = (LINEAR_NAMES[:3], LINEAR_NAMES[3:4], LINEAR_NAMES[4:6], LIN
 # them all; the down projection's and gate/up's Hessians are most of a layer's Hessian cost on a CPU
 SAME_INPUT_AS = {"self_attn.k_proj": "self_attn.q_proj", "self_attn.v_proj": "self_attn.q_proj",
                  "mlp.up_proj": "mlp.gate_proj"}
+# the linears that get one SBA bit map between them (config.joint_qkv), so a file can hold them as one tensor
+QKV = LINEAR_NAMES[:3]
 
 
 @torch.no_grad()
@@ -135,6 +139,32 @@ def _capture_inputs(layer, mods: dict, batches, config: QuantConfig, kl_gen, dev
     return {n: (hess[src(n)].H, kl_rows.get(src(n))) for n in mods}
 
 
+def _joint_qkv_bits(mods: dict, stats: dict, config_of: Callable[[str], QuantConfig], prefix: str,
+                    clock: PhaseClock | None = None) -> dict[str, tuple]:
+    """{name: (bits [G], SBA info, H's factor)} for q/k/v when one SBA bit map serves all three
+    (quant/layer.py joint_sba_bits): config.joint_qkv, SliM with SBA, and all three SLIM (none left to a stock
+    type by a bit budget) with the same settings (the same average bits) and group size; the factor of their
+    shared Hessian comes along so it is computed once. Empty otherwise: each is quantized with its own map."""
+    if not all(n in mods and n in stats for n in QKV):
+        return {}
+    configs = [config_of(prefix + n + ".weight") for n in QKV]
+    config = configs[0]
+    if any(c != config for c in configs) or not (config.joint_qkv and config.sba
+                                                 and config.method in SLIM_METHODS):
+        return {}
+    Ws = [mods[n].weight.data.float() for n in QKV]
+    H, X_kl = stats[QKV[0]]
+    g = pick_group_size(Ws[0].shape[1], config.group_size)
+    if g is None or any(W.shape[1] != Ws[0].shape[1] or stats[n][0] is not H for n, W in zip(QKV, Ws)):
+        return {}
+    phase = clock if clock is not None else PhaseClock()
+    with phase("cholesky"):
+        factor = inverse_hessian_cholesky(H, config.percdamp)
+    with phase("sba"):
+        bits, info = joint_sba_bits(Ws, factor[0], torch.diag(H).float(), X_kl, config, g)
+    return {n: (bits, info, factor) for n in QKV}
+
+
 def _train_layer(layer, mods: dict, batches, targets, config_of: Callable[[str], QuantConfig], prefix: str, kl_gen,
                  device, li: int, progress: bool) -> tuple[dict[str, QuantizedLinear], dict]:
     """SliM+: SBA's bit map and the weighted fit per linear (Hessians on the quantized path, as in `slim`), then
@@ -142,6 +172,7 @@ def _train_layer(layer, mods: dict, batches, targets, config_of: Callable[[str],
     config_of(hf weight name): the settings of that linear (its own average bits under a bit budget)."""
     config = config_of("")
     stats = _capture_inputs(layer, mods, batches, config, kl_gen, device)
+    joint = _joint_qkv_bits(mods, stats, config_of, prefix)   # q/k/v: one bit map (config.joint_qkv)
     linears, sba_k = {}, {}
     for n, mod in mods.items():
         config = config_of(prefix + n + ".weight")
@@ -151,13 +182,17 @@ def _train_layer(layer, mods: dict, batches, targets, config_of: Callable[[str],
             continue
         H, X_kl = stats[n]
         if config.train_init == "gptq":     # SliM as `slim` computes it; training starts at its weights
-            ql, info = quantize_linear(W, H, X_kl, config, g)
+            if n in joint:
+                ql, _ = quantize_linear(W, H, X_kl, config, g, factor=joint[n][2], group_bits=joint[n][0])
+                info = joint[n][1]
+            else:
+                ql, info = quantize_linear(W, H, X_kl, config, g)
             mod.weight.data.copy_(ql.dequantize().to(mod.weight.device, mod.weight.dtype))
             bits, d0, m0 = ql.bits, ql.d, ql.m
         else:
-            U, _ = inverse_hessian_cholesky(H, config.percdamp)
+            U, _ = joint[n][2] if n in joint else inverse_hessian_cholesky(H, config.percdamp)
             hdiag = torch.diag(H).float()
-            bits, info = sba_group_bits(W, U, hdiag, X_kl, config, g)
+            bits, info = joint[n][:2] if n in joint else sba_group_bits(W, U, hdiag, X_kl, config, g)
             d0, m0 = rtn_group_fit(W, U, hdiag, bits, config, g)
         if "k" in info:
             sba_k[n] = info["k"]
@@ -300,6 +335,8 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
                 with clock("capture"):
                     stats = _capture_inputs(layer, {n: mods[n] for n in stage}, batches, config, kl_gen, device) \
                         if need_acts and stage else {}
+                # q/k/v: one SBA bit map for the three (config.joint_qkv), each then quantized with it
+                joint = _joint_qkv_bits({n: mods[n] for n in stage}, stats, config_of, prefix, clock)
                 for n in stage:
                     mod = mods[n]
                     W = mod.weight.data.float()
@@ -307,13 +344,18 @@ def quantize_model(model, calibration: CalibrationSet | torch.Tensor | None, con
                     if g is None:    # width not divisible by 64: left in full precision (stock type in the file)
                         continue
                     H, X_kl = stats.get(n, (None, None))
-                    ql, linfo = quantize_linear(W, H, X_kl, config_of(prefix + n + ".weight"), g, clock=clock)
+                    if n in joint:
+                        bits, linfo, factor = joint[n]
+                        ql, _ = quantize_linear(W, H, X_kl, config_of(prefix + n + ".weight"), g, factor=factor,
+                                                clock=clock, group_bits=bits)
+                    else:
+                        ql, linfo = quantize_linear(W, H, X_kl, config_of(prefix + n + ".weight"), g, clock=clock)
                     qls[prefix + n + ".weight"] = ql
                     if "k" in linfo:
                         sba_k[prefix + n + ".weight"] = linfo["k"]
                     if config.true_sequential:   # the next stage's inputs come through this quantized weight
                         mod.weight.data.copy_(ql.dequantize().to(mod.weight.device, mod.weight.dtype))
-                del stats
+                del stats, joint
         for n, mod in mods.items():
             ql = qls.get(prefix + n + ".weight")
             if ql is None:

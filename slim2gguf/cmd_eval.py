@@ -61,7 +61,8 @@ def run(args) -> int:
         raise SlimError(f"{args.eval_text}: {eval_ids.numel()} tokens, fewer than --ctx {args.ctx}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     summary = {"method": args.method, "bits": config.bits if config else None,
-               "sba": config.sba if config else False, "sqc": config.sqc if config else False}
+               "sba": config.sba if config else False, "sqc": config.sqc if config else False,
+               "joint_qkv": config.joint_qkv if config else False}
     quant_seconds = 0.0
     calib = None
     if config is None:

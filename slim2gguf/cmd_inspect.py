@@ -29,7 +29,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def plot_allocation(rep: dict[str, Any], out_png: Path) -> Path:
-    """Heat map: one panel per tensor kind (attn_q, ffn_down, ...), layers down, column groups across."""
+    """Heat map: one panel per tensor kind (attn_qkv or attn_q/k/v, ffn_down, ...), layers down, column groups
+    across."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -49,7 +50,8 @@ def plot_allocation(rep: dict[str, Any], out_png: Path) -> Path:
         stock = {}     # a plain SLIM file: its fallback tensors are not part of the picture
     for k in stock:
         kinds.setdefault(k, {})
-    order = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+    # attn_qkv: q, k and v fused (one bit map); a bit budget's file may hold some layers fused, some not
+    order = ["attn_qkv", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
     names = sorted(kinds, key=lambda k: (order.index(k) if k in order else len(order), k))
     n_layers = 1 + max([b for k in kinds.values() for b in k] + [b for k in stock.values() for b in k])
     widths = [max([len(v) for v in kinds[k].values()] + [1]) for k in names]

@@ -162,7 +162,8 @@ def _convert(s: ConvertSettings, out: Path, device: str, ck: Checkpoints, times:
         written = write_slim_gguf_atomic(source.hf_dir, out, stored, avg_bits=s.quant.bits, stock=s.stock,
                                          slim_meta=meta, plan=plan, model_name=source.model_name,
                                          metadata_override=source.metadata_override, verbose=s.verbose,
-                                         weights=stream.weights if desc["gguf_file"] else None)
+                                         weights=stream.weights if desc["gguf_file"] else None,
+                                         fuse_qkv=s.quant.fuse_qkv)
     tune = None
     if s.tune_epochs:    # in place: tune writes a temporary file and renames it over `out`
         from .tune import tune_file

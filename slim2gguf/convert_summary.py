@@ -39,6 +39,9 @@ def build_summary(*, out: Path, model: str, config, n_layers: int, resumed_layer
     return {
         "output": str(out), "model": model, "bits": config.bits, "method": config.method, "sba": config.sba,
         "sqc": config.sqc, "layers": n_layers, "resumed_layers": resumed_layers,
+        "fuse_qkv": config.fuse_qkv, "joint_qkv": config.joint_qkv,
+        # per-tensor SBA maps fuse only where they coincide: how many did is worth seeing (GPU decode speed)
+        "qkv_fused_layers": sum(w.name.endswith(".attn_qkv.weight") for w in written.tensors),
         "file_bytes": totals["file_bytes"], "bpw_file": round(totals["bpw_file"], 4),
         "bpw_slim": round(totals["bpw_slim"], 4), "slim_tensors": totals["slim_tensors"],
         "slim_weights": totals["slim_elements"], "weights": totals["elements"], "groups": totals["slim_groups"],
@@ -69,6 +72,10 @@ def format_summary(s: dict[str, Any], fallback_type: str) -> str:
         "  stock types  " + (", ".join(f"{k} {v}" for k, v in s["stock_tensors"].items()) or "none")
         + "; norms F32",
     ]
+    if s.get("fuse_qkv"):
+        how = ("one SBA map for the three, --joint-qkv" if s["joint_qkv"]
+               else "where their own SBA maps coincide; --joint-qkv shares one map")
+        lines.append(f"  q/k/v        one attn_qkv tensor in {s['qkv_fused_layers']} of {s['layers']} layers ({how})")
     fallbacks = s["not_slim"]
     if fallbacks:
         lines.append(f"  not SLIM     {len(fallbacks)} linear weight(s) written as {fallback_type.upper()}"

@@ -41,6 +41,8 @@ class Keys:
     METHOD = "slim.method"
     SBA = "slim.sba"
     SQC = "slim.sqc"
+    FUSE_QKV = "slim.fuse_qkv"      # q/k/v as one attn_qkv tensor where their types and bit maps coincide
+    JOINT_QKV = "slim.joint_qkv"    # SBA chose one bit map for q/k/v together (--joint-qkv): every layer fuses
     SEED = "slim.seed"
     SOURCE = "slim.source"
 

@@ -1,13 +1,19 @@
 """Write a GGUF with llama.cpp's own converter, putting SLIM rows in place of the quantized linear weights.
 
 The vendored convert_hf_to_gguf.py (its `conversion` package, in the patched llama.cpp tree) reads an HF folder
-and writes metadata, tokenizer, chat template and tensor names exactly as it does for an F16 file. Three
-hooks on a subclass of the architecture's converter class change only what SLIM needs:
+and writes metadata, tokenizer, chat template and tensor names exactly as it does for an F16 file. Hooks on a
+subclass of the architecture's converter class change only what SLIM needs:
 
 - modify_tensors: for a quantized weight, a row-index tensor goes through the converter's own modify_tensors
   instead of the weight, which tells the GGUF name and the row order it writes (the llama q/k RoPE permutation
   reorders rows only; SLIM tags are per column group, so permuting q/d/m rows is exact), and a 1x1 placeholder
-  goes on.
+  goes on. With fuse_qkv the converter's own q/k/v fusion (convert_hf_to_gguf.py --fuse-qkv) is on for the
+  layers whose q, k and v are SLIM with one type and one bit map (every row of a SLIM tensor carries the same
+  tags): it holds the three index tensors (offset so each row of q, k, v has its own index) until the last comes
+  and writes `blk.N.attn_qkv.weight` (q rows, RoPE-permuted, then k, permuted, then v), its biases (qwen2) as
+  `blk.N.attn_qkv.bias`; the fused index tells which row of which part each file row holds.
+- prepare_qkv_fusion: narrows the converter's fusable layers to those (a layer's bit maps are compared when its
+  first tensor comes, from the layer's checkpoint the writer reads then anyway).
 - gguf_writer.add_tensor: the placeholder is swapped for a BytesWhenWritten with raw_dtype = the SLIM type: the
   rows are packed (format.pack_quantized) and validated (reference_decoder.validate) when the writer writes
   that tensor, so the file's packed rows are never all in memory.
@@ -64,17 +70,21 @@ class StockTypes:
 @dataclass
 class WrittenTensor:
     name: str            # GGUF name
-    hf_name: str | None  # source name (None for generated tensors)
+    hf_name: str | None  # source name (None for generated tensors and for fused ones: see parts)
     type: str
     shape: tuple[int, ...]  # numpy order (rows, cols)
     n_bytes: int
+    parts: tuple[tuple[str, int], ...] = ()   # a fused tensor (attn_qkv): (source name, rows) of q, k, v, in the
+                                              # order their rows are stacked for row_perm
 
 
 @dataclass
 class WriteReport:
     tensors: list[WrittenTensor] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)  # 2-D weights written as stock types (not SLIM)
-    row_perm: dict[str, np.ndarray] = field(default_factory=dict)  # GGUF name -> source row of each row
+    # GGUF name -> source row of each row (a SLIM tensor); for a fused tensor the row of its parts stacked
+    # [q; k; v] (WrittenTensor.parts): file row i holds row row_perm[i] of that stack
+    row_perm: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -82,8 +92,8 @@ class WriteReport:
 
 
 def write_stock(hf_dir: Path, out_path: Path, outtype: str = "f16", *, model_name: str | None = None,
-                metadata_override: Path | None = None, verbose: bool = False) -> Path:
-    """What `convert_hf_to_gguf.py --outtype OUTTYPE` writes (the reference file for comparisons)."""
+                metadata_override: Path | None = None, verbose: bool = False, fuse_qkv: bool = False) -> Path:
+    """What `convert_hf_to_gguf.py --outtype OUTTYPE [--fuse-qkv]` writes (the reference file for comparisons)."""
     import gguf
     import torch
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -91,7 +101,7 @@ def write_stock(hf_dir: Path, out_path: Path, outtype: str = "f16", *, model_nam
     cls = converter_class(hf_dir)
     with quiet_converter(verbose), torch.inference_mode():
         model = cls(Path(hf_dir), ftype, Path(out_path), model_name=model_name,
-                    metadata_override=metadata_override)
+                    metadata_override=metadata_override, fuse_qkv=fuse_qkv)
         model.write()
     return Path(out_path)
 
@@ -118,7 +128,9 @@ def check_converter_vocab(hf_dir: Path, verbose: bool = False) -> None:
 
 def slim_metadata(config: QuantConfig, calibration: Mapping[str, Any] | None, source_name: str,
                   group_sizes: Iterable[int]) -> dict[str, Any]:
-    """The `slim.*` keys of a file (docs/format.md), in the order they are written.
+    """The `slim.*` keys of a file (docs/format.md), in the order they are written (config.fuse_qkv: q/k/v written
+    fused where their types and bit maps coincide, `convert` passes it to the writer; config.joint_qkv: SBA gave
+    them one map, so they coincide in every layer where their types do).
 
     calibration: the calibration summary (source, nsamples, seqlen, tokens, seed); None when RTN needed none.
     group_sizes: the group sizes the file's SLIM tensors use."""
@@ -130,6 +142,8 @@ def slim_metadata(config: QuantConfig, calibration: Mapping[str, Any] | None, so
         Keys.METHOD: config.method,
         Keys.SBA: config.sba,
         Keys.SQC: config.sqc,
+        Keys.FUSE_QKV: config.fuse_qkv,
+        Keys.JOINT_QKV: config.joint_qkv,
         Keys.SEED: config.seed,
         Keys.SOURCE: source_name,
     }
@@ -194,12 +208,27 @@ class BytesWhenWritten:
         data.tofile(fout)
 
 
+def _stacked(qls: list) -> Any:
+    """QuantizedLinears with one bit map and group size as one, their rows stacked in the given order."""
+    import torch
+
+    from quant.result import QuantizedLinear
+
+    first = qls[0]
+    for ql in qls[1:]:
+        if ql.group_size != first.group_size or not torch.equal(ql.bits.cpu(), first.bits.cpu()):
+            raise SlimError("q/k/v fused with different bit maps: every row of a SLIM tensor carries the same tags")
+    return QuantizedLinear(first.bits.cpu(), *(torch.cat([getattr(ql, f).cpu() for ql in qls]) for f in "qdm"),
+                           first.group_size)
+
+
 def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: StockTypes,
                   slim_meta: Mapping[str, Any], report: WriteReport, plan=None, weights=None):
     """A subclass of the converter class `base` that writes SLIM rows for the quantized weights, and (plan: a
     bit_plan.Plan) the planned stock type of each tensor the plan did not give to SLIM, quantized by ggml's own
     quantizer with the plan's importance vector (what llama-quantize writes with that imatrix). weights: a
-    weights.WeightSource the tensors come from (a GGUF source) instead of the folder's safetensors."""
+    weights.WeightSource the tensors come from (a GGUF source) instead of the folder's safetensors. Constructed
+    with fuse_qkv=True, it fuses the q/k/v of the layers where all three are SLIM with one type and bit map."""
     from . import ggml_quants
     from .format import Keys
 
@@ -211,6 +240,7 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
 
     target_ftype = gguf.LlamaFileType.MOSTLY_SLIM2 if avg_bits == 2 else gguf.LlamaFileType.MOSTLY_SLIM3
     placeholder = torch.zeros(1, 1, dtype=torch.float16)
+    qkv_types = (gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V)   # the fused order
 
     class SlimConverter(base):
         model_arch = base.model_arch  # TextModel.__init_subclass__ wants it in the class dict
@@ -219,7 +249,13 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
             super().__init__(*args, **kwargs)
             self._slim_pending: dict[str, tuple[np.ndarray, Any]] = {}
             self._slim_hf_names: dict[str, str] = {}
+            self._slim_parts: dict[str, tuple[tuple[str, int], ...]] = {}   # fused GGUF name -> its parts
             self._slim_written: set[str] = set()
+            self._qkv_names: dict[int, list[str]] = {}    # block -> source names of its SLIM q, k, v weights
+            self._qkv_undecided: set[int] = set()         # blocks whose bit maps are not compared yet
+            self._qkv_offset: dict[str, int] = {}         # fused q/k/v weight -> its first row in [q; k; v]
+            self._qkv_held: dict[tuple[int, str], list] = {}   # (block, suffix) -> (type, name, rows) held
+            self._part_names: dict[str, str] = {}         # source name of a fused part -> its own GGUF name
             inner_add = self.gguf_writer.add_tensor
 
             def add_tensor(name, tensor, raw_shape=None, raw_dtype=None, tensor_endianess=None):
@@ -230,7 +266,8 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
                 inner_add(name, tensor, raw_shape=raw_shape, raw_dtype=raw_dtype, tensor_endianess=tensor_endianess)
                 info = self.gguf_writer.tensors[-1][name]
                 report.tensors.append(WrittenTensor(name, self._slim_hf_names.get(name), info.dtype.name,
-                                                    tuple(int(s) for s in info.shape), int(info.nbytes)))
+                                                    tuple(int(s) for s in info.shape), int(info.nbytes),
+                                                    self._slim_parts.get(name, ())))
 
             self.gguf_writer.add_tensor = add_tensor
 
@@ -239,7 +276,73 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
                 return super().index_tensors(remote_hf_model_id)
             return _source_tensors(self, weights)
 
+        def sources(self) -> set[str]:
+            """The source names of everything written so far (fused tensors: each of their parts)."""
+            return set(self._slim_hf_names.values()) | {n for p in self._slim_parts.values() for n, _ in p}
+
+        def _qkv_type(self, name: str):
+            """(ATTN_Q/K/V, its own GGUF name) for a q/k/v weight or bias source name, else None."""
+            mapped = self.tensor_map.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
+            return mapped if mapped is not None and mapped[0] in qkv_types else None
+
+        def prepare_qkv_fusion(self):
+            """The converter's choice (the layers that have q, k, v, and biases for all three or none), narrowed to
+            the layers whose q, k and v are all SLIM; their bit maps are compared when the layer's first tensor
+            comes (_decide_qkv), so the layer's checkpoint is read once for the writer's pass anyway."""
+            super().prepare_qkv_fusion()
+            if not self._fusable_qkv_weight_layers:
+                return
+            parts: dict[int, dict] = {}
+            for name in quantized:          # names only: nothing is read here
+                mapped = self._qkv_type(name)
+                if mapped is None or not mapped[1].endswith(".weight"):
+                    continue
+                bid = next((int(p) for p in mapped[1].split(".") if p.isdecimal()), None)
+                parts.setdefault(bid, {})[mapped[0]] = name
+            self._qkv_names = {bid: [p[t] for t in qkv_types] for bid, p in parts.items()
+                               if len(p) == 3 and bid in self._fusable_qkv_weight_layers}
+            self._fusable_qkv_weight_layers &= set(self._qkv_names)
+            self._fusable_qkv_bias_layers &= self._fusable_qkv_weight_layers
+            self._qkv_undecided = set(self._fusable_qkv_weight_layers)
+
+        def _decide_qkv(self, bid: int) -> None:
+            """Fuse block bid's q/k/v only if they are one SLIM type with one bit map (a bit budget may give them
+            different average bits; per-tensor SBA, the default, different maps; `--joint-qkv` one map): otherwise
+            the converter writes them (and their biases) as three tensors."""
+            self._qkv_undecided.discard(bid)
+            names = self._qkv_names[bid]
+            qls = [quantized[n] for n in names]
+            types = {(round(ql.avg_bits), ql.group_size, ql.shape[1]) for ql in qls}
+            if len(types) != 1 or not all(torch.equal(ql.bits.cpu(), qls[0].bits.cpu()) for ql in qls[1:]):
+                self._fusable_qkv_weight_layers.discard(bid)
+                self._fusable_qkv_bias_layers.discard(bid)
+                return
+            offset = 0
+            for n, ql in zip(names, qls):
+                self._qkv_offset[n] = offset
+                offset += ql.shape[0]
+
+        def _hold_part(self, name: str, bid: int | None, rows: int, outs: list) -> tuple | None:
+            """Bookkeeping of the converter's fusion for a q/k/v weight or bias of a fused block: the parts it holds
+            until the last one; returns ((source name, rows) of q, k, v) when `outs` is the fused tensor."""
+            suffix = ".bias" if name.endswith(".bias") else ".weight"
+            fused = self._fusable_qkv_bias_layers if suffix == ".bias" else self._fusable_qkv_weight_layers
+            mapped = self._qkv_type(name) if bid in fused else None
+            if mapped is None:
+                return None
+            self._part_names[name] = mapped[1]
+            held = self._qkv_held.setdefault((bid, suffix), [])
+            held.append((qkv_types.index(mapped[0]), name, rows))
+            if not outs:
+                return None
+            del self._qkv_held[(bid, suffix)]
+            if sorted(t for t, _, _ in held) != [0, 1, 2]:
+                raise SlimError(f"block {bid}: the converter fused {[n for _, n, _ in held]} as q/k/v")
+            return tuple((n, r) for _, n, r in sorted(held))
+
         def modify_tensors(self, data_torch, name: str, bid: int | None) -> Iterable[tuple[str, Any]]:
+            if bid in self._qkv_undecided:
+                self._decide_qkv(bid)
             ql = quantized.get(name)
             if name in planned_stock:
                 t = planned_stock[name]
@@ -263,31 +366,51 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
                     yield new_name, placeholder
                 return
             if ql is None:
-                for new_name, data in super().modify_tensors(data_torch, name, bid):
-                    self._slim_hf_names[new_name] = name
+                outs = list(super().modify_tensors(data_torch, name, bid))
+                parts = self._hold_part(name, bid, int(data_torch.shape[0]), outs)
+                for new_name, data in outs:
+                    if parts is not None:       # a fused bias (qwen2): q, k, v concatenated
+                        self._slim_parts[new_name] = parts
+                    else:
+                        self._slim_hf_names[new_name] = name
                     yield new_name, data
                 return
             rows, cols = ql.shape
             if tuple(data_torch.shape) != (rows, cols):
                 raise SlimError(f"{name}: quantized shape {(rows, cols)} != model's {tuple(data_torch.shape)}")
-            index = torch.arange(rows, dtype=torch.float32)[:, None].expand(rows, cols).contiguous()
+            # row indices, offset by the part's place in [q; k; v] when the converter fuses this one (float32 holds
+            # them exactly up to 2^24 rows)
+            offset = self._qkv_offset.get(name, 0)
+            index = (offset + torch.arange(rows, dtype=torch.float32))[:, None].expand(rows, cols).contiguous()
             outs = list(super().modify_tensors(index, name, bid))
-            if len(outs) != 1 or tuple(outs[0][1].shape) != (rows, cols):
+            parts = self._hold_part(name, bid, rows, outs) if name in self._qkv_offset else None
+            if name in self._qkv_offset and parts is None:
+                if outs:
+                    raise SlimError(f"{name}: the converter wrote a fused q/k/v part on its own")
+                return             # held by the converter until the last of q, k, v comes
+            total = sum(r for _, r in parts) if parts else rows
+            if len(outs) != 1 or tuple(outs[0][1].shape) != (total, cols):
                 raise SlimError(f"{name}: llama.cpp's converter reshapes this tensor; SLIM cannot follow it")
             new_name, moved = outs[0]
             perm = moved[:, 0].round().long()
-            if not (torch.equal(moved, moved[:, :1].expand(rows, cols))
-                    and torch.equal(torch.sort(perm).values, torch.arange(rows))):
+            if not (torch.equal(moved, moved[:, :1].expand(total, cols))
+                    and torch.equal(torch.sort(perm).values, torch.arange(total))):
                 raise SlimError(f"{name}: llama.cpp's converter does more than reorder rows; SLIM cannot follow it")
             st = slim_type(round(ql.avg_bits), ql.group_size)   # a bit budget mixes SLIM2 and SLIM3 tensors
             p = perm.numpy()
+            sources = tuple(n for n, _ in parts) if parts else (name,)
 
-            def pack_now(name=name, st=st, p=p, new_name=new_name, cols=cols):
-                packed = pack_quantized(quantized[name], st, row_order=p)   # read back from its layer file now
+            def pack_now(sources=sources, st=st, p=p, new_name=new_name, cols=cols):
+                # read back from the layer's file now; a fused tensor's parts stacked [q; k; v] as the index was
+                ql = quantized[sources[0]] if len(sources) == 1 else _stacked([quantized[n] for n in sources])
+                packed = pack_quantized(ql, st, row_order=p)
                 reference_decoder.validate(packed, cols, st, new_name)
                 return packed
-            self._slim_pending[new_name] = (BytesWhenWritten((rows, st.row_bytes(cols)), pack_now), st.ggml_type)
-            self._slim_hf_names[new_name] = name
+            self._slim_pending[new_name] = (BytesWhenWritten((total, st.row_bytes(cols)), pack_now), st.ggml_type)
+            if parts:
+                self._slim_parts[new_name] = parts
+            else:
+                self._slim_hf_names[new_name] = name
             report.row_perm[new_name] = p
             yield new_name, placeholder
 
@@ -309,7 +432,8 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
             for key, value in slim_meta.items():
                 _metadata_adder(self.gguf_writer, key, value)
             if plan is not None:
-                by_hf = {hf: g for g, hf in self._slim_hf_names.items()}
+                # a fused q/k/v part is listed under its own name (blk.N.attn_q.weight ...): the plan chose its type
+                by_hf = {**{hf: g for g, hf in self._slim_hf_names.items()}, **self._part_names}
                 names = sorted(plan.types, key=lambda n: by_hf.get(n, n))
                 self.gguf_writer.add_float32(Keys.Plan.TARGET_BPW, float(plan.target_bpw))
                 self.gguf_writer.add_array(Keys.Plan.TENSORS, [by_hf.get(n, n) for n in names])
@@ -322,7 +446,7 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
 def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], *, avg_bits: int,
                     stock: StockTypes | None = None, slim_meta: Mapping[str, Any] | None = None, plan=None,
                     model_name: str | None = None, metadata_override: Path | None = None,
-                    weights=None, verbose: bool = False) -> WriteReport:
+                    weights=None, verbose: bool = False, fuse_qkv: bool = True) -> WriteReport:
     """Write out_path (directly; the caller handles temp files) from an HF folder and QuantizedLinear results.
 
     quantized: HF parameter name -> QuantizedLinear (bits shared by all rows, group_size 64 or 128).
@@ -330,6 +454,9 @@ def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], 
     plan: a bit_plan.Plan (`--target-bpw`): its stock tensors in their planned types, the plan in `slim.plan.*`.
     model_name / metadata_override: as convert_hf_to_gguf.py's --model-name / --metadata.
     weights: a weights.WeightSource for the tensors (a GGUF source: hf_dir then holds config and tokenizer only).
+    fuse_qkv: each layer whose q, k and v are SLIM with one type and one bit map gets one `blk.N.attn_qkv.weight`
+    (and `attn_qkv.bias`) instead of three tensors (llama.cpp then runs one mat-vec for the three); False: the
+    separate tensors everywhere.
     """
     import gguf
     import torch
@@ -340,10 +467,10 @@ def write_slim_gguf(hf_dir: Path, out_path: Path, quantized: Mapping[str, Any], 
                         weights)
     with quiet_converter(verbose), torch.inference_mode():
         model = cls(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, Path(out_path), model_name=model_name,
-                    metadata_override=metadata_override)
+                    metadata_override=metadata_override, fuse_qkv=fuse_qkv)
         model.prepare_tensors()
         model.prepare_metadata(vocab_only=False)
-        missing = sorted((set(quantized) | set(plan.stock() if plan else ())) - set(model._slim_hf_names.values()))
+        missing = sorted((set(quantized) | set(plan.stock() if plan else ())) - model.sources())
         if missing or model._slim_pending:
             raise SlimError(f"quantized tensors not written by the converter: {missing or sorted(model._slim_pending)}")
         model.gguf_writer.write_header_to_file(path=Path(out_path))

@@ -7,9 +7,10 @@ import argparse
 import torch
 
 from quant.blockwise import DEFAULT_LR, TRAIN_INITS, TRAIN_LOSSES, TRAIN_MODES, TRAIN_TARGETS, default_epochs
-from quant.config import FITS, GROUP_SIZES, IMPORTANCES, QuantConfig
+from quant.config import FITS, GROUP_SIZES, IMPORTANCES, JOINT_WITHOUT_FUSING, QuantConfig
 
 from .calibration import DEFAULT_NSAMPLES, DEFAULT_SEQLEN, CalibrationSpec
+from .errors import SlimError
 
 
 def add_quant_options(p: argparse.ArgumentParser) -> None:
@@ -27,6 +28,12 @@ def add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=QuantConfig.group_size,
                    help="group size; 64 is used per tensor where the input width is not divisible (default 128)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--no-fuse-qkv", action="store_true",
+                   help="write q/k/v as three tensors everywhere (default: one fused attn_qkv tensor in the layers "
+                        "where their types and SBA bit maps coincide; same weights either way)")
+    p.add_argument("--joint-qkv", action="store_true",
+                   help="SBA chooses one bit map for q/k/v together, so every layer's q/k/v fuse (faster GPU "
+                        "decode, slightly worse accuracy: docs/results/2026-12-04-fused-qkv.md; SliM with SBA only)")
     lv = p.add_argument_group("2-bit levers (SliM only; docs/results for what each is worth)")
     lv.add_argument("--fit", choices=FITS, default=QuantConfig.fit,
                     help="group (d, m): importance-weighted least squares, or min/max with SQC's clipping search "
@@ -70,14 +77,18 @@ def quant_device(args: argparse.Namespace) -> torch.device:
 
 
 def quant_config(args: argparse.Namespace) -> QuantConfig:
-    """The quantizer's settings from the parsed options (--method and --bits are each command's own)."""
+    """The quantizer's settings from the parsed options (--method and --bits are each command's own); SlimError
+    for options that contradict each other."""
+    if args.joint_qkv and args.no_fuse_qkv:
+        raise SlimError(JOINT_WITHOUT_FUSING)
     epochs = args.epochs if args.epochs is not None else default_epochs(quant_device(args))
     return QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sba=not args.no_sba,
                        sqc=not args.no_sqc, seed=args.seed, fit=args.fit, importance=args.importance,
                        act_order=args.act_order, true_sequential=args.true_sequential, train=args.train,
                        epochs=epochs, lr=args.lr or 0.0, train_batch=args.train_batch,
                        train_init=args.train_init, train_target=args.train_target,
-                       train_loss=args.train_loss)
+                       train_loss=args.train_loss, fuse_qkv=not args.no_fuse_qkv,
+                       joint_qkv=args.joint_qkv)
 
 
 def calibration_spec(args: argparse.Namespace) -> CalibrationSpec:

@@ -1,6 +1,6 @@
 """End-to-end tuning of a SLIM file's group scales (`slim2gguf tune`): read the file's SLIM tensors as
-QuantizedLinears in the model's row order, train their (d, m) with quant/e2e.py, write the file back with only the
-group headers changed.
+QuantizedLinears in the model's row order (a fused attn_qkv split into q, k and v), train their (d, m) with
+quant/e2e.py, write the file back with only the group headers changed (a fused tensor from its three parts' rows).
 
 The output is the input file with the SLIM tensors' group headers rewritten in place: same size, same metadata,
 same tensors otherwise, so it runs wherever the input does. Written to a temporary file beside the output and
@@ -16,58 +16,77 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SlimError
-from .format import as_slim_type, is_slim, pack_quantized, unpack_rows
+from .format import as_slim_type, is_slim, pack_rows, unpack_rows
 
 
 def read_slim_linears(path: Path, model) -> dict[str, tuple]:
     """{model parameter name: (QuantizedLinear in the model's row order, tensor, row order)} for the file's SLIM
-    tensors."""
+    tensors; row order[i] = the file row of the tensor that holds the model's row i. A fused attn_qkv gives three
+    entries (q, k, v) on the same tensor, each with its own rows of it (gguf_torch.tensor_parts)."""
     import torch
 
     from quant.result import QuantizedLinear
 
     from .gguf_in import open_gguf
-    from .gguf_torch import model_row_order, parameter_names
+    from .gguf_torch import file_architecture, parameter_names, tensor_parts
 
     reader = open_gguf(path)
+    arch = file_architecture(reader)
     by_gguf = parameter_names(model)
     out = {}
     for t in reader.tensors:
         if not is_slim(int(t.tensor_type)):
             continue
-        if t.name not in by_gguf:
-            raise SlimError(f"{path}: SLIM tensor {t.name} has no parameter in the model")
         st = as_slim_type(int(t.tensor_type))
         ne0 = int(t.shape[0])
         bits, q, d, m = unpack_rows(np.asarray(t.data), ne0, st)
-        order = model_row_order(t.name, q.shape[0], model.config)
-        if order is None:
-            order = np.arange(q.shape[0])
-        ql = QuantizedLinear(torch.from_numpy(bits.astype(np.int8)), torch.from_numpy(q[order].copy()),
-                             torch.from_numpy(d[order].copy()), torch.from_numpy(m[order].copy()), st.group_size)
-        out[by_gguf[t.name]] = (ql, t, order)
+        for name, order in tensor_parts(t.name, q.shape[0], model.config, arch):
+            if name not in by_gguf:
+                raise SlimError(f"{path}: SLIM tensor {t.name} has no parameter in the model")
+            if order is None:
+                order = np.arange(q.shape[0])
+            ql = QuantizedLinear(torch.from_numpy(bits.astype(np.int8)), torch.from_numpy(q[order].copy()),
+                                 torch.from_numpy(d[order].copy()), torch.from_numpy(m[order].copy()), st.group_size)
+            out[by_gguf[name]] = (ql, t, order)
     if not out:
         raise SlimError(f"{path}: no SLIM tensors to tune")
     return out
 
 
 def write_tuned(src: Path, dst: Path, linears: dict[str, tuple], tuned: dict) -> int:
-    """Copy src to dst with each tuned tensor's bytes repacked in place (headers change, codes do not)."""
+    """Copy src to dst with each tuned tensor's bytes repacked in place (headers change, codes do not); a fused
+    tensor from the rows of all its parts. Returns the number of parameters (linears) whose bytes changed."""
+    tensors: dict[str, tuple] = {}    # file tensor -> (tensor, [(parameter, row order)])
+    for name, (_, t, order) in linears.items():
+        tensors.setdefault(t.name, (t, []))[1].append((name, order))
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.copyfile(src, tmp)
     changed = 0
     try:
         with open(tmp, "r+b") as f:
-            for name, (_, t, order) in linears.items():
-                ql = tuned[name]
-                # file row k holds the model's row argsort(order)[k]
-                packed = pack_quantized(ql, as_slim_type(int(t.tensor_type)), row_order=np.argsort(order))
-                old = np.asarray(t.data).reshape(ql.q.shape[0], -1)
+            for t, parts in tensors.values():
+                st, ne0 = as_slim_type(int(t.tensor_type)), int(t.shape[0])
+                old = np.asarray(t.data).reshape(-1, st.row_bytes(ne0))
+                rows = old.shape[0]
+                q = np.empty((rows, ne0), dtype=np.uint8)
+                d = np.empty((rows, ne0 // st.group_size), dtype=np.float16)
+                m = np.empty_like(d)
+                filled = np.zeros(rows, dtype=bool)
+                bits = tuned[parts[0][0]].bits.cpu().numpy()
+                for name, order in parts:   # file row order[i] holds the parameter's row i
+                    ql = tuned[name]
+                    if not np.array_equal(ql.bits.cpu().numpy(), bits):
+                        raise SlimError(f"{t.name}: {name} has other group bit-widths than the rest of the tensor")
+                    q[order], d[order], m[order] = (x.cpu().numpy() for x in (ql.q, ql.d, ql.m))
+                    filled[order] = True
+                if not filled.all():
+                    raise SlimError(f"{t.name}: rows {np.flatnonzero(~filled)[:4].tolist()}... belong to no parameter")
+                packed = pack_rows(bits, q, d, m, st)
                 if packed.shape != old.shape:
                     raise SlimError(f"{t.name}: repacked size {packed.shape} != {old.shape}")
                 f.seek(int(t.data_offset))
                 f.write(packed.tobytes())
-                changed += int((packed != old).any())
+                changed += sum(int((packed[order] != old[order]).any()) for _, order in parts)
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -114,14 +114,47 @@ def rtn_folder(hf_dir: Path, avg_bits: int, group_size: int | None = None, seed:
     return out
 
 
-def assert_decode_equals_reference(slim_path: Path, ref_path: Path) -> int:
-    """Every SLIM tensor of slim_path decodes to the F32 tensor of the same name in ref_path, bit for bit."""
+QKV_PARTS = ("attn_q", "attn_k", "attn_v")
+
+
+def fused_blocks(path: Path) -> set[int]:
+    """The blocks whose q/k/v a GGUF holds as one attn_qkv tensor."""
+    from slim2gguf.gguf_in import open_gguf
+
+    return {int(t.name.split(".")[1]) for t in open_gguf(path).tensors if t.name.endswith(".attn_qkv.weight")}
+
+
+def qkv_maps_coincide(results, layers: int) -> set[int]:
+    """The blocks whose q, k and v results ({hf name: QuantizedLinear}) have one SLIM type and one bit map: the
+    blocks the writer fuses (unless told never to)."""
+    out = set()
+    for i in range(layers):
+        qls = [results.get(f"model.layers.{i}.self_attn.{n}_proj.weight") for n in "qkv"]
+        if any(ql is None for ql in qls):
+            continue
+        kinds = {(round(ql.avg_bits), ql.group_size) for ql in qls}
+        if len(kinds) == 1 and all(torch.equal(ql.bits.cpu(), qls[0].bits.cpu()) for ql in qls):
+            out.add(i)
+    return out
+
+
+def assert_decode_equals_reference(slim_path: Path, ref_path: Path, fused_ref_path: Path | None = None) -> int:
+    """Every SLIM tensor of slim_path decodes to the F32 tensor of the same name in ref_path, bit for bit.
+    fused_ref_path: the converter's --fuse-qkv file of the same model, for a SLIM file that fuses q/k/v in some
+    layers only (where their bit maps coincide): those layers' attn_qkv tensors are compared with it, and the
+    names must be ref_path's with those layers' q/k/v replaced by attn_qkv."""
     from slim2gguf.format import is_slim
     from slim2gguf.gguf_in import open_gguf
     from slim2gguf.reference_decoder import decode
 
     slim = {t.name: t for t in open_gguf(slim_path).tensors}
     ref = {t.name: t for t in open_gguf(ref_path).tensors}
+    if fused_ref_path is not None:
+        fused = fused_blocks(slim_path)
+        in_fused = lambda name: name.startswith("blk.") and int(name.split(".")[1]) in fused
+        ref = {n: t for n, t in ref.items() if not (in_fused(n) and n.split(".")[2] in QKV_PARTS)}
+        ref.update({t.name: t for t in open_gguf(fused_ref_path).tensors
+                    if in_fused(t.name) and t.name.split(".")[2] == "attn_qkv"})
     assert set(slim) == set(ref)
     n = 0
     for name, t in slim.items():

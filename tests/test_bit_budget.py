@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 
 import numpy as np
+import torch
 import pytest
 
 from quant.bit_budget import Option, allocate, convex_hull
@@ -146,20 +148,26 @@ def test_target_bpw_file_lands_on_budget_and_decodes(tiny_llama, tmp_path, targe
     types = {e["name"]: e["type"] for e in rep["tensors"]}
     planned = dict(zip(kv[Keys.Plan.TENSORS], kv[Keys.Plan.TYPES]))
     assert kv[Keys.Plan.TARGET_BPW] == pytest.approx(target)
-    for name, t in planned.items():    # the plan in the metadata is what the file holds
-        assert types[name].lower() == t.lower() or (t.startswith("slim") and types[name].lower().startswith(t))
+    for name, t in planned.items():    # the plan in the metadata is what the file holds (q/k/v of a fused
+        held = types.get(name) or types[re.sub(r"\.attn_[qkv]\.", ".attn_qkv.", name)]   # layer: attn_qkv)
+        assert held.lower() == t.lower() or (t.startswith("slim") and held.lower().startswith(t))
     assert len(set(planned.values())) > 1
     # every planned tensor decodes to the weight the quantized torch model holds (stock ones through gguf-py)
     sd = res.model.state_dict()
     reader = open_gguf(out)
     for t in reader.tensors:
+        written = {w.name: w for w in res.report.tensors}[t.name]
+        if written.parts:     # fused q/k/v: the parts stacked, in the file's row order
+            got = decode(t.data, int(t.shape[0]), t.tensor_type).reshape(-1, int(t.shape[0]))
+            want = np.concatenate([sd[n].float().numpy() for n, _ in written.parts])[res.report.row_perm[t.name]]
+            assert np.array_equal(got, want), t.name
+            continue
         if t.name not in planned:
             continue
         if is_slim(t.tensor_type):
             got = decode(t.data, int(t.shape[0]), t.tensor_type).reshape(-1, int(t.shape[0]))
         else:
             got = ggml_quants.dequantize(t.tensor_type.name, np.asarray(t.data))
-        written = {w.name: w for w in res.report.tensors}[t.name]
         want = sd[written.hf_name].float().numpy()
         perm = res.report.row_perm.get(t.name)
         if perm is not None:
@@ -273,3 +281,48 @@ def test_reachable_range_of_a_meta_model_is_that_of_the_loaded_model(tied):
     lo, hi = reachable_range(model, 128, "q8_0")
     assert 2 < lo < 4 < 8 < hi <= 32
     assert reachable_range(meta, 128, "q8_0") == pytest.approx((lo, hi), rel=1e-12)
+
+
+@needs_ggml
+def test_unequal_q_k_v_types_stay_separate_tensors(tiny_llama, tmp_path):
+    """--joint-qkv under a plan that gives layer 0's q, k, v different types (SLIM2, SLIM3, Q8_0): that layer is
+    quantized with per-tensor SBA and written as three tensors, layer 1 (all SLIM2) with one map as one attn_qkv;
+    the plan in the metadata keeps the q/k/v names; the file decodes to the quantized model's weights and
+    llama.cpp runs it."""
+    from slim2gguf.bit_plan import Plan, save_plan_file
+    from slim2gguf.convert import convert
+    from slim2gguf.file_report import analyze
+    from slim2gguf.format import Keys
+    from slim2gguf.gguf_in import metadata, open_gguf
+    from slim2gguf.gguf_torch import load_gguf_weights
+    from slim2gguf.model_io import load_model
+    from test_convert import convert_args
+
+    name = "model.layers.{}.self_attn.{}_proj.weight".format
+    types = {name(0, "q"): "slim2", name(0, "k"): "slim3", name(0, "v"): "q8_0",
+             **{name(1, n): "slim2" for n in "qkv"}}
+    plan_file = tmp_path / "plan.json"
+    save_plan_file(Plan(2.5, types, {n: 0.0 for n in types}, {n: None for n in types}, {n: 0 for n in types}, 0, 1),
+                   plan_file)
+    out = tmp_path / "mixed.gguf"
+    res = convert(convert_args(tiny_llama, out, 2, "--plan", str(plan_file), "--no-sqc", "--joint-qkv",
+                               keep_model=True))
+    got = {e["name"]: e["type"] for e in analyze(out)["tensors"]}
+    assert (got["blk.0.attn_q.weight"], got["blk.0.attn_k.weight"], got["blk.0.attn_v.weight"]) == \
+        ("SLIM2_G128", "SLIM3_G128", "Q8_0")
+    assert "blk.0.attn_qkv.weight" not in got and "blk.1.attn_q.weight" not in got
+    assert got["blk.1.attn_qkv.weight"] == "SLIM2_G128"
+    planned = metadata(open_gguf(out))[Keys.Plan.TENSORS]
+    assert {f"blk.{i}.attn_{n}.weight" for i in range(2) for n in "qkv"} <= set(planned)
+    model, _, _ = load_model(str(tiny_llama))
+    load_gguf_weights(model, out)
+    want = dict(res.model.named_parameters())
+    for n, p in model.named_parameters():
+        if "_proj.weight" in n:
+            assert torch.equal(p, want[n]), n
+    import llama_env
+    llama_env.require_llama_cpp_python()
+    from llama_cpp import Llama
+    llm = Llama(model_path=str(out), n_ctx=64, logits_all=True, verbose=False, seed=0, n_threads=2)
+    llm.eval([1, 200, 300, 400, 500])
+    assert np.isfinite(np.array(llm.scores[:5])).all()

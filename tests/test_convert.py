@@ -22,7 +22,8 @@ from slim2gguf.file_report import analyze
 from slim2gguf.gguf_in import metadata, open_gguf
 from slim2gguf.gguf_out import write_stock
 
-from slim_synth import assert_decode_equals_reference, demo_tokenizer_dir, make_tiny_llama
+from slim_synth import (assert_decode_equals_reference, demo_tokenizer_dir, fused_blocks, make_tiny_llama,
+                        qkv_maps_coincide)
 
 REPO = Path(__file__).resolve().parents[1]
 CALIB = REPO.parent / "shared" / "data" / "brown.txt"
@@ -55,20 +56,34 @@ def kv(path):
 
 
 @pytest.mark.parametrize("bits,group,extra", [(2, 128, []), (2, 64, ["--no-sqc"]), (3, 128, ["--no-sqc"]),
-                                              (3, 64, ["--no-sqc"]),
+                                              (3, 64, ["--no-sqc", "--no-fuse-qkv"]),
                                               (2, 64, ["--no-sqc", "--act-order", "--true-sequential"]),
+                                              (2, 64, ["--no-sqc", "--true-sequential", "--joint-qkv"]),
                                               (2, 128, ["--fit", "minmax"]),
                                               (2, 64, ["--no-sqc", "--method", "slim+", "--epochs", "1"]),
                                               (3, 128, ["--no-sqc", "--method", "slim+", "--train", "round",
                                                         "--train-target", "both", "--train-loss", "token_rms",
                                                         "--epochs", "1"]),
                                               (2, 128, ["--no-sqc", "--method", "slim+", "--train", "lwc",
-                                                        "--train-init", "fit", "--epochs", "1"])])
+                                                        "--train-init", "fit", "--epochs", "1"]),
+                                              (2, 64, ["--no-sqc", "--method", "slim+", "--train-init", "fit",
+                                                       "--epochs", "1", "--joint-qkv"])])
 def test_tiny_llama_decodes_to_fake_quant_weights(tiny_llama, tmp_path, bits, group, extra):
-    """(SQC, the slow part of SliM, is on in one case: the writer does not care where q/d/m come from.)"""
+    """(SQC, the slow part of SliM, is on in one case: the writer does not care where q/d/m come from.)
+    q/k/v are one attn_qkv tensor exactly in the layers where their bit maps coincide: by default (per-tensor SBA)
+    wherever that happens, with --joint-qkv (one map for the three) in every layer, with --no-fuse-qkv nowhere.
+    The reference: the converter's F32 files of the fake-quant model, separate and --fuse-qkv."""
     out = tmp_path / "tiny.gguf"
     res = convert(convert_args(tiny_llama, out, bits, "--group-size", str(group), *extra, keep_model=True))
     assert out.is_file() and not (tmp_path / "tiny.gguf.ckpt").exists() and not (tmp_path / "tiny.gguf.partial").exists()
+    if "--no-fuse-qkv" in extra:
+        want_fused = set()
+    elif "--joint-qkv" in extra:
+        want_fused = {0, 1, 2}
+        assert qkv_maps_coincide(res.results, 3) == want_fused
+    else:
+        want_fused = qkv_maps_coincide(res.results, 3)
+    assert fused_blocks(out) == want_fused and res.summary["qkv_fused_layers"] == len(want_fused)
     # the fake-quant torch model, written by llama.cpp's converter as F32: same names, same q/k row order
     fq = tmp_path / "fq"
     res.model.save_pretrained(fq)
@@ -76,14 +91,16 @@ def test_tiny_llama_decodes_to_fake_quant_weights(tiny_llama, tmp_path, bits, gr
         if f.name.startswith(("tokenizer", "chat_template")):
             (fq / f.name).write_bytes(f.read_bytes())
     ref = write_stock(fq, tmp_path / "fq.gguf", "f32")
-    n = assert_decode_equals_reference(out, ref)
-    assert n == 7 * 3
+    fused_ref = write_stock(fq, tmp_path / "fq-fused.gguf", "f32", fuse_qkv=True)
+    n = assert_decode_equals_reference(out, ref, fused_ref)
+    assert n == 7 * 3 - 2 * len(want_fused)
     # the permutation really happened for q/k (the converter's own LlamaModel.permute)
-    assert not np.array_equal(res.report.row_perm["blk.0.attn_q.weight"], np.arange(256))
+    qname = "blk.0.attn_qkv.weight" if 0 in want_fused else "blk.0.attn_q.weight"
+    assert not np.array_equal(res.report.row_perm[qname][:256], np.arange(256))
     # types: g64 where asked or where 384 = 3*128 is not the issue; bpw measured from the file
     rep = analyze(out)
     types = {e["name"]: e["type"] for e in rep["tensors"]}
-    assert types["blk.0.attn_q.weight"] == f"SLIM{bits}_G{group}"
+    assert types[qname] == f"SLIM{bits}_G{group}"
     assert types["blk.0.ffn_down.weight"] == f"SLIM{bits}_G{group}"
     assert types["token_embd.weight"] == "Q8_0" and types["output.weight"] == "Q8_0"
     assert types["blk.0.attn_norm.weight"] == "F32"
@@ -148,7 +165,7 @@ def test_sharded_hf_folder_and_gguf_source_give_the_same_file(arch, gguf_arch, t
     for f in hf.iterdir():
         if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
             (fq / f.name).write_bytes(f.read_bytes())
-    assert assert_decode_equals_reference(out_hf, write_stock(fq, tmp_path / "fq.gguf", "f32")) == 7 * 2
+    assert assert_decode_equals_reference(out_hf, write_stock(fq, tmp_path / "fq.gguf", "f32", fuse_qkv=True)) == 5 * 2
 
     src = write_stock(hf, tmp_path / f"{arch}.F32.gguf", "f32")
     convert(convert_args(src, out_gguf, 2, "--method", "rtn"))
@@ -156,7 +173,9 @@ def test_sharded_hf_folder_and_gguf_source_give_the_same_file(arch, gguf_arch, t
     b = {t.name: t for t in open_gguf(out_gguf).tensors}
     assert set(a) == set(b)
     slim = [n for n, t in a.items() if is_slim(t.tensor_type)]
-    assert len(slim) == 7 * 2
+    assert len(slim) == 5 * 2 and "blk.1.attn_qkv.weight" in slim
+    if arch == "qwen2":     # and its biases, fused the same way
+        assert "blk.1.attn_qkv.bias" in a and "blk.1.attn_q.bias" not in a
     for n in slim:
         assert b[n].tensor_type == a[n].tensor_type and np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data)), n
 
@@ -164,7 +183,7 @@ def test_sharded_hf_folder_and_gguf_source_give_the_same_file(arch, gguf_arch, t
 def test_metadata_matches_llama_cpp_f16(tiny_llama, tmp_path):
     out = tmp_path / "tiny-slim2.gguf"
     convert(convert_args(tiny_llama, out, 2, "--method", "rtn"))
-    f16 = write_stock(tiny_llama, tmp_path / "tiny-f16.gguf", "f16")
+    f16 = write_stock(tiny_llama, tmp_path / "tiny-f16.gguf", "f16", fuse_qkv=True)
     ours, ref = kv(out), kv(f16)
     missing = sorted(set(ref) - set(ours))
     assert not missing
@@ -172,6 +191,7 @@ def test_metadata_matches_llama_cpp_f16(tiny_llama, tmp_path):
     assert not differ, differ
     assert ours["general.file_type"] == 100 and ref["general.file_type"] == 1
     assert ours["slim.bits"] == 2 and ours["slim.method"] == "rtn" and ours["slim.sba"] is False
+    assert ours["slim.fuse_qkv"] is True and ours["slim.joint_qkv"] is False
     assert ours["slim.group_sizes"] == [128]
     assert {t.name for t in open_gguf(out).tensors} == {t.name for t in open_gguf(f16).tensors}
     assert "tokenizer.ggml.tokens" in ours and "tokenizer.chat_template" in ours
@@ -258,8 +278,9 @@ def test_resume_after_kill_is_byte_identical(tiny_llama, tmp_path, method):
     assert sorted(p.name for p in ck.glob("layer_*.pt")) == ["layer_00000.pt", "layer_00001.pt"]
     assert not out.exists()
     # different settings are refused
-    r = _run_cli([*args, "--seed", "1", "-o", out, "--resume"])
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("slim2gguf: error: cannot resume:")
+    for other in (["--seed", "1"], ["--joint-qkv"]):   # --joint-qkv: other bit maps for q/k/v
+        r = _run_cli([*args, *other, "-o", out, "--resume"])
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("slim2gguf: error: cannot resume:")
     r = _run_cli([*args, "-o", out, "--resume"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resume: 2 finished layer(s)" in r.stderr

@@ -19,7 +19,7 @@ from slim2gguf.gguf_out import write_stock
 from slim2gguf.hf_export import export_hf_folder
 from slim2gguf.model_io import demo_model_path
 
-from slim_synth import assert_decode_equals_reference
+from slim_synth import assert_decode_equals_reference, fused_blocks, qkv_maps_coincide
 
 pytestmark = pytest.mark.slow
 
@@ -45,21 +45,30 @@ def converted(request, tmp_path_factory):
     fq = export_hf_folder(res.model, res.tokenizer, tmp / "fq")
     override = tmp / "general.json"
     override.write_text(json.dumps(res.general or {}))
-    f32 = write_stock(fq, tmp / "fq-f32.gguf", "f32", model_name=res.model_name, metadata_override=override)
-    f16 = write_stock(fq, tmp / "fq-f16.gguf", "f16", model_name=res.model_name, metadata_override=override)
-    return bits, out, f32, f16, res
+    names = {"model_name": res.model_name, "metadata_override": override}
+    f32 = write_stock(fq, tmp / "fq-f32.gguf", "f32", **names)
+    # the layers convert fused (their q/k/v bit maps coincide) are compared with the converter's fused tensors
+    f32_fused = write_stock(fq, tmp / "fq-f32-fused.gguf", "f32", fuse_qkv=True, **names)
+    f16 = write_stock(fq, tmp / "fq-f16.gguf", "f16", **names)
+    return bits, out, (f32, f32_fused), f16, res
 
 
 def test_smollm2_decodes_to_fake_quant_weights(converted):
-    bits, out, f32, _, res = converted
-    n = assert_decode_equals_reference(out, f32)
-    assert n == 30 * 7
+    """Per-tensor SBA maps (the default): q/k/v are one attn_qkv tensor in exactly the layers where their maps
+    coincide, three tensors in the others; this model has both kinds."""
+    bits, out, (f32, f32_fused), _, res = converted
+    fused = fused_blocks(out)
+    assert fused == qkv_maps_coincide(res.results, 30) and 0 < len(fused) < 30
+    n = assert_decode_equals_reference(out, f32, f32_fused)
+    assert n == 30 * 7 - 2 * len(fused)
     types = {e["name"]: e["type"] for e in analyze(out)["tensors"]}
-    assert types["blk.0.attn_q.weight"] == f"SLIM{bits}_G64"        # 576 = 4.5 * 128
+    for i in (min(fused), min(set(range(30)) - fused)):
+        qkv = [f"blk.{i}.attn_qkv.weight"] if i in fused else [f"blk.{i}.attn_{n}.weight" for n in "qkv"]
+        assert all(types[n] == f"SLIM{bits}_G64" for n in qkv)     # 576 = 4.5 * 128
     assert types["blk.0.ffn_down.weight"] == f"SLIM{bits}_G128"     # 1536 = 12 * 128
     assert types["token_embd.weight"] == "Q8_0" and "output.weight" not in types   # tied
     s = res.summary
-    assert s["not_slim"] == [] and s["slim_tensors"] == 210
+    assert s["not_slim"] == [] and s["slim_tensors"] == n and s["qkv_fused_layers"] == len(fused)
     # 6 of 7 projections at g64 (2.5 / 3.5 bpw), down at g128
     assert bits + 0.25 < s["bpw_slim"] < bits + 0.5
     print(res.text)

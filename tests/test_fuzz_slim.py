@@ -58,7 +58,8 @@ def base(tmp_path_factory) -> Base:
             bits = np.array([3, 1] + [2] * (w.shape[1] // 64 - 2), dtype=np.int8)  # widths 3, 1 (, 2): avg 2
             quantized[name] = rtn(w.to(torch.float32), 2, 64, bits=bits)
     path = root / "tiny-slim2.gguf"
-    write_slim_gguf(hf, path, quantized, avg_bits=2, stock=StockTypes("q8_0", "q8_0", "q8_0"))
+    # q/k/v as three tensors (one bit map would fuse them): the cases damage attn_v on its own
+    write_slim_gguf(hf, path, quantized, avg_bits=2, stock=StockTypes("q8_0", "q8_0", "q8_0"), fuse_qkv=False)
     text = root / "text.txt"
     text.write_text(" ".join(f"word{i % 37} and more text" for i in range(300)))
     b = Base(hf, path, text)

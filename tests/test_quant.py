@@ -243,3 +243,80 @@ def test_quantize_linear_methods(bits):
     if bits == 3:   # min/max GPTQ at 2 bits can lose to RTN on a layer this small (error feedback widens ranges)
         assert errs["gptq"] < errs["rtn"]
     assert errs["slim"] < errs["gptq"] and errs["slim"] < errs["rtn"]
+
+
+# ---------------------------------------------------------------- q/k/v: one SBA map (fused attn_qkv)
+def test_joint_sba_map_serves_every_matrix_and_quantize_linear_takes_it():
+    """joint_sba_bits is SBA over the stacked [Wq; Wk; Wv] (one map, exact average); quantize_linear with that map
+    runs GPTQ only (no SBA, no info), and with the map SBA gives one matrix alone it is exactly quantize_linear's
+    own result: the shared-map path changes the map, nothing else."""
+    from quant.layer import joint_sba_bits, sba_group_bits
+
+    X = correlated_inputs(cols=256)
+    acc = HessianAccumulator(256)
+    acc.add_batch(X)
+    H, X_kl = acc.H, X[:256]
+    g = torch.Generator().manual_seed(3)
+    Ws = [torch.randn(rows, 256, generator=g) * 0.05 for rows in (96, 32, 32)]
+    for W, hot in zip(Ws, (0, 2, 3)):        # each matrix its own salient group
+        W[:, hot * 64:(hot + 1) * 64] *= 6
+    config = QuantConfig(method="slim", bits=2)
+    U, dead = inverse_hessian_cholesky(H, config.percdamp)
+    hdiag = torch.diag(H).float()
+    own = [sba_group_bits(W, U, hdiag, X_kl, config, 64)[0] for W in Ws]
+    bits, info = joint_sba_bits(Ws, U, hdiag, X_kl, config, 64)
+    assert torch.equal(bits, sba_group_bits(torch.cat(Ws), U, hdiag, X_kl, config, 64)[0])
+    assert bits.float().mean() == 2 and info["k"] > 0 and len({tuple(b.tolist()) for b in own}) > 1
+    for W, b in zip(Ws, own):
+        ql, qinfo = quantize_linear(W, H, None, config, 64, factor=(U, dead), group_bits=bits)
+        assert torch.equal(ql.bits, bits) and qinfo == {}
+        assert (ql.q[:, (bits.repeat_interleave(64) == 1)] <= 1).all()
+        ref, _ = quantize_linear(W, H, X_kl, config, 64)
+        same, _ = quantize_linear(W, H, None, config, 64, group_bits=b)
+        assert torch.equal(ref.bits, b)
+        for f in ("q", "d", "m"):
+            assert torch.equal(getattr(ref, f), getattr(same, f)), f
+    # rtn takes a given map too
+    ql, _ = quantize_linear(Ws[0], None, None, QuantConfig(method="rtn", bits=2), 64, group_bits=bits)
+    assert torch.equal(ql.bits, bits)
+
+
+@pytest.mark.parametrize("method", ["slim", "slim+"])
+def test_quantize_model_gives_q_k_v_their_own_maps_unless_joint_qkv(tiny_llama_dir, tiny_text_file, method):
+    """By default SBA maps q, k and v on their own (their maps differ here: each has its own salient column group);
+    joint_qkv gives the three one map (the one joint_sba_bits gives), recorded in .info."""
+    from quant.calibration import windows_from_ids
+    from quant.pipeline import quantize_model
+    from slim2gguf.model_io import load_model, tokenize_file
+
+    maps, ks = {}, {}
+    for joint in (False, True):
+        model, tok, _ = load_model(str(tiny_llama_dir))
+        with torch.no_grad():   # q, k, v each with its own salient column group (hidden 192: 3 groups of 64)
+            for layer in model.model.layers:
+                for n, hot in zip("qkv", (0, 2, 1)):
+                    layer.self_attn.get_submodule(f"{n}_proj").weight[:, hot * 64:(hot + 1) * 64] *= 8
+        calib = windows_from_ids(tokenize_file(tok, str(tiny_text_file)), 2, 64, seed=1)
+        config = QuantConfig(method=method, bits=2, joint_qkv=joint, epochs=1, train_init="fit")
+        assert config.fuse_qkv
+        res = quantize_model(model, calib, config, progress=False)
+        maps[joint] = {(i, n): res[f"model.layers.{i}.self_attn.{n}_proj.weight"].bits for i in range(2) for n in "qkv"}
+        ks[joint] = res.info["sba_k"]
+        assert res.info["joint_qkv"] is joint and set(ks[joint]) == set(res)   # SBA's k for every linear
+    for i in range(2):
+        qkv = [f"model.layers.{i}.self_attn.{n}_proj.weight" for n in "qkv"]
+        assert len({ks[True][n] for n in qkv}) == 1      # one joint choice, recorded for each of the three
+        for n in "kv":
+            assert torch.equal(maps[True][i, n], maps[True][i, "q"])
+    assert any(not torch.equal(maps[False][i, n], maps[False][i, "q"]) for i in range(2) for n in "kv")
+
+
+def test_joint_qkv_is_opt_in_needs_fusing_and_is_off_without_sba():
+    assert QuantConfig().joint_qkv is False and QuantConfig().fuse_qkv is True
+    with pytest.raises(ValueError, match="--joint-qkv .* --no-fuse-qkv"):
+        QuantConfig(joint_qkv=True, fuse_qkv=False)
+    # no SBA (or a method without it): every map is uniform, there is nothing to share
+    for kw in ({"sba": False}, {"method": "gptq"}, {"method": "rtn"}):
+        assert QuantConfig(joint_qkv=True, **kw).joint_qkv is False
+    assert QuantConfig(joint_qkv=True).key()["joint_qkv"] is True
+    assert QuantConfig(joint_qkv=True).key() != QuantConfig().key()   # a checkpoint's settings tell them apart
