@@ -83,7 +83,13 @@ def checkpoint_key(s: ConvertSettings, device: str) -> dict[str, Any]:
 
     from .model_io import resolve_model
 
-    return {"model": model_fingerprint(*resolve_model(s.model)), **s.quant.key(), "device": torch.device(device).type,
+    quant = s.quant.key()
+    # fuse_qkv only decides how the writer lays out the rows (a resume may change it); joint_qkv changes the bit maps
+    # but is keyed only when on, so that checkpoints written before it existed (per-tensor maps) still resume
+    quant.pop("fuse_qkv")
+    if not quant["joint_qkv"]:
+        quant.pop("joint_qkv")
+    return {"model": model_fingerprint(*resolve_model(s.model)), **quant, "device": torch.device(device).type,
             "calibration": s.calibration.key() if s.quant.needs_calibration else None,
             "target_bpw": s.target_bpw, "fisher_samples": s.fisher_samples if s.target_bpw else None,
             "plan_file": file_fingerprint(Path(s.plan_file)) if s.plan_file else None,

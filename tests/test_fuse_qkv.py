@@ -23,6 +23,15 @@ from test_convert import convert_args
 LAYERS = 2
 
 
+def _llama_logits(Llama, path, ids: list[int], n_ctx: int) -> np.ndarray:
+    """llama.cpp's logits for every position of ids (float64), the model freed afterwards."""
+    llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0, n_threads=2)
+    llm.eval(ids)
+    out = np.array(llm.scores[: len(ids)], dtype=np.float64)
+    del llm
+    return out
+
+
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def pair(request, tmp_path_factory):
     """(arch, HF folder, fused file, separate file, the fused conversion's result with its fake-quant model)."""
@@ -97,12 +106,7 @@ def test_llama_cpp_gives_the_same_logits_for_both_layouts(pair):
 
     _, _, fused, separate, _ = pair
     ids = [1] + np.random.default_rng(0).integers(3, 49152, size=63).tolist()
-    logits = []
-    for path in (fused, separate):
-        llm = Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False, seed=0, n_threads=2)
-        llm.eval(ids)
-        logits.append(np.array(llm.scores[: len(ids)], dtype=np.float64))
-        del llm
+    logits = [_llama_logits(Llama, path, ids, 128) for path in (fused, separate)]
     diff = float(np.abs(logits[0] - logits[1]).max())
     print(f"fused vs separate: max |logit difference| {diff:.3g} (logits up to {np.abs(logits[1]).max():.3g})")
     assert np.isfinite(logits[0]).all() and diff <= 1e-5 * max(1.0, float(np.abs(logits[1]).max()))
@@ -219,12 +223,7 @@ def test_llama_cpp_runs_a_file_fused_in_some_layers_like_the_separate_one(salien
     _convert_salient(salient_model, separate, "--no-fuse-qkv")
     assert fused_blocks(mixed) == {0} and fused_blocks(separate) == set()
     ids = [1] + np.random.default_rng(1).integers(3, 49152, size=31).tolist()
-    logits = []
-    for path in (mixed, separate):
-        llm = Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, seed=0, n_threads=2)
-        llm.eval(ids)
-        logits.append(np.array(llm.scores[: len(ids)], dtype=np.float64))
-        del llm
+    logits = [_llama_logits(Llama, path, ids, 64) for path in (mixed, separate)]
     scale = max(1.0, float(np.abs(logits[1]).max()))
     assert np.isfinite(logits[0]).all() and float(np.abs(logits[0] - logits[1]).max()) <= 1e-5 * scale
 
@@ -241,3 +240,17 @@ def test_joint_qkv_with_no_fuse_qkv_is_a_one_line_error(command, salient_model, 
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--joint-qkv" in err[0] and "--no-fuse-qkv" in err[0], err
     assert not out.exists() and not list(tmp_path.glob("x.gguf.*"))
+
+
+def test_checkpoint_key_ignores_the_writers_layout(tiny_llama_dir):
+    """fuse_qkv only decides how rows are written, so a resume may change it; joint_qkv changes the bit maps, and is
+    keyed only when on, so checkpoints written before the option existed (per-tensor maps) still resume."""
+    from quant.config import QuantConfig
+    from slim2gguf.convert import ConvertSettings, checkpoint_key
+
+    def key(**quant):
+        return checkpoint_key(ConvertSettings(model=str(tiny_llama_dir), quant=QuantConfig(bits=2, **quant)), "cpu")
+
+    assert key(fuse_qkv=False) == key()
+    assert "fuse_qkv" not in key() and "joint_qkv" not in key()
+    assert key(joint_qkv=True) != key() and key(joint_qkv=True)["joint_qkv"] is True
