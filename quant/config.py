@@ -1,8 +1,9 @@
 """The quantizer's settings: one frozen dataclass that goes from the command line to every layer.
 
 Everything that decides the quantized numbers is a field here (plus the calibration tokens and the device), so
-`convert` also uses `QuantConfig.key()` as the key of its per-layer checkpoints: a resumed run with any other
-value is refused (fuse_qkv included, though only the writer reads it: a resume is refused rather than guessed at).
+`convert` also keys its per-layer checkpoints by `QuantConfig.key()` (slim2gguf/convert.py checkpoint_key): a resumed
+run with any other value is refused, except fuse_qkv (only the writer reads it) and joint_qkv, which is keyed only
+when on (checkpoints from before it existed hold per-tensor maps).
 """
 from __future__ import annotations
 

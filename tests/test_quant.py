@@ -265,7 +265,8 @@ def test_joint_sba_map_serves_every_matrix_and_quantize_linear_takes_it():
     hdiag = torch.diag(H).float()
     own = [sba_group_bits(W, U, hdiag, X_kl, config, 64)[0] for W in Ws]
     bits, info = joint_sba_bits(Ws, U, hdiag, X_kl, config, 64)
-    assert torch.equal(bits, sba_group_bits(torch.cat(Ws), U, hdiag, X_kl, config, 64)[0])
+    # group 1 is salient in none of the three: fewest bits; group 0 in the largest (q, 96 rows): most
+    assert bits[1] == bits.min() < 2 < bits.max() == bits[0]
     assert bits.float().mean() == 2 and info["k"] > 0 and len({tuple(b.tolist()) for b in own}) > 1
     for W, b in zip(Ws, own):
         ql, qinfo = quantize_linear(W, H, None, config, 64, factor=(U, dead), group_bits=bits)

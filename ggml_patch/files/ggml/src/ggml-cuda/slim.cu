@@ -857,7 +857,8 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
 // GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..4; default 2 for SLIM2, 1 for SLIM3: measured on
 // an H200, 7B shape, alternating processes: SLIM3 tg128 +1.5..2.4 % with one stage, SLIM2 -1..2 %),
 // GGML_CUDA_SLIM_FUSE (0: no gate/up fusion; default 1), GGML_CUDA_SLIM_MMV_V2 (1: the mat-vec's lean variant,
-// division-free copy indexing and one block barrier per tile with 2+ stages; default 0 until checked on a GPU)
+// division-free copy indexing and one block barrier per tile with 2+ stages; default 0 until the MUL_MAT/GET_ROWS cases
+// and the Numba harness have run with it: so far the SLIM_NORM_CHAIN cases, docs/bench/2026-12-04-h200-fuse-add.md)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
@@ -926,7 +927,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(ne10 % 32 == 0);
 
     static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 0); // 0: the type's default
-    static const int env_lean   = slim_env_int("GGML_CUDA_SLIM_MMV_V2", 0);   // not yet checked on a GPU: off
+    static const int env_lean   = slim_env_int("GGML_CUDA_SLIM_MMV_V2", 0);   // off: see the tuning knobs above
 
     cudaStream_t stream = ctx.stream();
     const int64_t nch = ne12*ne13;
@@ -1139,6 +1140,9 @@ static int slim_try_fuse_add(ggml_backend_cuda_context & ctx, const ggml_cgraph 
         return 0;
     }
     const bool in_place = add->data == r->data && ggml_are_same_stride(add, r);
+    if (!add->buffer || !r->buffer || !mm->src[1]->buffer) {
+        return 0; // the overlap checks need each tensor's buffer type
+    }
     if (slim_ranges_overlap(add, mm->src[1]) || (!in_place && slim_ranges_overlap(add, r))) {
         return 0;
     }
