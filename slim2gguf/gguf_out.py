@@ -208,6 +208,15 @@ class BytesWhenWritten:
         data.tofile(fout)
 
 
+def qkv_fusable(qls: list) -> bool:
+    """Whether q, k and v (QuantizedLinears) can be one SLIM tensor: one type (average bits, group size, width) and
+    one bit map, since every row of a SLIM tensor carries the same tags. The one place this rule lives."""
+    import torch
+
+    kinds = {(round(ql.avg_bits), ql.group_size, ql.shape[1]) for ql in qls}
+    return len(kinds) == 1 and all(torch.equal(ql.bits.cpu(), qls[0].bits.cpu()) for ql in qls[1:])
+
+
 def _stacked(qls: list) -> Any:
     """QuantizedLinears with one bit map and group size as one, their rows stacked in the given order."""
     import torch
@@ -312,8 +321,7 @@ def _hooked_class(base, quantized: Mapping[str, Any], avg_bits: int, stock: Stoc
             self._qkv_undecided.discard(bid)
             names = self._qkv_names[bid]
             qls = [quantized[n] for n in names]
-            types = {(round(ql.avg_bits), ql.group_size, ql.shape[1]) for ql in qls}
-            if len(types) != 1 or not all(torch.equal(ql.bits.cpu(), qls[0].bits.cpu()) for ql in qls[1:]):
+            if not qkv_fusable(qls):
                 self._fusable_qkv_weight_layers.discard(bid)
                 self._fusable_qkv_bias_layers.discard(bid)
                 return

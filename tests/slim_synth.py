@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from quant.result import QuantizedLinear
+from slim2gguf.gguf_out import qkv_fusable
 from slim2gguf.rtn_rows import random_sba_bits, rtn_quantized
 
 
@@ -132,8 +133,7 @@ def qkv_maps_coincide(results, layers: int) -> set[int]:
         qls = [results.get(f"model.layers.{i}.self_attn.{n}_proj.weight") for n in "qkv"]
         if any(ql is None for ql in qls):
             continue
-        kinds = {(round(ql.avg_bits), ql.group_size) for ql in qls}
-        if len(kinds) == 1 and all(torch.equal(ql.bits.cpu(), qls[0].bits.cpu()) for ql in qls):
+        if qkv_fusable(qls):
             out.add(i)
     return out
 
