@@ -223,10 +223,10 @@ def _stacked(qls: list) -> Any:
 
     from quant.result import QuantizedLinear
 
+    if not qkv_fusable(qls):
+        raise SlimError("q/k/v fused with different types or bit maps: every row of a SLIM tensor carries the same "
+                        "tags")
     first = qls[0]
-    for ql in qls[1:]:
-        if ql.group_size != first.group_size or not torch.equal(ql.bits.cpu(), first.bits.cpu()):
-            raise SlimError("q/k/v fused with different bit maps: every row of a SLIM tensor carries the same tags")
     return QuantizedLinear(first.bits.cpu(), *(torch.cat([getattr(ql, f).cpu() for ql in qls]) for f in "qdm"),
                            first.group_size)
 

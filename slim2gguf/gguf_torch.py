@@ -113,8 +113,7 @@ def load_gguf_weights(model: torch.nn.Module, path: str | Path) -> int:
                 continue          # computed by the model itself
             shape = tuple(int(n) for n in reversed(t.shape))
             parts = tensor_parts(t.name, shape[0], cfg, arch)
-            missing = [n for n, _ in parts if n not in by_gguf]
-            if missing:
+            if any(n not in by_gguf for n, _ in parts):
                 raise SlimError(f"{path}: tensor {t.name} has no parameter in the torch model")
             w = _tensor_as_float(t).reshape(shape)
             for name, order in parts:
