@@ -94,10 +94,10 @@ PY
 # SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults),
 # '|'-separated in SLIM_SETTINGS to override (SLIM_SETTINGS='|' for the defaults alone); CHECK_SETTINGS,
 # PROFILE_SETTINGS and TUNE_SETTINGS override it for one stage. Default: the kernels' defaults, and the mat-vec's lean
-# variant that is off until test-backend-ops and the Numba harness have run with it (GGML_CUDA_SLIM_MMV_V2=1,
-# docs/bench/2026-12-04-h200-fuse-add.md); other knobs: GGML_CUDA_SLIM_STAGES=1/2 (tiles in flight),
+# variant and the bulk-copy variant, off until test-backend-ops and the Numba harness have run with them
+# (GGML_CUDA_SLIM_MMV_V2=1, docs/bench/2026-12-04-h200-fuse-add.md; GGML_CUDA_SLIM_BULK=1); other knobs: GGML_CUDA_SLIM_STAGES=1/2 (tiles in flight),
 # GGML_CUDA_SLIM_FUSE_NORM=0, GGML_CUDA_SLIM_FUSE_ADD=0 (docs/bench/2026-12-04-h200-*.md)
-SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_MMV_V2=1}
+SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_MMV_V2=1|GGML_CUDA_SLIM_BULK=1}
 settings() { # settings "STRING": the '|'-separated entries into SLIM_SET
   IFS="|" read -r -a SLIM_SET <<< "$1"
   [ "${#SLIM_SET[@]}" -gt 0 ] || SLIM_SET=("")
@@ -126,8 +126,15 @@ stage_exact() { # the Numba exactness harness alone (check runs it after test-ba
   python3 scripts/cuda_slim_cases.py "$W/cases" >> "$OUT/check.log" 2>&1 || { tail "$OUT/check.log"; return 1; }
   g++ -O2 -std=c++17 scripts/cuda_slim_check.cpp -I"$SRC/ggml/include" -L"$BIN" -Wl,-rpath,"$BIN" \
     -lggml -lggml-base -lggml-cpu -lggml-cuda -o "$W/cuda_slim_check" >> "$OUT/check.log" 2>&1 || { tail "$OUT/check.log"; return 1; }
-  "$W/cuda_slim_check" "$W"/cases/*.bin > "$OUT/exact.log" 2>&1 || rc=1
-  grep -c " ok " "$OUT/exact.log"; grep "FAIL" "$OUT/exact.log" | head -20; tail -1 "$OUT/exact.log"
+  local e
+  settings "${CHECK_SETTINGS:-$SLIM_SETTINGS}"
+  : > "$OUT/exact.log"
+  for e in "${SLIM_SET[@]}"; do # the mat-vec cases under each kernel setting
+    echo "=== ${e:-defaults}" | tee -a "$OUT/exact.log"
+    env $e "$W/cuda_slim_check" "$W"/cases/*.bin > "$W/exact.log" 2>&1 || rc=1
+    cat "$W/exact.log" >> "$OUT/exact.log"
+    grep -c " ok " "$W/exact.log"; grep "FAIL" "$W/exact.log" | head -20; tail -1 "$W/exact.log"
+  done
   return $rc
 }
 

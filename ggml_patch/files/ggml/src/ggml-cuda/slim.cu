@@ -38,26 +38,41 @@ static __device__ __forceinline__ float slim_half(const uint32_t h) {
 }
 
 // One warp reads the G headers of `row` and writes each group's bit-width and code offset (a prefix sum of the
-// widths) into tab. sorted == false: tab[j] is group j. sorted == true: three lists of capacity G, by width
-// (b-1, b, b+1) in group order: tab[0..n[0]), tab[G..G+n[1]), tab[2G..2G+n[2]) (n written by lane 0), so that the
-// lanes of a warp walking the lists meet groups of one width and take one code path.
+// widths) into tab[0..G). sorted == false: tab[j] is group j. sorted == true: the groups ordered by width (b-1, then
+// b, then b+1; group order within a width), so that the lanes of a warp walking the list meet groups of one width
+// and take one code path, and a work item finds its group at tab[slot] with no further lookup.
 // Returns (on every lane) whether the widths are legal ({b-1, b, b+1}) and fill the row exactly; if not, the
 // table must not be used (callers write NaN, as the CPU vec_dot does for corrupt tags).
 template <int g, int b>
-static __device__ bool slim_build_table(const char * row, const int G, const bool sorted, slim_group * tab, int * n = nullptr) {
+static __device__ bool slim_build_table(const char * row, const int G, const bool sorted, slim_group * tab) {
     const int lane = threadIdx.x % WARP_SIZE;
     constexpr int plane_bytes = g/8;
     constexpr unsigned full = 0xFFFFFFFFu;
     const unsigned lanes_below = (1u << lane) - 1;
+    auto width = [&](const int j) {
+        const uint32_t dh = *(const uint16_t *) (row + 4*j);
+        return (int) ((dh >> 15) << 1 | (dh & 1)) + 1;
+    };
+
+    // sorted: where each width's run starts (a first pass counts the narrower widths)
+    int c0 = 0, c1 = 0, c2 = 0;
+    if (sorted) {
+        int n0 = 0, n1 = 0;
+        for (int j0 = 0; j0 < G; j0 += WARP_SIZE) {
+            const int bits = j0 + lane < G ? width(j0 + lane) : 0;
+            n0 += __popc(__ballot_sync(full, bits == b - 1));
+            n1 += __popc(__ballot_sync(full, bits == b));
+        }
+        c1 = n0;
+        c2 = n0 + n1;
+    }
 
     bool ok = true;
     int planes = 0;                    // bit-planes of the groups before this chunk
-    int c0 = 0, c1 = 0, c2 = 0;        // groups placed in each list so far (sorted)
     for (int j0 = 0; j0 < G; j0 += WARP_SIZE) {
         const int  j     = j0 + lane;
         const bool valid = j < G;
-        const uint32_t dh = valid ? *(const uint16_t *) (row + 4*j) : 0;
-        const int bits = valid ? (int) ((dh >> 15) << 1 | (dh & 1)) + 1 : 0;
+        const int bits = valid ? width(j) : 0;
         ok = ok && (!valid || (bits >= b - 1 && bits <= b + 1));
 
         int incl = bits; // inclusive prefix sum of the widths over the chunk
@@ -76,19 +91,16 @@ static __device__ bool slim_build_table(const char * row, const int G, const boo
             const unsigned m0 = __ballot_sync(full, valid && bits == b - 1);
             const unsigned m1 = __ballot_sync(full, valid && bits == b);
             const unsigned m2 = __ballot_sync(full, valid) & ~m0 & ~m1;
-            pos = bits == b - 1 ?       c0 + __popc(m0 & lanes_below) :
-                  bits == b     ?   G + c1 + __popc(m1 & lanes_below) :
-                                  2*G + c2 + __popc(m2 & lanes_below);
+            pos = bits == b - 1 ? c0 + __popc(m0 & lanes_below) :
+                  bits == b     ? c1 + __popc(m1 & lanes_below) :
+                                  c2 + __popc(m2 & lanes_below);
             c0 += __popc(m0);
             c1 += __popc(m1);
             c2 += __popc(m2);
         }
-        if (valid) {
+        if (valid) { // an illegal width sorts with b+1 (third run): still a slot in [0, G), and the table is refused
             tab[pos] = { off, (uint32_t) j << 3 | (uint32_t) bits };
         }
-    }
-    if (sorted && lane == 0) {
-        n[0] = c0; n[1] = c1; n[2] = c2;
     }
     return __all_sync(full, ok && planes == G*b);
 }
@@ -432,21 +444,51 @@ static __device__ __forceinline__ int slim_dp4a(const uint32_t a, const int b, c
     return d;
 }
 
-// 32 weights of a B-bit group (word c of each plane) -> 8 words of code bytes in the permuted order
+// bits of a where m is set, of b elsewhere: one LOP3
+static __device__ __forceinline__ uint32_t slim_bitsel(const uint32_t a, const uint32_t b, const uint32_t m) {
+    uint32_t r; // lop3 truth table 0xCA = (m & a) | (~m & b); written out, nvcc splits it into two LOP3 around ~m
+    asm("lop3.b32 %0, %1, %2, %3, 0xCA;" : "=r"(r) : "r"(m), "r"(a), "r"(b));
+    return r;
+}
+
+// 32 weights of a B-bit group (word c of each plane) -> 8 words of code bytes in the permuted order:
+// q[s] byte k = q of weight s + 8k, q[4 + s] byte k = (q of weight s + 4 + 8k) << 4.
+// The planes are merged with bit-selects BEFORE masking, so one mask pulls several planes at once: the mat-vec is
+// issue-bound and this is its largest instruction count (2 bits: 14 instructions per 32 weights, 22 plane by plane;
+// 3 bits: 25, was 33; 4 bits: 32, was 44).
 template <int B>
 static __device__ __forceinline__ void slim_expand(const uint32_t * w, uint32_t * q) {
+    if constexpr (B == 1) {
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-        uint32_t lo = 0;
-        uint32_t hi = 0;
-#pragma unroll
-        for (int p = 0; p < B; ++p) {
-            const uint32_t t = s >= p ? w[p] >> (s - p) : w[p] << (p - s);
-            lo |= t & (0x01010101u << p);
-            hi |= t & (0x10101010u << p);
+        for (int s = 0; s < 4; ++s) {
+            const uint32_t t = w[0] >> s;
+            q[s]     = t & 0x01010101u;
+            q[4 + s] = t & 0x10101010u;
         }
-        q[s]     = lo;
-        q[4 + s] = hi;
+    } else if constexpr (B == 2) {
+        // bit pairs: z_even's bits (2i, 2i + 1) = q of weight 2i, z_odd's = q of weight 2i + 1
+        const uint32_t z_even = slim_bitsel(w[0],      w[1] << 1, 0x55555555u);
+        const uint32_t z_odd  = slim_bitsel(w[0] >> 1, w[1],      0x55555555u);
+        const uint32_t z[4] = { z_even, z_odd, z_even >> 2, z_odd >> 2 }; // weight s (mod 8) at bits 0-1, 4-5
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            q[s]     = z[s] & 0x03030303u;
+            q[4 + s] = z[s] & 0x30303030u;
+        }
+    } else {
+        // nibbles: bits 0..B-1 of nibble n = q of weight 4n + s (bit 3 is garbage when B == 3, masked off below)
+        constexpr uint32_t lo_mask = 0x01010101u*((1u << B) - 1);
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            uint32_t z = w[0] >> s;
+#pragma unroll
+            for (int p = 1; p < B; ++p) {
+                const uint32_t t = s >= p ? w[p] >> (s - p) : w[p] << (p - s);
+                z = slim_bitsel(z, t, 0x11111111u*((1u << p) - 1)); // bits below p from z, bit p (and up) from t
+            }
+            q[s]     = z & lo_mask;
+            q[4 + s] = z & (lo_mask << 4);
+        }
     }
 }
 
@@ -525,6 +567,49 @@ static __device__ __forceinline__ void slim_cp_async_wait(const int nstages) {
     }
 }
 
+// Hopper's bulk copy (TMA without a tensor map): one instruction moves a whole row to shared memory and signals an
+// mbarrier with the bytes it wrote; consumers wait on the barrier's phase. Used for rows whose base, stride and
+// length are multiples of 16 bytes (align == 16), sm_90 and up.
+#define SLIM_MMV_MAX_STAGES 4
+
+static __device__ __forceinline__ void slim_mbar_init(const uint32_t bar) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(bar) : "memory");
+#endif
+}
+
+// the one arrival of a phase, announcing the bytes the phase's copies will deliver
+static __device__ __forceinline__ void slim_mbar_expect_tx(const uint32_t bar, const uint32_t bytes) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
+#endif
+}
+
+static __device__ __forceinline__ void slim_bulk_copy(const uint32_t dst, const char * src, const uint32_t bytes,
+        const uint32_t bar) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 :: "r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+#endif
+}
+
+static __device__ __forceinline__ void slim_mbar_wait(const uint32_t bar, const uint32_t parity) {
+#if __CUDA_ARCH__ >= 900
+    uint32_t done;
+    do {
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+#endif
+}
+
+// which copy path a mat-vec launch takes (GGML_CUDA_SLIM_MMV_V2, GGML_CUDA_SLIM_BULK)
+enum slim_mmv_variant : int {
+    SLIM_MMV_CLASSIC = 0, // cp.async per 16/8/4-byte chunk, a runtime division per chunk, two barriers per tile
+    SLIM_MMV_LEAN    = 1, // cp.async, division-free indexing, one barrier per tile with 2+ stages
+    SLIM_MMV_BULK    = 2, // one bulk copy per row (align == 16, sm_90+; else LEAN), mbarrier waits, one barrier per tile
+};
+
 // Persistent blocks of SLIM_MMV_NWARPS warps; a tile is RB consecutive rows (RB divides 32). Tiles b, b + gridDim.x, ...
 // stream through a ring of `nstages` shared-memory buffers with cp.async (codes read once, coalesced, no registers
 // held while in flight), so the copies of later tiles overlap the arithmetic on the current one.
@@ -535,22 +620,22 @@ static __device__ __forceinline__ void slim_cp_async_wait(const int nstages) {
 // NM = 2 fuses a SwiGLU FFN's gate and up projections (ncols = 1): matrix 0 is the gate, matrix 1 the up
 // projection, dst = silu(gate x) * (up x). A tile then holds the same RB rows of both matrices, each matrix has its
 // own table (SBA gives every tensor its own tags), and the activations are quantized once for both.
-// Shared memory: [NM x 3G table entries][nstages tiles of NM x RB rows][2 x NM x NWARPS x RB x ncols partial sums].
+// Shared memory: [NM x G table entries][nstages tiles of NM x RB rows][2 x NM x NWARPS x RB x ncols partial sums].
 template <ggml_type type, int ncols, int RB, int align, int NM>
 static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat_vec(
         const char * x0_ptr, const char * x1_ptr, const int8_t * yq_ptr, const float2 * yds_ptr, float * dst_ptr,
         const int ne00, const int nrows, const int64_t stride_row,
         const int ne12, const int r2, const int r3, const int64_t nb02, const int64_t nb03,
         const int64_t stride_col_dst, const int64_t stride_ch2_dst, const int64_t stride_ch3_dst,
-        const int nstages, const float * resid_ptr, const int64_t stride_col_resid, const int lean) {
+        const int nstages, const float * resid_ptr, const int64_t stride_col_resid, const int variant) {
     constexpr int g  = slim_traits<type>::g;
     constexpr int b  = slim_traits<type>::b;
     constexpr int NW = SLIM_MMV_NWARPS;
     static_assert(WARP_SIZE % RB == 0, "RB must divide the warp size");
     static_assert(NM == 1 || (NM == 2 && ncols == 1), "gate/up fusion is for single columns");
     extern __shared__ __align__(16) char s_mem[];
-    __shared__ int s_n[NM][3];
     __shared__ int s_ok[NM];
+    __shared__ __align__(8) uint64_t s_bar[SLIM_MMV_MAX_STAGES]; // SLIM_MMV_BULK: one mbarrier per stage
 
     const int G         = ne00/g;
     const int row_bytes = G*slim_type_size<type>;
@@ -570,10 +655,26 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     }
     const int ntiles = (nrows + RB - 1)/RB;
 
-    slim_group * tab = (slim_group *) s_mem; // matrix m's table at tab + 3*G*m
-    char * bufs = s_mem + ((NM*3*G*sizeof(slim_group) + 15) & ~15);
+    slim_group * tab = (slim_group *) s_mem; // matrix m's table at tab + G*m
+    char * bufs = s_mem + ((NM*G*sizeof(slim_group) + 15) & ~15);
     float * red = (float *) (bufs + nstages*tile_cap); // [2][NM][NW][RB][ncols]
     const uint32_t bufs_s = (uint32_t) __cvta_generic_to_shared(bufs);
+#if __CUDA_ARCH__ >= 900
+    const bool bulk = align == 16 && variant == SLIM_MMV_BULK;
+#else
+    const bool bulk = false;
+#endif
+    const bool lean = variant != SLIM_MMV_CLASSIC;
+    const uint32_t bar_s = (uint32_t) __cvta_generic_to_shared(s_bar);
+    if (bulk) {
+        if (threadIdx.x == 0) {
+            for (int s = 0; s < nstages; ++s) {
+                slim_mbar_init(bar_s + 8*s);
+            }
+            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        }
+        __syncthreads();
+    }
 
     // tile -> stage buffer, one commit group per tile (an empty group past the last tile keeps the count uniform)
     const int chunks_per_row = row_bytes/align;
@@ -585,6 +686,24 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     const int c_drow  = blockDim.x / chunks_per_row;
     const int c_dcol  = blockDim.x - c_drow*chunks_per_row;
     auto issue = [&](const int tile, const int stage) {
+        if (bulk) { // warp 0: lane 0 announces the tile's bytes, then one lane per row copies it
+            if (warp == 0 && tile < ntiles) {
+                const int r0 = tile*RB;
+                const int nr = min(RB, nrows - r0);
+                const uint32_t bar = bar_s + 8*stage;
+                if (lane == 0) {
+                    slim_mbar_expect_tx(bar, (uint32_t) (NM*nr*row_bytes));
+                }
+                __syncwarp();
+                if (lane < NM*nr) {
+                    const int m  = lane / nr;
+                    const int rr = lane - m*nr;
+                    slim_bulk_copy(bufs_s + stage*tile_cap + m*mat_cap + rr*rstride,
+                                   xs[m] + (int64_t) (r0 + rr)*stride_row, row_bytes, bar);
+                }
+            }
+            return;
+        }
         if (tile < ntiles) {
             const int r0 = tile*RB;
             const int nr = min(RB, nrows - r0);
@@ -615,17 +734,27 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         asm volatile("cp.async.commit_group;");
     };
     // lean with two or more stages: ONE block barrier per tile. The barrier after the partial sums also waits for
-    // the next tile (this thread's copies first, then everyone's), so the loop's top needs none.
-    const bool one_barrier = lean && nstages >= 2;
+    // the next tile (this thread's copies first, then everyone's), so the loop's top needs none. Bulk: the loop's top
+    // waits on the stage's mbarrier instead, whatever the number of stages.
+    const bool one_barrier = bulk || (lean && nstages >= 2);
+    auto wait_tile = [&](const int k) { // bulk: tile k (the (k / nstages)-th use of its stage) has landed
+        slim_mbar_wait(bar_s + 8*(k % nstages), (uint32_t) (k / nstages) & 1);
+    };
 
     // weights only until ggml_cuda_pdl_sync: this part overlaps the previous kernel
     for (int s = 0; s < nstages; ++s) {
         issue(blockIdx.x + s*gridDim.x, s);
     }
-    slim_cp_async_wait(nstages);
-    __syncthreads();
+    if (bulk) {
+        if (warp < NM) {
+            wait_tile(0);
+        }
+    } else {
+        slim_cp_async_wait(nstages);
+        __syncthreads();
+    }
     if (warp < NM) { // warp m: matrix m's table from its first row (every row of a tensor carries the same tags)
-        const bool ok = slim_build_table<g, b>(bufs + warp*mat_cap, G, true, tab + 3*G*warp, s_n[warp]);
+        const bool ok = slim_build_table<g, b>(bufs + warp*mat_cap, G, true, tab + G*warp);
         if (lane == 0) {
             s_ok[warp] = ok;
         }
@@ -645,7 +774,9 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
 
     for (int k = 0, tile = blockIdx.x; tile < ntiles; ++k, tile += gridDim.x) {
         const int stage = k % nstages;
-        if (k > 0 && !one_barrier) {
+        if (bulk) {
+            wait_tile(k);
+        } else if (k > 0 && !one_barrier) {
             slim_cp_async_wait(nstages);
             __syncthreads();
         }
@@ -656,13 +787,10 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         for (int m = 0; m < NM; ++m) {
             // rows past the end: row 0, not written
             const char * xr = bufs + stage*tile_cap + m*mat_cap + (r < nr ? r : 0)*rstride;
-            const slim_group * tm = tab + 3*G*m;
-            const int n0  = s_n[m][0];
-            const int n01 = s_n[m][0] + s_n[m][1];
+            const slim_group * tm = tab + G*m;
             if (ok) {
                 for (int t = warp*WARP_SIZE + lane; t < G*RB; t += NW*WARP_SIZE) {
-                    const int kk = t / RB;
-                    const slim_group e = tm[kk < n0 ? kk : kk < n01 ? G + kk - n0 : 2*G + kk - n01];
+                    const slim_group e = tm[(unsigned) t / RB]; // t >= 0: an unsigned divide is one shift
                     const int j = e.jb >> 3;
                     switch ((int) (e.jb & 7) - b) {
                         case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
@@ -693,7 +821,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
                 }
             }
         }
-        if (one_barrier) {
+        if (one_barrier && !bulk) {
             slim_cp_async_wait(nstages - 1); // pending: tiles k+1 .. k+nstages-1; the oldest, k+1, has landed
         }
         __syncthreads(); // partial sums are in, and the stage is free again (one_barrier: tile k+1 is in for all)
@@ -730,13 +858,13 @@ struct slim_mmv_args {
     int64_t stride_col_dst; int64_t stride_ch2_dst; int64_t stride_ch3_dst;
     int nch; int nstages;
     const float * resid; int64_t stride_col_resid; // dst = W x + resid (a fused residual ADD; one channel)
-    int lean; // GGML_CUDA_SLIM_MMV_V2=1: division-free copy indexing, one block barrier per tile (2+ stages)
+    int variant; // slim_mmv_variant
 };
 
-// dynamic shared memory of one mat-vec block: [NM x 3G table][nstages tiles of NM x RB rows][partial sums]
+// dynamic shared memory of one mat-vec block: [NM x G table][nstages tiles of NM x RB rows][partial sums]
 static size_t slim_mmv_shmem(const int G, const int row_bytes, const int ncols, const int RB, const int NM,
         const int nstages) {
-    const size_t table = ((size_t) NM*3*G*sizeof(slim_group) + 15) & ~(size_t) 15;
+    const size_t table = ((size_t) NM*G*sizeof(slim_group) + 15) & ~(size_t) 15;
     const size_t tiles = (size_t) nstages*NM*RB*slim_smem_row_stride(row_bytes);
     return table + tiles + 2*(size_t) NM*SLIM_MMV_NWARPS*RB*ncols*sizeof(float);
 }
@@ -807,7 +935,7 @@ static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
     const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
     ggml_cuda_kernel_launch(kernel, params,
         a.x, a.x_up, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
-        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages, a.resid, a.stride_col_resid, a.lean);
+        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages, a.resid, a.stride_col_resid, a.variant);
 }
 
 template <ggml_type type, int ncols, int RB, int NM = 1>
@@ -858,7 +986,8 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
 // an H200, 7B shape, alternating processes: SLIM3 tg128 +1.5..2.4 % with one stage, SLIM2 -1..2 %),
 // GGML_CUDA_SLIM_FUSE (0: no gate/up fusion; default 1), GGML_CUDA_SLIM_MMV_V2 (1: the mat-vec's lean variant,
 // division-free copy indexing and one block barrier per tile with 2+ stages; default 0 until the MUL_MAT/GET_ROWS cases
-// and the Numba harness have run with it: so far the SLIM_NORM_CHAIN cases, docs/bench/2026-12-04-h200-fuse-add.md)
+// and the Numba harness have run with it: so far the SLIM_NORM_CHAIN cases, docs/bench/2026-12-04-h200-fuse-add.md),
+// GGML_CUDA_SLIM_BULK (1: rows arrive by Hopper bulk copies with mbarrier waits, SLIM_MMV_BULK; default 0)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
@@ -928,6 +1057,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
 
     static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 0); // 0: the type's default
     static const int env_lean   = slim_env_int("GGML_CUDA_SLIM_MMV_V2", 0);   // off: see the tuning knobs above
+    static const int env_bulk   = slim_env_int("GGML_CUDA_SLIM_BULK", 0);
 
     cudaStream_t stream = ctx.stream();
     const int64_t nch = ne12*ne13;
@@ -954,7 +1084,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     const int rows_per_tile = slim_mmv_rows_per_tile(ne11, src0_up ? 2 : 1);
     const bool slim3 = src0->type == GGML_TYPE_SLIM3_G64 || src0->type == GGML_TYPE_SLIM3_G128;
     const int def_stages = slim3 ? 1 : 2;
-    const int nstages = std::max(1, std::min(4, env_stages > 0 ? env_stages : def_stages));
+    const int nstages = std::max(1, std::min(SLIM_MMV_MAX_STAGES, env_stages > 0 ? env_stages : def_stages));
 
     auto aligned = [&](const size_t n) {
         const bool bases = (uintptr_t) src0->data % n == 0 && (!src0_up || (uintptr_t) src0_up->data % n == 0);
@@ -973,7 +1103,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(!resid || (nch == 1 && !src0_up && ggml_are_same_shape(resid, dst) && resid->nb[0] == sizeof(float)));
     a.resid = resid ? (const float *) resid->data : nullptr;
     a.stride_col_resid = resid ? resid->nb[1]/sizeof(float) : 0;
-    a.lean = env_lean != 0;
+    a.variant = env_bulk ? SLIM_MMV_BULK : env_lean ? SLIM_MMV_LEAN : SLIM_MMV_CLASSIC;
 
     switch (src0->type) {
         case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
