@@ -671,7 +671,9 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
             for (int s = 0; s < nstages; ++s) {
                 slim_mbar_init(bar_s + 8*s);
             }
+#if __CUDA_ARCH__ >= 900
             asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
         }
         __syncthreads();
     }
