@@ -986,10 +986,12 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
 // tuning knobs, read once: GGML_CUDA_SLIM_ROWS (rows per tile at batch 1: 4, 8, 16 or 32; default 8),
 // GGML_CUDA_SLIM_STAGES (shared-memory tiles in flight per block, 1..4; default 2 for SLIM2, 1 for SLIM3: measured on
 // an H200, 7B shape, alternating processes: SLIM3 tg128 +1.5..2.4 % with one stage, SLIM2 -1..2 %),
-// GGML_CUDA_SLIM_FUSE (0: no gate/up fusion; default 1), GGML_CUDA_SLIM_MMV_V2 (1: the mat-vec's lean variant,
-// division-free copy indexing and one block barrier per tile with 2+ stages; default 0 until the MUL_MAT/GET_ROWS cases
-// and the Numba harness have run with it: so far the SLIM_NORM_CHAIN cases, docs/bench/2026-12-04-h200-fuse-add.md),
-// GGML_CUDA_SLIM_BULK (1: rows arrive by Hopper bulk copies with mbarrier waits, SLIM_MMV_BULK; default 0)
+// GGML_CUDA_SLIM_FUSE (0: no gate/up fusion; default 1), and the mat-vec's copy path (slim_mmv_variant):
+// GGML_CUDA_SLIM_BULK (default 1: rows arrive by Hopper bulk copies with mbarrier waits where rows are 16-byte
+// aligned, the lean cp.async path elsewhere), GGML_CUDA_SLIM_BULK=0 (the lean path everywhere), and with it
+// GGML_CUDA_SLIM_MMV_V2=0 (the classic path). H200, 7B shape, alternating processes: bulk and lean +3..4 % tg128
+// over classic, within noise of each other; ncu: the fused gate/up kernel 9 % shorter with bulk than with classic
+// (docs/bench/2026-12-04-h200-expand-bulk.md)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
@@ -1058,8 +1060,8 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(ne10 % 32 == 0);
 
     static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 0); // 0: the type's default
-    static const int env_lean   = slim_env_int("GGML_CUDA_SLIM_MMV_V2", 0);   // off: see the tuning knobs above
-    static const int env_bulk   = slim_env_int("GGML_CUDA_SLIM_BULK", 0);
+    static const int env_lean   = slim_env_int("GGML_CUDA_SLIM_MMV_V2", 1);   // see the tuning knobs above
+    static const int env_bulk   = slim_env_int("GGML_CUDA_SLIM_BULK", 1);
 
     cudaStream_t stream = ctx.stream();
     const int64_t nch = ne12*ne13;
