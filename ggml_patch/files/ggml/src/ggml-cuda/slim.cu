@@ -608,6 +608,11 @@ enum slim_mmv_variant : int {
     SLIM_MMV_CLASSIC = 0, // cp.async per 16/8/4-byte chunk, a runtime division per chunk, two barriers per tile
     SLIM_MMV_LEAN    = 1, // cp.async, division-free indexing, one barrier per tile with 2+ stages
     SLIM_MMV_BULK    = 2, // one bulk copy per row (align == 16, sm_90+; else LEAN), mbarrier waits, one barrier per tile
+    SLIM_MMV_COPY_MASK = 3,
+    // flag, with BULK: the group table is built from the headers of the matrix's row 0 read from global memory,
+    // while the first tile's bulk copies are in flight, instead of from the landed tile (experiment:
+    // GGML_CUDA_SLIM_TABLE_EARLY=1, not yet measured)
+    SLIM_MMV_EARLY_TABLE = 4,
 };
 
 // Persistent blocks of SLIM_MMV_NWARPS warps; a tile is RB consecutive rows (RB divides 32). Tiles b, b + gridDim.x, ...
@@ -660,11 +665,12 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     float * red = (float *) (bufs + nstages*tile_cap); // [2][NM][NW][RB][ncols]
     const uint32_t bufs_s = (uint32_t) __cvta_generic_to_shared(bufs);
 #if __CUDA_ARCH__ >= 900
-    const bool bulk = align == 16 && variant == SLIM_MMV_BULK;
+    const bool bulk = align == 16 && (variant & SLIM_MMV_COPY_MASK) == SLIM_MMV_BULK;
 #else
     const bool bulk = false;
 #endif
-    const bool lean = variant != SLIM_MMV_CLASSIC;
+    const bool lean = (variant & SLIM_MMV_COPY_MASK) != SLIM_MMV_CLASSIC;
+    const bool early_table = bulk && (variant & SLIM_MMV_EARLY_TABLE);
     const uint32_t bar_s = (uint32_t) __cvta_generic_to_shared(s_bar);
     if (bulk) {
         if (threadIdx.x == 0) {
@@ -748,7 +754,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         issue(blockIdx.x + s*gridDim.x, s);
     }
     if (bulk) {
-        if (warp < NM) {
+        if (warp < NM && !early_table) {
             wait_tile(0);
         }
     } else {
@@ -756,7 +762,8 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         __syncthreads();
     }
     if (warp < NM) { // warp m: matrix m's table from its first row (every row of a tensor carries the same tags)
-        const bool ok = slim_build_table<g, b>(bufs + warp*mat_cap, G, true, tab + G*warp);
+        const char * hrow = early_table ? (warp == 0 ? xs[0] : xs[NM - 1]) : bufs + warp*mat_cap;
+        const bool ok = slim_build_table<g, b>(hrow, G, true, tab + G*warp);
         if (lane == 0) {
             s_ok[warp] = ok;
         }
@@ -991,7 +998,8 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
 // aligned, the lean cp.async path elsewhere), GGML_CUDA_SLIM_BULK=0 (the lean path everywhere), and with it
 // GGML_CUDA_SLIM_MMV_V2=0 (the classic path). H200, 7B shape, alternating processes: bulk and lean +3..4 % tg128
 // over classic, within noise of each other; ncu: the fused gate/up kernel 9 % shorter with bulk than with classic
-// (docs/bench/2026-12-04-h200-expand-bulk.md)
+// (docs/bench/2026-12-04-h200-expand-bulk.md). Experiments, off by default and not yet measured:
+// GGML_CUDA_SLIM_TABLE_EARLY=1 (SLIM_MMV_EARLY_TABLE), GGML_CUDA_SLIM_ROWS_SMALL=4 (see slim_mul_mat_vec_cuda)
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
@@ -1062,6 +1070,8 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 0); // 0: the type's default
     static const int env_lean   = slim_env_int("GGML_CUDA_SLIM_MMV_V2", 1);   // see the tuning knobs above
     static const int env_bulk   = slim_env_int("GGML_CUDA_SLIM_BULK", 1);
+    static const int env_early  = slim_env_int("GGML_CUDA_SLIM_TABLE_EARLY", 0);
+    static const int env_rows_small = slim_env_int("GGML_CUDA_SLIM_ROWS_SMALL", 0);
 
     cudaStream_t stream = ctx.stream();
     const int64_t nch = ne12*ne13;
@@ -1085,7 +1095,15 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
 
     const int    G         = ne00/ggml_blck_size(src0->type);
     const size_t row_bytes = ggml_row_size(src0->type, ne00);
-    const int rows_per_tile = slim_mmv_rows_per_tile(ne11, src0_up ? 2 : 1);
+    int rows_per_tile = slim_mmv_rows_per_tile(ne11, src0_up ? 2 : 1);
+    if (env_rows_small == 4 && ne11 == 1 && !src0_up && rows_per_tile == 8) {
+        // experiment (GGML_CUDA_SLIM_ROWS_SMALL=4, not yet measured): a matrix with at most one 8-row tile per
+        // resident block (~4 blocks per SM: o-proj and ffn_down of a 7B) gets 4-row tiles, two per block, so the
+        // second tile's copy overlaps the first one's arithmetic
+        if ((ne01 + 7)/8 <= 4*(int64_t) ggml_cuda_info().devices[ggml_cuda_get_device()].nsm) {
+            rows_per_tile = 4;
+        }
+    }
     const bool slim3 = src0->type == GGML_TYPE_SLIM3_G64 || src0->type == GGML_TYPE_SLIM3_G128;
     const int def_stages = slim3 ? 1 : 2;
     const int nstages = std::max(1, std::min(SLIM_MMV_MAX_STAGES, env_stages > 0 ? env_stages : def_stages));
@@ -1107,7 +1125,8 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(!resid || (nch == 1 && !src0_up && ggml_are_same_shape(resid, dst) && resid->nb[0] == sizeof(float)));
     a.resid = resid ? (const float *) resid->data : nullptr;
     a.stride_col_resid = resid ? resid->nb[1]/sizeof(float) : 0;
-    a.variant = env_bulk ? SLIM_MMV_BULK : env_lean ? SLIM_MMV_LEAN : SLIM_MMV_CLASSIC;
+    a.variant = env_bulk ? SLIM_MMV_BULK | (env_early ? SLIM_MMV_EARLY_TABLE : 0) :
+                env_lean ? SLIM_MMV_LEAN : SLIM_MMV_CLASSIC;
 
     switch (src0->type) {
         case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
