@@ -12,7 +12,7 @@ from pathlib import Path
 
 from quant.config import AVERAGE_BITS, METHODS
 
-from .quant_options import add_quant_options, calibration_spec, quant_config
+from .quant_options import add_layout_options, add_quant_options, calibration_spec, quant_config
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -28,6 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="slim (SBA+SQC+GPTQ), slim+ (SBA + block-wise trained quantizers, SliM-LLM+), gptq "
                         "(uniform bits) or rtn (default: slim)")
     add_quant_options(p)
+    add_layout_options(p)
     p.add_argument("--target-bpw", type=float, metavar="X",
                    help="whole-file bit budget: choose per tensor SLIM2, SLIM3 or a stock type (Q4_K..Q8_0, and "
                         "Q2_K.. for token_embd/output) so that the tensors average X bits per weight with the "

@@ -14,7 +14,8 @@ from .errors import SlimError
 
 
 def add_quant_options(p: argparse.ArgumentParser) -> None:
-    """SBA/SQC switches, calibration, seed, group size and device: the same flags for convert and eval."""
+    """SBA/SQC switches, calibration, seed, group size and device: the same flags for convert and eval (the file's
+    layout, --no-fuse-qkv, is convert's alone: add_layout_options)."""
     p.add_argument("--no-sba", action="store_true", help="SliM without salience-determined bit allocation")
     p.add_argument("--no-sqc", action="store_true", help="SliM without salience-weighted quantizer calibration")
     p.add_argument("--calib", metavar="FILE",
@@ -28,9 +29,6 @@ def add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=QuantConfig.group_size,
                    help="group size; 64 is used per tensor where the input width is not divisible (default 128)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
-    p.add_argument("--no-fuse-qkv", action="store_true",
-                   help="write q/k/v as three tensors everywhere (default: one fused attn_qkv tensor in the layers "
-                        "where their types and SBA bit maps coincide; same weights either way)")
     p.add_argument("--joint-qkv", action="store_true",
                    help="SBA chooses one bit map for q/k/v together, so every layer's q/k/v fuse (faster GPU "
                         "decode, slightly worse accuracy: docs/results/2026-12-04-fused-qkv.md; SliM with SBA only)")
@@ -71,6 +69,13 @@ def add_quant_options(p: argparse.ArgumentParser) -> None:
                     help=f"calibration sequences per training step (default {QuantConfig.train_batch})")
 
 
+def add_layout_options(p: argparse.ArgumentParser) -> None:
+    """How the writer lays out the quantized rows (convert only: eval writes no file)."""
+    p.add_argument("--no-fuse-qkv", action="store_true",
+                   help="write q/k/v as three tensors everywhere (default: one fused attn_qkv tensor in the layers "
+                        "where their types and SBA bit maps coincide; same weights either way)")
+
+
 def quant_device(args: argparse.Namespace) -> torch.device:
     """The device quantization runs on: --device, else CUDA when torch sees a GPU."""
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -79,7 +84,8 @@ def quant_device(args: argparse.Namespace) -> torch.device:
 def quant_config(args: argparse.Namespace) -> QuantConfig:
     """The quantizer's settings from the parsed options (--method and --bits are each command's own); SlimError
     for options that contradict each other."""
-    if args.joint_qkv and args.no_fuse_qkv:
+    no_fuse_qkv = getattr(args, "no_fuse_qkv", False) # eval has no layout options
+    if args.joint_qkv and no_fuse_qkv:
         raise SlimError(JOINT_WITHOUT_FUSING)
     epochs = args.epochs if args.epochs is not None else default_epochs(quant_device(args))
     return QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sba=not args.no_sba,
@@ -87,7 +93,7 @@ def quant_config(args: argparse.Namespace) -> QuantConfig:
                        act_order=args.act_order, true_sequential=args.true_sequential, train=args.train,
                        epochs=epochs, lr=args.lr or 0.0, train_batch=args.train_batch,
                        train_init=args.train_init, train_target=args.train_target,
-                       train_loss=args.train_loss, fuse_qkv=not args.no_fuse_qkv,
+                       train_loss=args.train_loss, fuse_qkv=not no_fuse_qkv,
                        joint_qkv=args.joint_qkv)
 
 

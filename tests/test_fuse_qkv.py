@@ -5,7 +5,7 @@ wrong row order in either part (q/k RoPE permutation, k/v offsets, qwen2's fused
 
 Then when they fuse: the writer fuses a layer exactly where q, k and v have one bit map; SBA's default gives each
 its own map (fused where they happen to coincide), `--joint-qkv` one map for the three (every layer fused), and
-`--joint-qkv --no-fuse-qkv` is refused."""
+`--joint-qkv --no-fuse-qkv` is refused, and eval (no file) has no --no-fuse-qkv."""
 from __future__ import annotations
 
 import numpy as np
@@ -228,18 +228,28 @@ def test_llama_cpp_runs_a_file_fused_in_some_layers_like_the_separate_one(salien
     assert np.isfinite(logits[0]).all() and float(np.abs(logits[0] - logits[1]).max()) <= 1e-5 * scale
 
 
-@pytest.mark.parametrize("command", ["convert", "eval"])
-def test_joint_qkv_with_no_fuse_qkv_is_a_one_line_error(command, salient_model, tmp_path, capsys):
+def test_joint_qkv_with_no_fuse_qkv_is_a_one_line_error(salient_model, tmp_path, capsys):
     from slim2gguf import cli
 
-    out, text = tmp_path / "x.gguf", tmp_path / "text.txt"
-    text.write_text("some words to measure on " * 50)
-    own = ["-o", str(out)] if command == "convert" else ["--eval-text", str(text)]
+    out = tmp_path / "x.gguf"
     capsys.readouterr()
-    rc = cli.main([command, str(salient_model), "--bits", "2", "--joint-qkv", "--no-fuse-qkv", *own])
+    rc = cli.main(["convert", str(salient_model), "--bits", "2", "--joint-qkv", "--no-fuse-qkv", "-o", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--joint-qkv" in err[0] and "--no-fuse-qkv" in err[0], err
     assert not out.exists() and not list(tmp_path.glob("x.gguf.*"))
+
+
+def test_eval_has_no_layout_option(salient_model, tmp_path, capsys):
+    """eval writes no file, so the writer's layout switch is not one of its options (it used to be accepted and
+    ignored)."""
+    from slim2gguf import cli
+
+    text = tmp_path / "text.txt"
+    text.write_text("some words to measure on " * 50)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["eval", str(salient_model), "--bits", "2", "--no-fuse-qkv", "--eval-text", str(text)])
+    assert exc.value.code == 2 and "unrecognized arguments: --no-fuse-qkv" in capsys.readouterr().err
 
 
 def test_checkpoint_key_ignores_the_writers_layout(tiny_llama_dir):
