@@ -88,6 +88,8 @@ SLIM_VARIANTS = {
     "sba": ("SliM {b}-bit SBA only", ["--method", "slim", "--no-sqc"]),
     "sqc": ("SliM {b}-bit SQC only", ["--method", "slim", "--no-sba"]),
     "plain": ("SliM {b}-bit without SBA and SQC (GPTQ + weighted fit)", ["--method", "slim", "--no-sba", "--no-sqc"]),
+    # one SBA bit map for q/k/v together, so every layer's q/k/v fuse on the GPU (its accuracy cost)
+    "joint": ("SliM {b}-bit, one q/k/v bit map (--joint-qkv)", ["--method", "slim", "--joint-qkv"]),
     # the 2-bit levers of issue 12, each alone against the default (weighted fit) and all together
     "minmax": ("SliM {b}-bit, min/max + SQC fit (SliM before the levers)", ["--method", "slim", "--fit", "minmax"]),
     "obs": ("SliM {b}-bit, weighted fit with the OBS weight", ["--method", "slim", "--importance", "obs"]),
@@ -334,16 +336,26 @@ class Report:
         return out
 
     def slim(self, bits: int, extra: list[str], tag: str, env: dict | None = None) -> Path:
+        """`slim2gguf convert` for one row, cached with its settings like the imatrix (a file from before the
+        settings were recorded is kept): a changed --nsamples, --seqlen, calibration text or variant makes it again."""
         out = self.work / f"{tag}.gguf"
+        source = NAMED_MODELS[self.args.model]["f16"] if self.args.model in NAMED_MODELS else self.args.model
+        key_file = self.work / f"{tag}.key.json"
+        calib = Path(self.args.calib)
+        key = {"source": str(source), "bits": int(bits), "calib": [str(calib.resolve()), calib.stat().st_size],
+               "nsamples": int(self.args.nsamples), "seqlen": int(self.args.seqlen), "extra": [str(e) for e in extra]}
+        if out.exists() and key_file.exists() and json.loads(key_file.read_text()) != key:
+            print(f"[report] {tag}: settings changed, converting again", flush=True)
+            out.unlink()
         if not out.exists() and self.args.cached_only:
             raise SlimError(NOT_CACHED)
         if not out.exists():
-            source = NAMED_MODELS[self.args.model]["f16"] if self.args.model in NAMED_MODELS else self.args.model
             cmd = [sys.executable, "-m", "slim2gguf.cli", "convert", source, "--bits", bits, "-o", out,
                    "--calib", self.args.calib, "--nsamples", self.args.nsamples, "--seqlen", self.args.seqlen,
                    *extra]
             t0 = time.time()
             run(cmd, self.logs / f"convert-{tag}.log", env)
+            key_file.write_text(json.dumps(key))
             self.timings[f"convert-{tag}"] = round(time.time() - t0)
         return out
 

@@ -135,3 +135,33 @@ def test_variant_rows_have_distinct_file_names():
     tags = [report.slug(label.format(b=b)) for label, _ in report.SLIM_VARIANTS.values() for b in (2, 3)]
     assert len(tags) == len(set(tags)), sorted(t for t in tags if tags.count(t) > 1)
     assert report.slug("SliM+ 2-bit") == report.slug("SliM 2-bit")   # why the labels must differ by more
+
+
+def test_slim_file_cache_follows_its_settings(tmp_path, monkeypatch):
+    """A row's SLIM file is reused only under the settings it was made with: a changed --nsamples converts again
+    (it used to be keyed by the row's name alone and silently reused)."""
+    import argparse
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import report
+
+    calls = []
+
+    def fake_run(cmd, log, env=None):
+        calls.append([str(c) for c in cmd])
+        Path(cmd[cmd.index("-o") + 1]).write_bytes(b"gguf")
+
+    monkeypatch.setattr(report, "run", fake_run)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("words " * 100)
+    args = argparse.Namespace(workdir=str(tmp_path / "work"), threads=1, keep_rows=False, model=str(tmp_path / "m"),
+                              calib=str(calib), nsamples=4, seqlen=64, cached_only=False)
+    rep = report.Report(args)
+    rep.slim(2, ["--method", "slim"], "slim-2-bit")
+    rep.slim(2, ["--method", "slim"], "slim-2-bit")
+    assert len(calls) == 1
+    args.nsamples = 8
+    rep.slim(2, ["--method", "slim"], "slim-2-bit")
+    assert len(calls) == 2 and calls[1][calls[1].index("--nsamples") + 1] == "8"
+    rep.slim(2, ["--method", "slim", "--joint-qkv"], "slim-2-bit")
+    assert len(calls) == 3
