@@ -287,3 +287,28 @@ def test_resume_after_kill_is_byte_identical(tiny_llama, tmp_path, method):
     assert json.loads(r.stdout.strip().splitlines()[-1])["resumed_layers"] == 2
     assert out.read_bytes() == ref.read_bytes()
     assert not ck.exists()
+
+
+def test_resume_may_change_the_qkv_layout(tiny_llama, tmp_path):
+    """--no-fuse-qkv only lays out rows (the checkpoint key leaves it out): a run killed with the default layout and
+    resumed with --no-fuse-qkv writes the same bytes as a --no-fuse-qkv run made in one go. RTN gives q/k/v one
+    bit map, so the default file fuses every layer and the two layouts really differ."""
+    from gguf import GGUFReader
+
+    args = ["convert", tiny_llama, "--bits", "2", "--method", "rtn", *FAST]
+    ref = tmp_path / "ref" / "m.gguf"
+    ref.parent.mkdir()
+    r = _run_cli([*args, "--no-fuse-qkv", "-o", ref])
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "m.gguf"
+    r = _run_cli([*args, "-o", out], kill_after_layer=0)
+    assert r.returncode == -9, r.stderr[-2000:]
+    r = _run_cli([*args, "--no-fuse-qkv", "-o", out, "--resume"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resume: 1 finished layer(s)" in r.stderr
+    assert out.read_bytes() == ref.read_bytes()
+    names = {t.name for t in GGUFReader(out).tensors}
+    assert "blk.0.attn_q.weight" in names and not any("attn_qkv" in n for n in names)
+    fused = tmp_path / "fused.gguf"
+    assert _run_cli([*args, "-o", fused]).returncode == 0
+    assert any("attn_qkv" in t.name for t in GGUFReader(fused).tensors)
