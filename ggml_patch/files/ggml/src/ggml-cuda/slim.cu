@@ -569,32 +569,47 @@ static __device__ __forceinline__ void slim_cp_async_wait(const int nstages) {
 
 // Hopper's bulk copy (TMA without a tensor map): one instruction moves a whole row to shared memory and signals an
 // mbarrier with the bytes it wrote; consumers wait on the barrier's phase. Used for rows whose base, stride and
-// length are multiples of 16 bytes (align == 16), sm_90 and up.
+// length are multiples of 16 bytes (align == 16), sm_90 and up, built by CUDA 12+ (PTX ISA 8.0; CUDA 11.8 targets
+// sm_90 but cannot assemble these instructions).
 #define SLIM_MMV_MAX_STAGES 4
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && __CUDACC_VER_MAJOR__ >= 12
+#define SLIM_HAS_BULK 1
+#else
+#define SLIM_HAS_BULK 0
+#endif
 
 static __device__ __forceinline__ void slim_mbar_init(const uint32_t bar) {
-#if __CUDA_ARCH__ >= 900
+#if SLIM_HAS_BULK
     asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(bar) : "memory");
 #endif
 }
 
 // the one arrival of a phase, announcing the bytes the phase's copies will deliver
 static __device__ __forceinline__ void slim_mbar_expect_tx(const uint32_t bar, const uint32_t bytes) {
-#if __CUDA_ARCH__ >= 900
+#if SLIM_HAS_BULK
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
 #endif
 }
 
 static __device__ __forceinline__ void slim_bulk_copy(const uint32_t dst, const char * src, const uint32_t bytes,
         const uint32_t bar) {
-#if __CUDA_ARCH__ >= 900
+#if SLIM_HAS_BULK
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                  :: "r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
 #endif
 }
 
+// generic-proxy accesses of this thread (and, through a block barrier before it, of the block) ordered before later
+// async-proxy ones: a stage the block has read is refilled by a bulk copy only after this (PTX ISA, async proxy:
+// accessing one location across proxies needs a cross-proxy fence)
+static __device__ __forceinline__ void slim_fence_proxy_async() {
+#if SLIM_HAS_BULK
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
 static __device__ __forceinline__ void slim_mbar_wait(const uint32_t bar, const uint32_t parity) {
-#if __CUDA_ARCH__ >= 900
+#if SLIM_HAS_BULK
     uint32_t done;
     do {
         asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
@@ -603,10 +618,11 @@ static __device__ __forceinline__ void slim_mbar_wait(const uint32_t bar, const 
 #endif
 }
 
-// which copy path a mat-vec launch takes (GGML_CUDA_SLIM_MMV_V2, GGML_CUDA_SLIM_BULK)
+// which copy path a mat-vec launch takes (GGML_CUDA_SLIM_BULK). A third, the first kernel's cp.async loop with a
+// runtime division per 16-byte chunk and two barriers per tile, measured 3..4 % slower in tg128 than either and
+// was removed (docs/bench/2026-12-04-h200-expand-bulk.md).
 enum slim_mmv_variant : int {
-    SLIM_MMV_CLASSIC = 0, // cp.async per 16/8/4-byte chunk, a runtime division per chunk, two barriers per tile
-    SLIM_MMV_LEAN    = 1, // cp.async, division-free indexing, one barrier per tile with 2+ stages
+    SLIM_MMV_LEAN    = 1, // cp.async per 16/8/4-byte chunk, division-free indexing, one barrier per tile with 2+ stages
     SLIM_MMV_BULK    = 2, // one bulk copy per row (align == 16, sm_90+; else LEAN), mbarrier waits, one barrier per tile
     SLIM_MMV_COPY_MASK = 3,
     // flag, with BULK: the group table is built from the headers of the matrix's row 0 read from global memory,
@@ -664,12 +680,11 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     char * bufs = s_mem + ((NM*G*sizeof(slim_group) + 15) & ~15);
     float * red = (float *) (bufs + nstages*tile_cap); // [2][NM][NW][RB][ncols]
     const uint32_t bufs_s = (uint32_t) __cvta_generic_to_shared(bufs);
-#if __CUDA_ARCH__ >= 900
+#if SLIM_HAS_BULK
     const bool bulk = align == 16 && (variant & SLIM_MMV_COPY_MASK) == SLIM_MMV_BULK;
 #else
     const bool bulk = false;
 #endif
-    const bool lean = (variant & SLIM_MMV_COPY_MASK) != SLIM_MMV_CLASSIC;
     const bool early_table = bulk && (variant & SLIM_MMV_EARLY_TABLE);
     const uint32_t bar_s = (uint32_t) __cvta_generic_to_shared(s_bar);
     if (bulk) {
@@ -677,7 +692,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
             for (int s = 0; s < nstages; ++s) {
                 slim_mbar_init(bar_s + 8*s);
             }
-#if __CUDA_ARCH__ >= 900
+#if SLIM_HAS_BULK
             asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #endif
         }
@@ -686,9 +701,9 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
 
     // tile -> stage buffer, one commit group per tile (an empty group past the last tile keeps the count uniform)
     const int chunks_per_row = row_bytes/align;
-    // lean: this thread's first (row, chunk) and the stride of blockDim.x chunks as (rows, chunks), divided once here
-    // instead of once per 16-byte copy (a division by a runtime value is ~20 instructions; the copy loop ran one per
-    // chunk, about a fifth of the kernel's instructions on a gate/up tile)
+    // this thread's first (row, chunk) and the stride of blockDim.x chunks as (rows, chunks), divided once here
+    // instead of once per 16-byte copy (a division by a runtime value is ~20 instructions; a copy loop with one per
+    // chunk spent about a fifth of the kernel's instructions on a gate/up tile)
     const int c_row0  = threadIdx.x / chunks_per_row;
     const int c_col0  = threadIdx.x - c_row0*chunks_per_row;
     const int c_drow  = blockDim.x / chunks_per_row;
@@ -699,6 +714,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
                 const int r0 = tile*RB;
                 const int nr = min(RB, nrows - r0);
                 const uint32_t bar = bar_s + 8*stage;
+                slim_fence_proxy_async(); // the block's reads of this stage (its last tile, or the table) came first
                 if (lane == 0) {
                     slim_mbar_expect_tx(bar, (uint32_t) (NM*nr*row_bytes));
                 }
@@ -718,33 +734,25 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
 #pragma unroll
             for (int m = 0; m < NM; ++m) {
                 const uint32_t dst = bufs_s + stage*tile_cap + m*mat_cap;
-                if (lean) {
-                    const char * src = xs[m] + (int64_t) r0*stride_row;
-                    for (int r = c_row0, cc = c_col0; r < nr; ) {
-                        const int o = cc*align;
-                        slim_cp_async(dst + r*rstride + o, src + (int64_t) r*stride_row + o, align);
-                        r  += c_drow;
-                        cc += c_dcol;
-                        if (cc >= chunks_per_row) {
-                            cc -= chunks_per_row;
-                            ++r;
-                        }
-                    }
-                } else {
-                    for (int c = threadIdx.x; c < nr*chunks_per_row; c += blockDim.x) {
-                        const int r = c / chunks_per_row;
-                        const int o = (c - r*chunks_per_row)*align;
-                        slim_cp_async(dst + r*rstride + o, xs[m] + (int64_t) (r0 + r)*stride_row + o, align);
+                const char * src = xs[m] + (int64_t) r0*stride_row;
+                for (int r = c_row0, cc = c_col0; r < nr; ) {
+                    const int o = cc*align;
+                    slim_cp_async(dst + r*rstride + o, src + (int64_t) r*stride_row + o, align);
+                    r  += c_drow;
+                    cc += c_dcol;
+                    if (cc >= chunks_per_row) {
+                        cc -= chunks_per_row;
+                        ++r;
                     }
                 }
             }
         }
         asm volatile("cp.async.commit_group;");
     };
-    // lean with two or more stages: ONE block barrier per tile. The barrier after the partial sums also waits for
+    // Two or more stages: ONE block barrier per tile. The barrier after the partial sums also waits for
     // the next tile (this thread's copies first, then everyone's), so the loop's top needs none. Bulk: the loop's top
     // waits on the stage's mbarrier instead, whatever the number of stages.
-    const bool one_barrier = bulk || (lean && nstages >= 2);
+    const bool one_barrier = bulk || nstages >= 2;
     auto wait_tile = [&](const int k) { // bulk: tile k (the (k / nstages)-th use of its stage) has landed
         slim_mbar_wait(bar_s + 8*(k % nstages), (uint32_t) (k / nstages) & 1);
     };
@@ -995,9 +1003,8 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
 // an H200, 7B shape, alternating processes: SLIM3 tg128 +1.5..2.4 % with one stage, SLIM2 -1..2 %),
 // GGML_CUDA_SLIM_FUSE (0: no gate/up fusion; default 1), and the mat-vec's copy path (slim_mmv_variant):
 // GGML_CUDA_SLIM_BULK (default 1: rows arrive by Hopper bulk copies with mbarrier waits where rows are 16-byte
-// aligned, the lean cp.async path elsewhere), GGML_CUDA_SLIM_BULK=0 (the lean path everywhere), and with it
-// GGML_CUDA_SLIM_MMV_V2=0 (the classic path). H200, 7B shape, alternating processes: bulk and lean +3..4 % tg128
-// over classic, within noise of each other; ncu: the fused gate/up kernel 9 % shorter with bulk than with classic
+// aligned, the lean cp.async path elsewhere; 0: the lean path everywhere). H200, 7B shape, alternating processes:
+// bulk and lean within noise of each other in tg128; ncu: the fused gate/up kernel 9 % shorter with bulk
 // (docs/bench/2026-12-04-h200-expand-bulk.md). Experiments, off by default and not yet measured:
 // GGML_CUDA_SLIM_TABLE_EARLY=1 (SLIM_MMV_EARLY_TABLE), GGML_CUDA_SLIM_ROWS_SMALL=4 (see slim_mul_mat_vec_cuda)
 static int slim_env_int(const char * name, const int def) {
@@ -1068,7 +1075,6 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(ne10 % 32 == 0);
 
     static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 0); // 0: the type's default
-    static const int env_lean   = slim_env_int("GGML_CUDA_SLIM_MMV_V2", 1);   // see the tuning knobs above
     static const int env_bulk   = slim_env_int("GGML_CUDA_SLIM_BULK", 1);
     static const int env_early  = slim_env_int("GGML_CUDA_SLIM_TABLE_EARLY", 0);
     static const int env_rows_small = slim_env_int("GGML_CUDA_SLIM_ROWS_SMALL", 0);
@@ -1099,7 +1105,8 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     if (env_rows_small == 4 && ne11 == 1 && !src0_up && rows_per_tile == 8) {
         // experiment (GGML_CUDA_SLIM_ROWS_SMALL=4, not yet measured): a matrix with at most one 8-row tile per
         // resident block (~4 blocks per SM: o-proj and ffn_down of a 7B) gets 4-row tiles, two per block, so the
-        // second tile's copy overlaps the first one's arithmetic
+        // second tile's copy overlaps the first one's arithmetic. The 4 is SLIM2/3_G128's occupancy on sm_90
+        // (56-64 registers); G64 kernels fit ~6 blocks: if this helps, take the launch's own occupancy instead
         if ((ne01 + 7)/8 <= 4*(int64_t) ggml_cuda_info().devices[ggml_cuda_get_device()].nsm) {
             rows_per_tile = 4;
         }
@@ -1125,8 +1132,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(!resid || (nch == 1 && !src0_up && ggml_are_same_shape(resid, dst) && resid->nb[0] == sizeof(float)));
     a.resid = resid ? (const float *) resid->data : nullptr;
     a.stride_col_resid = resid ? resid->nb[1]/sizeof(float) : 0;
-    a.variant = env_bulk ? SLIM_MMV_BULK | (env_early ? SLIM_MMV_EARLY_TABLE : 0) :
-                env_lean ? SLIM_MMV_LEAN : SLIM_MMV_CLASSIC;
+    a.variant = env_bulk ? SLIM_MMV_BULK | (env_early ? SLIM_MMV_EARLY_TABLE : 0) : SLIM_MMV_LEAN;
 
     switch (src0->type) {
         case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
