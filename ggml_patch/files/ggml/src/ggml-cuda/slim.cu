@@ -618,17 +618,16 @@ static __device__ __forceinline__ void slim_mbar_wait(const uint32_t bar, const 
 #endif
 }
 
-// which copy path a mat-vec launch takes (GGML_CUDA_SLIM_BULK). A third, the first kernel's cp.async loop with a
-// runtime division per 16-byte chunk and two barriers per tile, measured 3..4 % slower in tg128 than either and
-// was removed (docs/bench/2026-12-04-h200-expand-bulk.md).
+// how a mat-vec launch copies its tiles (flags; none: the cp.async path, 16/8/4-byte chunks with division-free
+// indexing, one block barrier per tile with 2+ stages). A first kernel's cp.async loop with a runtime division per
+// chunk and two barriers per tile measured 3..4 % slower in tg128 and was removed
+// (docs/bench/2026-12-04-h200-expand-bulk.md).
 enum slim_mmv_variant : int {
-    SLIM_MMV_LEAN    = 1, // cp.async per 16/8/4-byte chunk, division-free indexing, one barrier per tile with 2+ stages
-    SLIM_MMV_BULK    = 2, // one bulk copy per row (align == 16, sm_90+; else LEAN), mbarrier waits, one barrier per tile
-    SLIM_MMV_COPY_MASK = 3,
-    // flag, with BULK: the group table is built from the headers of the matrix's row 0 read from global memory,
-    // while the first tile's bulk copies are in flight, instead of from the landed tile (experiment:
-    // GGML_CUDA_SLIM_TABLE_EARLY=1, not yet measured)
-    SLIM_MMV_EARLY_TABLE = 4,
+    SLIM_MMV_BULK        = 1, // one bulk copy per row (align == 16, sm_90+; else cp.async), mbarrier waits
+    // with BULK: the group table is built from the headers of the matrix's row 0 read from global memory, while the
+    // first tile's bulk copies are in flight, instead of from the landed tile (experiment: GGML_CUDA_SLIM_TABLE_EARLY=1,
+    // not yet measured)
+    SLIM_MMV_EARLY_TABLE = 2,
 };
 
 // Persistent blocks of SLIM_MMV_NWARPS warps; a tile is RB consecutive rows (RB divides 32). Tiles b, b + gridDim.x, ...
@@ -681,7 +680,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     float * red = (float *) (bufs + nstages*tile_cap); // [2][NM][NW][RB][ncols]
     const uint32_t bufs_s = (uint32_t) __cvta_generic_to_shared(bufs);
 #if SLIM_HAS_BULK
-    const bool bulk = align == 16 && (variant & SLIM_MMV_COPY_MASK) == SLIM_MMV_BULK;
+    const bool bulk = align == 16 && (variant & SLIM_MMV_BULK);
 #else
     const bool bulk = false;
 #endif
@@ -749,10 +748,10 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         }
         asm volatile("cp.async.commit_group;");
     };
-    // Two or more stages: ONE block barrier per tile. The barrier after the partial sums also waits for
+    // cp.async with two or more stages: ONE block barrier per tile. The barrier after the partial sums also waits for
     // the next tile (this thread's copies first, then everyone's), so the loop's top needs none. Bulk: the loop's top
     // waits on the stage's mbarrier instead, whatever the number of stages.
-    const bool one_barrier = bulk || nstages >= 2;
+    const bool one_barrier = !bulk && nstages >= 2;
     auto wait_tile = [&](const int k) { // bulk: tile k (the (k / nstages)-th use of its stage) has landed
         slim_mbar_wait(bar_s + 8*(k % nstages), (uint32_t) (k / nstages) & 1);
     };
@@ -838,7 +837,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
                 }
             }
         }
-        if (one_barrier && !bulk) {
+        if (one_barrier) {
             slim_cp_async_wait(nstages - 1); // pending: tiles k+1 .. k+nstages-1; the oldest, k+1, has landed
         }
         __syncthreads(); // partial sums are in, and the stage is free again (one_barrier: tile k+1 is in for all)
@@ -1132,7 +1131,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(!resid || (nch == 1 && !src0_up && ggml_are_same_shape(resid, dst) && resid->nb[0] == sizeof(float)));
     a.resid = resid ? (const float *) resid->data : nullptr;
     a.stride_col_resid = resid ? resid->nb[1]/sizeof(float) : 0;
-    a.variant = env_bulk ? SLIM_MMV_BULK | (env_early ? SLIM_MMV_EARLY_TABLE : 0) : SLIM_MMV_LEAN;
+    a.variant = env_bulk ? SLIM_MMV_BULK | (env_early ? SLIM_MMV_EARLY_TABLE : 0) : 0;
 
     switch (src0->type) {
         case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
