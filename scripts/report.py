@@ -127,6 +127,15 @@ class Row:
     note: str = ""
 
 
+def drop_if_settings_changed(out: Path, key_file: Path, key: dict) -> bool:
+    """A cached file made under other settings than `key` (recorded in key_file when it was made) is deleted, so it
+    is made again; one from before settings were recorded (no key_file) is kept. True when it was deleted."""
+    if out.exists() and key_file.exists() and json.loads(key_file.read_text()) != key:
+        out.unlink()
+        return True
+    return False
+
+
 def slug(label: str) -> str:
     """A row's label as a file-name stem in the workdir."""
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
@@ -285,8 +294,7 @@ class Report:
         key = {"f16": [str(f16), f16.stat().st_size], "calib": [str(Path(self.args.calib).resolve()),
                Path(self.args.calib).stat().st_size], "ctx": int(self.args.ctx),
                "chunks": int(self.args.imatrix_chunks)}
-        if out.exists() and key_file.exists() and json.loads(key_file.read_text()) != key:
-            out.unlink()
+        drop_if_settings_changed(out, key_file, key)
         if not out.exists() and self.args.cached_only:
             raise SlimError(NOT_CACHED)
         if not out.exists():
@@ -344,9 +352,8 @@ class Report:
         calib = Path(self.args.calib)
         key = {"source": str(source), "bits": int(bits), "calib": [str(calib.resolve()), calib.stat().st_size],
                "nsamples": int(self.args.nsamples), "seqlen": int(self.args.seqlen), "extra": [str(e) for e in extra]}
-        if out.exists() and key_file.exists() and json.loads(key_file.read_text()) != key:
+        if drop_if_settings_changed(out, key_file, key):
             print(f"[report] {tag}: settings changed, converting again", flush=True)
-            out.unlink()
         if not out.exists() and self.args.cached_only:
             raise SlimError(NOT_CACHED)
         if not out.exists():
