@@ -4,6 +4,7 @@ weights in F16, Q4_0, Q3_K_S, Q2_K, IQ2_XS and IQ2_S (with an imatrix) and SLIM 
 
     python scripts/bench_gpu.py make  --bin BIN --vocab ggml-vocab-llama-spm.gguf --dir MODELS [--imatrix-text T] [--types T,..]
     python scripts/bench_gpu.py bench --bin BIN --dir MODELS --out OUT_DIR [--tune] [--reverse]
+    python scripts/bench_gpu.py layers --bin BIN --dir MODELS --out OUT_DIR [--types q4_0,slim2] [--counts 1,8,16,32]
 
 `make`: F16 via gguf-py (random N(0, 0.02) weights; one random matrix per shape, shared by the 32 layers: speed
 does not depend on values, and 13.5 GB of fresh randoms would cost minutes of device time), tokenizer copied from
@@ -16,6 +17,11 @@ when BIN is a CUDA build) on the F16 file; without --imatrix-text they are left 
 IQ2_XS takes minutes on 16 cores (the lattice search), the other types seconds.
 `bench`: the one llama-bench run (--reverse: the same files in the opposite order, the order check); writes
 OUT_DIR/bench.md (the table, device, date and issue 16's ratios) and bench.json.
+`layers`: how much of a decoded token's time the layers take. Copies of made files cut to the first n layers (the
+same embedding, output head and per-layer tensors) in one llama-bench tg128 run, and per type a least-squares line
+t(n) = fixed + n * per_layer (ms per token). `fixed` is what no layer kernel changes (output head, embedding, host
+work per token); per_layer ratios say what the layer kernels achieve against each other, and the table says what
+tg128 ratio a given per-layer time reaches. Writes OUT_DIR/layers.md and layers.json.
 """
 from __future__ import annotations
 
@@ -223,6 +229,103 @@ def cmd_make(args) -> None:
     log(f"models ready in {time.time() - t0:.0f} s")
 
 
+def truncate_layers(src: Path, dst: Path, n_layers: int) -> None:
+    """A copy of GGUF `src` that keeps blocks 0..n_layers-1 (block_count set to match) and everything outside the
+    blocks; tensors are copied as raw bytes in their own types."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    block_count_key = gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch)
+    w = gguf.GGUFWriter(str(dst), arch)
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue   # written by GGUFWriter itself
+        vtype = field.types[0]
+        if field.name == block_count_key:
+            w.add_uint32(field.name, n_layers)
+            continue
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    for t in reader.tensors:
+        if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= n_layers:
+            continue
+        data = np.asarray(t.data)
+        if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            w.add_tensor(t.name, data)
+        else:   # rows of raw bytes: gguf-py derives the element shape from the type's block size
+            rows = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
+            w.add_tensor(t.name, data.view(np.uint8).reshape(rows, -1), raw_dtype=t.tensor_type)
+    write_out(w)
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares y = a + b x -> (a, b)."""
+    b, a = np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1)
+    return float(a), float(b)
+
+
+def cmd_layers(args) -> None:
+    d, out = Path(args.dir), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    types = args.types.split(",")
+    counts = sorted({int(c) for c in args.counts.split(",")})
+    if any(c < 1 or c > N_LAYER for c in counts) or len(counts) < 2:
+        raise SystemExit(f"--counts: at least two layer counts in 1..{N_LAYER}")
+    cut = d / "layers"
+    cut.mkdir(exist_ok=True)
+    models = []
+    for name in types:
+        src = d / f"llama7b-{name}.gguf"
+        if not src.is_file():
+            raise SystemExit(f"{src} not found: make it first (bench_gpu.py make --types ...)")
+        for n in counts:
+            path = src if n == N_LAYER else cut / f"llama7b-{name}-l{n}.gguf"
+            if not path.is_file():
+                truncate_layers(src, path, n)
+            models.append((name, n, path))
+    bench = str(Path(args.bin) / "llama-bench")
+    cmd = [bench] + [a for _, _, m in models for a in ("-m", str(m))] + ["-ngl", "99", "-p", "0", "-n", "128",
+                                                                         "-r", "3", "-o", "json"]
+    log(" ".join(cmd))
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        print(res.stderr[-4000:])
+        raise SystemExit(f"llama-bench failed ({res.returncode})")
+    rows = json.loads(res.stdout)
+    tg = {Path(r["model_filename"]).resolve(): r["avg_ts"] for r in rows}
+    ms = {(name, n): 1000.0 / tg[p.resolve()] for name, n, p in models}
+    fits = {name: fit_line(counts, [ms[(name, n)] for n in counts]) for name in types}
+
+    lines = [f"# Per-token fixed time and per-layer time, tg128 on {gpu_name()}", "",
+             f"Date {dt.date.today().isoformat()}; one run: `llama-bench -ngl 99 -p 0 -n 128 -r 3` over the "
+             f"LLaMA-7B-shaped files cut to {', '.join(map(str, counts))} layers (scripts/bench_gpu.py layers).", "",
+             "| type | " + " | ".join(f"{n} layers (ms)" for n in counts) + " | fixed (ms) | per layer (us) |",
+             "|---|" + "---:|" * (len(counts) + 2)]
+    for name in types:
+        a, b = fits[name]
+        lines.append(f"| {name} | " + " | ".join(f"{ms[(name, n)]:.3f}" for n in counts) +
+                     f" | {a:.3f} | {1000 * b:.1f} |")
+    if "q4_0" in fits:
+        aq, bq = fits["q4_0"]
+        lines += ["", f"tg at {N_LAYER} layers against Q4_0, and what it needs:", ""]
+        for name in types:
+            if name == "q4_0":
+                continue
+            a, b = fits[name]
+            now = (aq + N_LAYER * bq) / (a + N_LAYER * b)
+            # per-layer time at which the whole token reaches 1.6x Q4_0 (same fixed time)
+            need = ((aq + N_LAYER * bq) / 1.6 - a) / N_LAYER
+            reach = (f"1.6x overall needs {1000 * need:.1f} us per layer ({100 * (1 - need / b):.1f} % less)"
+                     if need > 0 else "1.6x overall is out of reach: the fixed time alone exceeds Q4_0's token / 1.6")
+            lines.append(f"- {name}: {now:.2f}x Q4_0 (fit); per layer {bq / b:.2f}x Q4_0's; {reach}")
+    text = "\n".join(lines) + "\n"
+    (out / "layers.md").write_text(text)
+    (out / "layers.json").write_text(json.dumps({"counts": counts, "ms_per_token": {f"{k[0]}@{k[1]}": v
+                                                 for k, v in ms.items()}, "fits": fits, "llama_bench": rows}, indent=1))
+    print(text)
+
+
 def gpu_name() -> str:
     try:
         return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
@@ -318,8 +421,15 @@ def main() -> None:
     b.add_argument("--tune", action="store_true")
     b.add_argument("--reverse", action="store_true", help="the files in the opposite order (the order check)")
     b.add_argument("--skip", help="comma list of files left out of the run (e.g. f16)")
+    lay = sub.add_parser("layers")
+    lay.add_argument("--bin", required=True)
+    lay.add_argument("--dir", required=True)
+    lay.add_argument("--out", required=True)
+    lay.add_argument("--types", default="q4_0,slim2,slim3", help="made files to cut (default q4_0,slim2,slim3)")
+    default_counts = ",".join(str(c) for c in sorted({1, N_LAYER // 4, N_LAYER // 2, N_LAYER}) if c >= 1)
+    lay.add_argument("--counts", default=default_counts, help=f"layer counts (default {default_counts})")
     args = ap.parse_args()
-    cmd_make(args) if args.cmd == "make" else cmd_bench(args)
+    {"make": cmd_make, "bench": cmd_bench, "layers": cmd_layers}[args.cmd](args)
 
 
 if __name__ == "__main__":

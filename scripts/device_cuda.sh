@@ -23,6 +23,8 @@
 # models: scripts/bench_gpu.py make (F16, Q4_0, Q3_K_S, Q2_K, IQ2_XS and IQ2_S with an imatrix, SLIM2/3 g128 of one random LLaMA-7B)
 # bench:  scripts/bench_gpu.py bench (one llama-bench run; BENCH_TUNE=1: also its fusion on/off runs)
 # reversed: the same files in reverse order (the order check alone)
+# layers: scripts/bench_gpu.py layers: the bench files cut to 1/8/16/32 layers in one tg128 run -> per-token fixed
+#         time and per-layer time per type (LAYERS_TYPES, default q4_0,slim2,slim3): what the layer kernels must reach
 # clocks: tg128 alone vs after pp512, with SM clock samples
 # mixed:  issue 13: --target-bpw files (MIXED_DIR, one folder per call, kept between calls): GPU/CPU perplexity,
 #         greedy text, then one llama-bench run over every file carried so far
@@ -232,6 +234,13 @@ stage_bench() {
     ${BENCH_SKIP:+--skip "$BENCH_SKIP"} 2>&1 \
     | tee "$OUT/bench.log"
   stamp "bench done"
+}
+
+stage_layers() {
+  stamp "layers"
+  python3 scripts/bench_gpu.py layers --bin "$BIN" --dir "$W/models" --out "$OUT" \
+    --types "${LAYERS_TYPES:-q4_0,slim2,slim3}" 2>&1 | tee "$OUT/layers.log"
+  stamp "layers done"
 }
 
 stage_clocks() {
