@@ -97,7 +97,7 @@ PY
 # '|'-separated in SLIM_SETTINGS to override (SLIM_SETTINGS='|' for the defaults alone); CHECK_SETTINGS,
 # PROFILE_SETTINGS and TUNE_SETTINGS override it for one stage. Default: the kernels' defaults (the mat-vec's bulk-copy
 # path where rows are 16-byte aligned) and the lean cp.async path everywhere (GGML_CUDA_SLIM_BULK=0,
-# docs/bench/2026-12-04-h200-expand-bulk.md); experiments: GGML_CUDA_SLIM_TABLE_EARLY=1, GGML_CUDA_SLIM_ROWS_SMALL=4;
+# docs/bench/2026-12-04-h200-expand-bulk.md); experiments: GGML_CUDA_SLIM_TABLE_EARLY=1, GGML_CUDA_SLIM_BALANCE=1 (=4: its 4-row path always, for check);
 # other knobs: GGML_CUDA_SLIM_STAGES=1/2 (tiles in flight),
 # GGML_CUDA_SLIM_FUSE_NORM=0, GGML_CUDA_SLIM_FUSE_ADD=0 (docs/bench/2026-12-04-h200-*.md)
 SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_BULK=0}

@@ -628,6 +628,11 @@ enum slim_mmv_variant : int {
     // first tile's bulk copies are in flight, instead of from the landed tile (experiment: GGML_CUDA_SLIM_TABLE_EARLY=1,
     // not yet measured)
     SLIM_MMV_EARLY_TABLE = 2,
+    // the fused gate/up pair (NM = 2) as ONE list of work items over both matrices, t = m*G*RB + slot*RB + r, instead
+    // of a loop per matrix: with G*RB < 256 items per matrix the per-matrix loop leaves threads idle (Qwen2.5-1.5B,
+    // G = 12: 96 of 256 threads work, on two items each), and it lets 4-row pair tiles keep every thread busy
+    // (experiment: GGML_CUDA_SLIM_BALANCE=1, with the rows per tile of slim_mmv_pick_rows; not yet measured)
+    SLIM_MMV_FLAT_PAIR   = 4,
 };
 
 // Persistent blocks of SLIM_MMV_NWARPS warps; a tile is RB consecutive rows (RB divides 32). Tiles b, b + gridDim.x, ...
@@ -685,6 +690,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     const bool bulk = false;
 #endif
     const bool early_table = bulk && (variant & SLIM_MMV_EARLY_TABLE);
+    const bool flat_pair   = NM == 2 && (variant & SLIM_MMV_FLAT_PAIR);
     const uint32_t bar_s = (uint32_t) __cvta_generic_to_shared(s_bar);
     if (bulk) {
         if (threadIdx.x == 0) {
@@ -799,25 +805,44 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         const int r0 = tile*RB;
         const int nr = min(RB, nrows - r0);
         float acc[NM][ncols] = {{0.0f}};
-#pragma unroll
-        for (int m = 0; m < NM; ++m) {
-            // rows past the end: row 0, not written
-            const char * xr = bufs + stage*tile_cap + m*mat_cap + (r < nr ? r : 0)*rstride;
-            const slim_group * tm = tab + G*m;
-            if (ok) {
-                for (int t = warp*WARP_SIZE + lane; t < G*RB; t += NW*WARP_SIZE) {
-                    const slim_group e = tm[(unsigned) t / RB]; // t >= 0: an unsigned divide is one shift
-                    const int j = e.jb >> 3;
-                    switch ((int) (e.jb & 7) - b) {
-                        case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
-                        case  0: slim_mmv_group<g, b    , ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
-                        default: slim_mmv_group<g, b + 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
-                    }
+        const int rr = r < nr ? r : 0; // rows past the end: row 0, not written
+        if (flat_pair && ok) { // SLIM_MMV_FLAT_PAIR: matrix m = t / (G*RB); one accumulator per matrix (ncols == 1)
+            const char * xr0 = bufs + stage*tile_cap + rr*rstride;
+            for (int t = warp*WARP_SIZE + lane; t < NM*G*RB; t += NW*WARP_SIZE) {
+                const int m  = t >= G*RB;
+                const int tt = t - m*G*RB;
+                const char * xr = xr0 + m*mat_cap;
+                const slim_group e = tab[G*m + (unsigned) tt / RB];
+                const int j = e.jb >> 3;
+                float part[ncols] = {0.0f}; // acc[m] with a runtime m would live in local memory
+                switch ((int) (e.jb & 7) - b) {
+                    case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, part); break;
+                    case  0: slim_mmv_group<g, b    , ncols, align>(xr, j, e.off, yq, yds, ne00, part); break;
+                    default: slim_mmv_group<g, b + 1, ncols, align>(xr, j, e.off, yq, yds, ne00, part); break;
                 }
-            } else {
+                acc[0][0]      += m ? 0.0f : part[0];
+                acc[NM - 1][0] += m ? part[0] : 0.0f;
+            }
+        } else {
 #pragma unroll
-                for (int col = 0; col < ncols; ++col) {
-                    acc[m][col] = NAN;
+            for (int m = 0; m < NM; ++m) {
+                const char * xr = bufs + stage*tile_cap + m*mat_cap + rr*rstride;
+                const slim_group * tm = tab + G*m;
+                if (ok) {
+                    for (int t = warp*WARP_SIZE + lane; t < G*RB; t += NW*WARP_SIZE) {
+                        const slim_group e = tm[(unsigned) t / RB]; // t >= 0: an unsigned divide is one shift
+                        const int j = e.jb >> 3;
+                        switch ((int) (e.jb & 7) - b) {
+                            case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
+                            case  0: slim_mmv_group<g, b    , ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
+                            default: slim_mmv_group<g, b + 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
+                        }
+                    }
+                } else {
+#pragma unroll
+                    for (int col = 0; col < ncols; ++col) {
+                        acc[m][col] = NAN;
+                    }
                 }
             }
         }
@@ -917,64 +942,119 @@ static int slim_mmv_stages(const int G, const int row_bytes, const int ncols, co
     return slim_mmv_shmem(G, row_bytes, ncols, RB, NM, wanted) <= slim_smem_limit() ? wanted : 0;
 }
 
+// A launch's shape: stages of the ring, dynamic shared memory, and the persistent grid (min(tiles, resident blocks)).
+struct slim_mmv_plan {
+    int nstages; size_t shmem; int blocks; int ntiles;
+};
+
 template <ggml_type type, int ncols, int RB, int align, int NM>
-static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
+static slim_mmv_plan slim_mmv_make_plan(const slim_mmv_args & a) {
     const int G         = a.ne00/slim_traits<type>::g;
     const int row_bytes = G*slim_type_size<type>;
-    const int ntiles    = (a.nrows + RB - 1)/RB;
-    const int nstages   = slim_mmv_stages(G, row_bytes, ncols, RB, NM, a.nstages);
-    GGML_ASSERT(nstages > 0); // ggml_cuda_slim_use_mmv() refused such rows
-    const size_t shmem = slim_mmv_shmem(G, row_bytes, ncols, RB, NM, nstages);
+    slim_mmv_plan p;
+    p.ntiles  = (a.nrows + RB - 1)/RB;
+    p.nstages = slim_mmv_stages(G, row_bytes, ncols, RB, NM, a.nstages);
+    GGML_ASSERT(p.nstages > 0); // ggml_cuda_slim_use_mmv() refused such rows
+    p.shmem = slim_mmv_shmem(G, row_bytes, ncols, RB, NM, p.nstages);
 
     const int id  = ggml_cuda_get_device();
     const int nsm = ggml_cuda_info().devices[id].nsm;
     auto kernel = slim_mul_mat_vec<type, ncols, RB, align, NM>;
     slim_raise_smem_limit((const void *) kernel);
 
-    // resident blocks per SM of this kernel at this shared-memory size (the grid is persistent)
+    // resident blocks per SM of this kernel instance at this shared-memory size, asked once per (size, device)
     static std::mutex mutex;
-    static std::map<std::tuple<const void *, size_t, int>, int> blocks_per_sm;
+    static std::map<std::pair<size_t, int>, int> blocks_per_sm;
     int bps = 0;
     {
         std::lock_guard<std::mutex> lock(mutex);
-        const auto key = std::make_tuple((const void *) kernel, shmem, id);
-        auto it = blocks_per_sm.find(key);
+        auto it = blocks_per_sm.find({p.shmem, id});
         if (it == blocks_per_sm.end()) {
-            CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, SLIM_MMV_NWARPS*WARP_SIZE, shmem));
+            CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, SLIM_MMV_NWARPS*WARP_SIZE, p.shmem));
             GGML_ASSERT(bps > 0);
-            it = blocks_per_sm.emplace(key, bps).first;
+            it = blocks_per_sm.emplace(std::make_pair(p.shmem, id), bps).first;
         }
         bps = it->second;
     }
-
-    const dim3 grid(std::min(ntiles, bps*nsm), a.nch, 1);
-    const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), shmem, stream);
-    ggml_cuda_kernel_launch(kernel, params,
-        a.x, a.x_up, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
-        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, nstages, a.resid, a.stride_col_resid, a.variant);
+    p.blocks = std::min(p.ntiles, bps*nsm);
+    return p;
 }
 
-template <ggml_type type, int ncols, int RB, int NM = 1>
-static void slim_mmv_switch_align(const slim_mmv_args & a, const int align, cudaStream_t stream) {
-    if constexpr (slim_traits<type>::g == 128) {
+template <ggml_type type, int ncols, int RB, int align, int NM>
+static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
+    const slim_mmv_plan p = slim_mmv_make_plan<type, ncols, RB, align, NM>(a);
+    auto kernel = slim_mul_mat_vec<type, ncols, RB, align, NM>;
+    const dim3 grid(p.blocks, a.nch, 1);
+    const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), p.shmem, stream);
+    ggml_cuda_kernel_launch(kernel, params,
+        a.x, a.x_up, a.yq, a.yds, a.dst, a.ne00, a.nrows, a.stride_row, a.ne12, a.r2, a.r3, a.nb02, a.nb03,
+        a.stride_col_dst, a.stride_ch2_dst, a.stride_ch3_dst, p.nstages, a.resid, a.stride_col_resid, a.variant);
+}
+
+// f(std::integral_constant<int, align>) for the widest copy width the rows allow (16 bytes for g128 only)
+template <int g, typename F>
+static void slim_with_align(const int align, F && f) {
+    if constexpr (g == 128) {
         if (align >= 16) {
-            slim_mmv_launch<type, ncols, RB, 16, NM>(a, stream);
+            f(std::integral_constant<int, 16>());
             return;
         }
     }
     if (align >= 8) {
-        slim_mmv_launch<type, ncols, RB, 8, NM>(a, stream);
+        f(std::integral_constant<int, 8>());
     } else {
-        slim_mmv_launch<type, ncols, RB, 4, NM>(a, stream);
+        f(std::integral_constant<int, 4>());
     }
 }
 
+template <ggml_type type, int ncols, int RB, int NM = 1>
+static void slim_mmv_switch_align(const slim_mmv_args & a, const int align, cudaStream_t stream) {
+    slim_with_align<slim_traits<type>::g>(align, [&](auto A) {
+        slim_mmv_launch<type, ncols, RB, decltype(A)::value, NM>(a, stream);
+    });
+}
+
+// A block's share of a launch in rounds of its threads over work items (one group of one row of one matrix): the
+// most tiles any block of the persistent grid gets, times the rounds one tile takes (NM*G*RB items over
+// NWARPS*32 threads; SLIM_MMV_FLAT_PAIR makes the pair's two matrices one list). Blocks run at once, so the launch
+// takes about as long as its busiest block. LLaMA-7B on an H200: the fused gate/up pair (11008 rows, G = 32) has
+// 1376 8-row tiles for ~660 resident blocks, so some blocks take 3 tiles x 2 rounds = 6 while most take 4;
+// 4-row tiles make it 5 x 1. A one-tile-per-block o-proj (G = 32) gains nothing from 4-row tiles: 128 items
+// leave half of a block's threads idle, 2 x 1 rounds against 1 x 1.
+template <ggml_type type, int ncols, int RB, int NM>
+static int64_t slim_mmv_rounds(const slim_mmv_args & a, const int align) {
+    int64_t rounds = 0;
+    slim_with_align<slim_traits<type>::g>(align, [&](auto A) {
+        const slim_mmv_plan p = slim_mmv_make_plan<type, ncols, RB, decltype(A)::value, NM>(a);
+        const int64_t items = (int64_t) NM*(a.ne00/slim_traits<type>::g)*RB;
+        rounds = (int64_t) ((p.ntiles + p.blocks - 1)/p.blocks) * ((items + SLIM_MMV_NWARPS*WARP_SIZE - 1)/(SLIM_MMV_NWARPS*WARP_SIZE));
+    });
+    return rounds;
+}
+
+// rows per tile at batch 1 under GGML_CUDA_SLIM_BALANCE: 4 where it takes fewer rounds than 8 (ties keep 8: fewer
+// tiles, barriers and reductions)
 template <ggml_type type>
-static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, const int rows_per_tile, const int align,
-        cudaStream_t stream) {
-    if (a.x_up) { // gate/up fusion: one column, 8-row tiles of each matrix
+static int slim_mmv_pick_rows(const slim_mmv_args & a, const int align) {
+    if (a.x_up) {
+        return slim_mmv_rounds<type, 1, 4, 2>(a, align) < slim_mmv_rounds<type, 1, 8, 2>(a, align) ? 4 : 8;
+    }
+    return slim_mmv_rounds<type, 1, 4, 1>(a, align) < slim_mmv_rounds<type, 1, 8, 1>(a, align) ? 4 : 8;
+}
+
+template <ggml_type type>
+static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, int rows_per_tile, const int align,
+        const int balance, cudaStream_t stream) {
+    if (balance && ncols == 1 && a.nch == 1) { // GGML_CUDA_SLIM_BALANCE: 1 = by slim_mmv_pick_rows, 4 = always 4
+        rows_per_tile = balance == 4 ? 4 : slim_mmv_pick_rows<type>(a, align);
+    }
+    if (a.x_up) { // gate/up fusion: one column, 8-row (or 4-row) tiles of each matrix
         GGML_ASSERT(ncols == 1);
-        slim_mmv_switch_align<type, 1, 8, 2>(a, align, stream);
+        if (rows_per_tile == 4) {
+            slim_mmv_switch_align<type, 1, 4, 2>(a, align, stream);
+        } else {
+            slim_mmv_switch_align<type, 1, 8, 2>(a, align, stream);
+        }
         return;
     }
     switch (ncols) {
@@ -1005,14 +1085,17 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, cons
 // aligned, the lean cp.async path elsewhere; 0: the lean path everywhere). H200, 7B shape, alternating processes:
 // bulk and lean within noise of each other in tg128; ncu: the fused gate/up kernel 9 % shorter with bulk
 // (docs/bench/2026-12-04-h200-expand-bulk.md). Experiments, off by default and not yet measured:
-// GGML_CUDA_SLIM_TABLE_EARLY=1 (SLIM_MMV_EARLY_TABLE), GGML_CUDA_SLIM_ROWS_SMALL=4 (see slim_mul_mat_vec_cuda)
+// GGML_CUDA_SLIM_TABLE_EARLY=1 (SLIM_MMV_EARLY_TABLE); GGML_CUDA_SLIM_BALANCE=1 (batch 1: the pair's work items as
+// one list, SLIM_MMV_FLAT_PAIR, and 4- or 8-row tiles by slim_mmv_pick_rows) or =4 (the same with 4-row tiles
+// always: test coverage). An earlier experiment, 4-row tiles for every one-tile-per-block matrix
+// (GGML_CUDA_SLIM_ROWS_SMALL=4, never run), was dropped: by slim_mmv_rounds it doubles the o-proj's rounds.
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
 }
 
 // rows per tile RB (4, 8, 16 or 32): 8 keeps several tiles per block in flight on LLaMA-sized matrices;
-// the fused gate/up pair always uses 8
+// the fused gate/up pair uses 8 (GGML_CUDA_SLIM_BALANCE may choose 4 at launch: slim_mmv_switch_ncols)
 static int slim_mmv_rows_per_tile(const int64_t ncols, const int NM) {
     static const int env_rows = slim_env_int("GGML_CUDA_SLIM_ROWS", 8);
     return ncols == 1 && NM == 1 && (env_rows == 4 || env_rows == 16 || env_rows == 32) ? env_rows : 8;
@@ -1076,7 +1159,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     static const int env_stages = slim_env_int("GGML_CUDA_SLIM_STAGES", 0); // 0: the type's default
     static const int env_bulk   = slim_env_int("GGML_CUDA_SLIM_BULK", 1);
     static const int env_early  = slim_env_int("GGML_CUDA_SLIM_TABLE_EARLY", 0);
-    static const int env_rows_small = slim_env_int("GGML_CUDA_SLIM_ROWS_SMALL", 0);
+    static const int env_balance = slim_env_int("GGML_CUDA_SLIM_BALANCE", 0);
 
     cudaStream_t stream = ctx.stream();
     const int64_t nch = ne12*ne13;
@@ -1100,16 +1183,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
 
     const int    G         = ne00/ggml_blck_size(src0->type);
     const size_t row_bytes = ggml_row_size(src0->type, ne00);
-    int rows_per_tile = slim_mmv_rows_per_tile(ne11, src0_up ? 2 : 1);
-    if (env_rows_small == 4 && ne11 == 1 && !src0_up && rows_per_tile == 8) {
-        // experiment (GGML_CUDA_SLIM_ROWS_SMALL=4, not yet measured): a matrix with at most one 8-row tile per
-        // resident block (~4 blocks per SM: o-proj and ffn_down of a 7B) gets 4-row tiles, two per block, so the
-        // second tile's copy overlaps the first one's arithmetic. The 4 is SLIM2/3_G128's occupancy on sm_90
-        // (56-64 registers); G64 kernels fit ~6 blocks: if this helps, take the launch's own occupancy instead
-        if ((ne01 + 7)/8 <= 4*(int64_t) ggml_cuda_info().devices[ggml_cuda_get_device()].nsm) {
-            rows_per_tile = 4;
-        }
-    }
+    const int rows_per_tile = slim_mmv_rows_per_tile(ne11, src0_up ? 2 : 1);
     const bool slim3 = src0->type == GGML_TYPE_SLIM3_G64 || src0->type == GGML_TYPE_SLIM3_G128;
     const int def_stages = slim3 ? 1 : 2;
     const int nstages = std::max(1, std::min(SLIM_MMV_MAX_STAGES, env_stages > 0 ? env_stages : def_stages));
@@ -1131,13 +1205,14 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(!resid || (nch == 1 && !src0_up && ggml_are_same_shape(resid, dst) && resid->nb[0] == sizeof(float)));
     a.resid = resid ? (const float *) resid->data : nullptr;
     a.stride_col_resid = resid ? resid->nb[1]/sizeof(float) : 0;
-    a.variant = env_bulk ? SLIM_MMV_BULK | (env_early ? SLIM_MMV_EARLY_TABLE : 0) : 0;
+    a.variant = (env_bulk ? SLIM_MMV_BULK | (env_early ? SLIM_MMV_EARLY_TABLE : 0) : 0) |
+                (env_balance ? SLIM_MMV_FLAT_PAIR : 0);
 
     switch (src0->type) {
-        case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, stream); break;
-        case GGML_TYPE_SLIM2_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G128>(a, ne11, rows_per_tile, align, stream); break;
-        case GGML_TYPE_SLIM3_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G64> (a, ne11, rows_per_tile, align, stream); break;
-        case GGML_TYPE_SLIM3_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G128>(a, ne11, rows_per_tile, align, stream); break;
+        case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, env_balance, stream); break;
+        case GGML_TYPE_SLIM2_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G128>(a, ne11, rows_per_tile, align, env_balance, stream); break;
+        case GGML_TYPE_SLIM3_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G64> (a, ne11, rows_per_tile, align, env_balance, stream); break;
+        case GGML_TYPE_SLIM3_G128: slim_mmv_switch_ncols<GGML_TYPE_SLIM3_G128>(a, ne11, rows_per_tile, align, env_balance, stream); break;
         default: GGML_ABORT("%s: not a SLIM type", __func__);
     }
 }
