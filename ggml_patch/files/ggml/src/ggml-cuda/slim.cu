@@ -628,11 +628,6 @@ enum slim_mmv_variant : int {
     // first tile's bulk copies are in flight, instead of from the landed tile (experiment: GGML_CUDA_SLIM_TABLE_EARLY=1,
     // not yet measured)
     SLIM_MMV_EARLY_TABLE = 2,
-    // the fused gate/up pair (NM = 2) as ONE list of work items over both matrices, t = m*G*RB + slot*RB + r, instead
-    // of a loop per matrix: with G*RB < 256 items per matrix the per-matrix loop leaves threads idle (Qwen2.5-1.5B,
-    // G = 12: 96 of 256 threads work, on two items each), and it lets 4-row pair tiles keep every thread busy
-    // (experiment: GGML_CUDA_SLIM_BALANCE=1, with the rows per tile of slim_mmv_pick_rows; not yet measured)
-    SLIM_MMV_FLAT_PAIR   = 4,
 };
 
 // Persistent blocks of SLIM_MMV_NWARPS warps; a tile is RB consecutive rows (RB divides 32). Tiles b, b + gridDim.x, ...
@@ -645,9 +640,16 @@ enum slim_mmv_variant : int {
 // NM = 2 fuses a SwiGLU FFN's gate and up projections (ncols = 1): matrix 0 is the gate, matrix 1 the up
 // projection, dst = silu(gate x) * (up x). A tile then holds the same RB rows of both matrices, each matrix has its
 // own table (SBA gives every tensor its own tags), and the activations are quantized once for both.
+// FLAT (NM = 2 only): the pair's work items as ONE list over both matrices, t = m*G*RB + slot*RB + r, instead of a
+// loop per matrix: with G*RB < 256 items per matrix the per-matrix loop leaves threads idle (Qwen2.5-1.5B, G = 12:
+// 96 of 256 threads work, on two items each), and 4-row pair tiles keep every thread busy (experiment,
+// GGML_CUDA_SLIM_BALANCE; a template parameter, so that the default kernels are compiled exactly as before, SASS
+// compared). FLAT kernels ask for 5 resident blocks (48 registers, as the SLIM2 pair kernel has by itself: a few
+// bytes of spill outside the group loop): unbounded, the flat loop took 61 registers, 4 blocks per SM, and the
+// balance it exists for was lost. 0 = no minimum (the default kernels' attribute as before).
 // Shared memory: [NM x G table entries][nstages tiles of NM x RB rows][2 x NM x NWARPS x RB x ncols partial sums].
-template <ggml_type type, int ncols, int RB, int align, int NM>
-static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat_vec(
+template <ggml_type type, int ncols, int RB, int align, int NM, bool FLAT = false>
+static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE, FLAT ? 5 : 0) slim_mul_mat_vec(
         const char * x0_ptr, const char * x1_ptr, const int8_t * yq_ptr, const float2 * yds_ptr, float * dst_ptr,
         const int ne00, const int nrows, const int64_t stride_row,
         const int ne12, const int r2, const int r3, const int64_t nb02, const int64_t nb03,
@@ -658,6 +660,7 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     constexpr int NW = SLIM_MMV_NWARPS;
     static_assert(WARP_SIZE % RB == 0, "RB must divide the warp size");
     static_assert(NM == 1 || (NM == 2 && ncols == 1), "gate/up fusion is for single columns");
+    static_assert(!FLAT || NM == 2, "one item list over two matrices");
     extern __shared__ __align__(16) char s_mem[];
     __shared__ int s_ok[NM];
     __shared__ __align__(8) uint64_t s_bar[SLIM_MMV_MAX_STAGES]; // SLIM_MMV_BULK: one mbarrier per stage
@@ -690,7 +693,6 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
     const bool bulk = false;
 #endif
     const bool early_table = bulk && (variant & SLIM_MMV_EARLY_TABLE);
-    const bool flat_pair   = NM == 2 && (variant & SLIM_MMV_FLAT_PAIR);
     const uint32_t bar_s = (uint32_t) __cvta_generic_to_shared(s_bar);
     if (bulk) {
         if (threadIdx.x == 0) {
@@ -805,9 +807,8 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         const int r0 = tile*RB;
         const int nr = min(RB, nrows - r0);
         float acc[NM][ncols] = {{0.0f}};
-        const int rr = r < nr ? r : 0; // rows past the end: row 0, not written
-        if (flat_pair && ok) { // SLIM_MMV_FLAT_PAIR: matrix m = t / (G*RB); one accumulator per matrix (ncols == 1)
-            const char * xr0 = bufs + stage*tile_cap + rr*rstride;
+        if (FLAT && ok) { // matrix m = t / (G*RB); one accumulator per matrix (ncols == 1)
+            const char * xr0 = bufs + stage*tile_cap + (r < nr ? r : 0)*rstride; // rows past the end: row 0
             for (int t = warp*WARP_SIZE + lane; t < NM*G*RB; t += NW*WARP_SIZE) {
                 const int m  = t >= G*RB;
                 const int tt = t - m*G*RB;
@@ -826,7 +827,8 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE) slim_mul_mat
         } else {
 #pragma unroll
             for (int m = 0; m < NM; ++m) {
-                const char * xr = bufs + stage*tile_cap + m*mat_cap + rr*rstride;
+                // rows past the end: row 0, not written
+                const char * xr = bufs + stage*tile_cap + m*mat_cap + (r < nr ? r : 0)*rstride;
                 const slim_group * tm = tab + G*m;
                 if (ok) {
                     for (int t = warp*WARP_SIZE + lane; t < G*RB; t += NW*WARP_SIZE) {
@@ -947,7 +949,7 @@ struct slim_mmv_plan {
     int nstages; size_t shmem; int blocks; int ntiles;
 };
 
-template <ggml_type type, int ncols, int RB, int align, int NM>
+template <ggml_type type, int ncols, int RB, int align, int NM, bool FLAT>
 static slim_mmv_plan slim_mmv_make_plan(const slim_mmv_args & a) {
     const int G         = a.ne00/slim_traits<type>::g;
     const int row_bytes = G*slim_type_size<type>;
@@ -959,7 +961,7 @@ static slim_mmv_plan slim_mmv_make_plan(const slim_mmv_args & a) {
 
     const int id  = ggml_cuda_get_device();
     const int nsm = ggml_cuda_info().devices[id].nsm;
-    auto kernel = slim_mul_mat_vec<type, ncols, RB, align, NM>;
+    auto kernel = slim_mul_mat_vec<type, ncols, RB, align, NM, FLAT>;
     slim_raise_smem_limit((const void *) kernel);
 
     // resident blocks per SM of this kernel instance at this shared-memory size, asked once per (size, device)
@@ -980,10 +982,10 @@ static slim_mmv_plan slim_mmv_make_plan(const slim_mmv_args & a) {
     return p;
 }
 
-template <ggml_type type, int ncols, int RB, int align, int NM>
+template <ggml_type type, int ncols, int RB, int align, int NM, bool FLAT>
 static void slim_mmv_launch(const slim_mmv_args & a, cudaStream_t stream) {
-    const slim_mmv_plan p = slim_mmv_make_plan<type, ncols, RB, align, NM>(a);
-    auto kernel = slim_mul_mat_vec<type, ncols, RB, align, NM>;
+    const slim_mmv_plan p = slim_mmv_make_plan<type, ncols, RB, align, NM, FLAT>(a);
+    auto kernel = slim_mul_mat_vec<type, ncols, RB, align, NM, FLAT>;
     const dim3 grid(p.blocks, a.nch, 1);
     const ggml_cuda_kernel_launch_params params(grid, dim3(SLIM_MMV_NWARPS*WARP_SIZE, 1, 1), p.shmem, stream);
     ggml_cuda_kernel_launch(kernel, params,
@@ -1007,25 +1009,30 @@ static void slim_with_align(const int align, F && f) {
     }
 }
 
-template <ggml_type type, int ncols, int RB, int NM = 1>
+template <ggml_type type, int ncols, int RB, int NM = 1, bool FLAT = false>
 static void slim_mmv_switch_align(const slim_mmv_args & a, const int align, cudaStream_t stream) {
     slim_with_align<slim_traits<type>::g>(align, [&](auto A) {
-        slim_mmv_launch<type, ncols, RB, decltype(A)::value, NM>(a, stream);
+        slim_mmv_launch<type, ncols, RB, decltype(A)::value, NM, FLAT>(a, stream);
     });
 }
 
 // A block's share of a launch in rounds of its threads over work items (one group of one row of one matrix): the
 // most tiles any block of the persistent grid gets, times the rounds one tile takes (NM*G*RB items over
-// NWARPS*32 threads; SLIM_MMV_FLAT_PAIR makes the pair's two matrices one list). Blocks run at once, so the launch
+// NWARPS*32 threads; FLAT makes the pair's two matrices one list). Blocks run at once, so the launch
 // takes about as long as its busiest block. LLaMA-7B on an H200: the fused gate/up pair (11008 rows, G = 32) has
 // 1376 8-row tiles for ~660 resident blocks, so some blocks take 3 tiles x 2 rounds = 6 while most take 4;
 // 4-row tiles make it 5 x 1. A one-tile-per-block o-proj (G = 32) gains nothing from 4-row tiles: 128 items
 // leave half of a block's threads idle, 2 x 1 rounds against 1 x 1.
-template <ggml_type type, int ncols, int RB, int NM>
+// A tile size whose rows do not fit in shared memory with one stage counts as endless.
+template <ggml_type type, int ncols, int RB, int NM, bool FLAT>
 static int64_t slim_mmv_rounds(const slim_mmv_args & a, const int align) {
+    const int G = a.ne00/slim_traits<type>::g;
+    if (slim_mmv_stages(G, G*slim_type_size<type>, ncols, RB, NM, 1) == 0) {
+        return INT64_MAX;
+    }
     int64_t rounds = 0;
     slim_with_align<slim_traits<type>::g>(align, [&](auto A) {
-        const slim_mmv_plan p = slim_mmv_make_plan<type, ncols, RB, decltype(A)::value, NM>(a);
+        const slim_mmv_plan p = slim_mmv_make_plan<type, ncols, RB, decltype(A)::value, NM, FLAT>(a);
         const int64_t items = (int64_t) NM*(a.ne00/slim_traits<type>::g)*RB;
         rounds = (int64_t) ((p.ntiles + p.blocks - 1)/p.blocks) * ((items + SLIM_MMV_NWARPS*WARP_SIZE - 1)/(SLIM_MMV_NWARPS*WARP_SIZE));
     });
@@ -1037,9 +1044,9 @@ static int64_t slim_mmv_rounds(const slim_mmv_args & a, const int align) {
 template <ggml_type type>
 static int slim_mmv_pick_rows(const slim_mmv_args & a, const int align) {
     if (a.x_up) {
-        return slim_mmv_rounds<type, 1, 4, 2>(a, align) < slim_mmv_rounds<type, 1, 8, 2>(a, align) ? 4 : 8;
+        return slim_mmv_rounds<type, 1, 4, 2, true>(a, align) < slim_mmv_rounds<type, 1, 8, 2, true>(a, align) ? 4 : 8;
     }
-    return slim_mmv_rounds<type, 1, 4, 1>(a, align) < slim_mmv_rounds<type, 1, 8, 1>(a, align) ? 4 : 8;
+    return slim_mmv_rounds<type, 1, 4, 1, false>(a, align) < slim_mmv_rounds<type, 1, 8, 1, false>(a, align) ? 4 : 8;
 }
 
 template <ggml_type type>
@@ -1048,12 +1055,14 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, int 
     if (balance && ncols == 1 && a.nch == 1) { // GGML_CUDA_SLIM_BALANCE: 1 = by slim_mmv_pick_rows, 4 = always 4
         rows_per_tile = balance == 4 ? 4 : slim_mmv_pick_rows<type>(a, align);
     }
-    if (a.x_up) { // gate/up fusion: one column, 8-row (or 4-row) tiles of each matrix
+    if (a.x_up) { // gate/up fusion: one column, 8-row tiles of each matrix (BALANCE: one item list, 4 or 8 rows)
         GGML_ASSERT(ncols == 1);
-        if (rows_per_tile == 4) {
-            slim_mmv_switch_align<type, 1, 4, 2>(a, align, stream);
-        } else {
+        if (!balance) {
             slim_mmv_switch_align<type, 1, 8, 2>(a, align, stream);
+        } else if (rows_per_tile == 4) {
+            slim_mmv_switch_align<type, 1, 4, 2, true>(a, align, stream);
+        } else {
+            slim_mmv_switch_align<type, 1, 8, 2, true>(a, align, stream);
         }
         return;
     }
@@ -1086,8 +1095,8 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, int 
 // bulk and lean within noise of each other in tg128; ncu: the fused gate/up kernel 9 % shorter with bulk
 // (docs/bench/2026-12-04-h200-expand-bulk.md). Experiments, off by default and not yet measured:
 // GGML_CUDA_SLIM_TABLE_EARLY=1 (SLIM_MMV_EARLY_TABLE); GGML_CUDA_SLIM_BALANCE=1 (batch 1: the pair's work items as
-// one list, SLIM_MMV_FLAT_PAIR, and 4- or 8-row tiles by slim_mmv_pick_rows) or =4 (the same with 4-row tiles
-// always: test coverage). An earlier experiment, 4-row tiles for every one-tile-per-block matrix
+// one list, slim_mul_mat_vec's FLAT, and 4- or 8-row tiles by slim_mmv_pick_rows) or =4 (the same with 4-row tiles
+// always: test coverage; any other nonzero value picks, and at batch 1 it overrides GGML_CUDA_SLIM_ROWS). An earlier experiment, 4-row tiles for every one-tile-per-block matrix
 // (GGML_CUDA_SLIM_ROWS_SMALL=4, never run), was dropped: by slim_mmv_rounds it doubles the o-proj's rounds.
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
@@ -1205,8 +1214,7 @@ static void slim_mul_mat_vec_cuda(ggml_backend_cuda_context & ctx, const ggml_te
     GGML_ASSERT(!resid || (nch == 1 && !src0_up && ggml_are_same_shape(resid, dst) && resid->nb[0] == sizeof(float)));
     a.resid = resid ? (const float *) resid->data : nullptr;
     a.stride_col_resid = resid ? resid->nb[1]/sizeof(float) : 0;
-    a.variant = (env_bulk ? SLIM_MMV_BULK | (env_early ? SLIM_MMV_EARLY_TABLE : 0) : 0) |
-                (env_balance ? SLIM_MMV_FLAT_PAIR : 0);
+    a.variant = env_bulk ? SLIM_MMV_BULK | (env_early ? SLIM_MMV_EARLY_TABLE : 0) : 0;
 
     switch (src0->type) {
         case GGML_TYPE_SLIM2_G64:  slim_mmv_switch_ncols<GGML_TYPE_SLIM2_G64> (a, ne11, rows_per_tile, align, env_balance, stream); break;
