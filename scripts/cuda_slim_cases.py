@@ -4,6 +4,8 @@ library's RTN row builder) of random weights with SBA-shaped random bit maps, an
     python scripts/cuda_slim_cases.py OUT_DIR
 
 Each file: b"SLIMCASE", int64 [type, ne00, nrows, nbytes], the row bytes, float32 [nrows, ne00] Numba decode.
+Beside each NAME.bin, NAME.up holds a second matrix of the same type and shape with its own bit map (SBA gives
+every tensor its own), in the same format: the up projection of a gate/up + SwiGLU pair whose gate is NAME.bin.
 Shapes cover odd group counts (4-byte aligned rows), SmolLM2 widths (576, 1536), LLaMA-7B widths (4096, 11008)
 and a row count that is not a multiple of the kernels' rows per block. A few groups are flat (scale 0, or the
 smallest scale of the tag's parity) and a few nearly flat (subnormal scales): the kernels' edge cases.
@@ -47,16 +49,21 @@ def main(out: Path) -> None:
         g = st.group_size
         shapes = [(5 * g, 33), (576 if g == 64 else 1536, 64), (4096, 64), (11008, 40)]
         for ne00, nrows in shapes:
-            data = random_rows(st, ne00, nrows, rng)
-            ref = decode(data, ne00, st)
-            path = out / f"{st.name.lower()}_{ne00}x{nrows}.bin"
-            with open(path, "wb") as f:
-                f.write(b"SLIMCASE")
-                f.write(np.array([int(st.ggml_type), ne00, nrows, data.size], dtype=np.int64).tobytes())
-                f.write(np.ascontiguousarray(data).tobytes())
-                f.write(np.ascontiguousarray(ref, dtype=np.float32).tobytes())
+            for suffix in (".bin", ".up"):
+                write_case(out / f"{st.name.lower()}_{ne00}x{nrows}{suffix}", st, ne00,
+                           random_rows(st, ne00, nrows, rng))
             n += 1
-    print(f"{n} cases in {out}")
+    print(f"{n} cases (+ their up matrices) in {out}")
+
+
+def write_case(path: Path, st, ne00: int, data: np.ndarray) -> None:
+    """One case file: the header, the row bytes, their Numba decode."""
+    ref = decode(data, ne00, st)
+    with open(path, "wb") as f:
+        f.write(b"SLIMCASE")
+        f.write(np.array([int(st.ggml_type), ne00, data.shape[0], data.size], dtype=np.int64).tobytes())
+        f.write(np.ascontiguousarray(data).tobytes())
+        f.write(np.ascontiguousarray(ref, dtype=np.float32).tobytes())
 
 
 if __name__ == "__main__":

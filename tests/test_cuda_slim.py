@@ -2,13 +2,14 @@
 
 Without a GPU: a derivation check of the identity the mat-vec kernel is built on (bit-plane expansion to code
 bytes, the permuted activation layout, unsigned x signed dp4a, the `hi >> 4`), written out in numpy: it shows the
-arithmetic is right, not that slim.cu implements it (nothing here runs slim.cu); and the case files of the device
-check. With a GPU and a CUDA build (build/cuda, `slim2gguf build-llama --cuda`): the exactness harness
+arithmetic is right, not that slim.cu implements it (nothing here runs slim.cu); the case files of the device
+check; and the harness itself built without CUDA (ggml-cpu against Numba, and a corrupted case must fail). With a GPU and a CUDA build (build/cuda, `slim2gguf build-llama --cuda`): the exactness harness
 scripts/cuda_slim_check.cpp drives the real kernels (CUDA == Numba == CPU bit for bit; mat-vec within Q8
 rounding). The H100/H200 runs of the same harness are in docs/bench/.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import subprocess
@@ -126,6 +127,44 @@ def test_case_files(tmp_path):
         w = (np.repeat(d.astype(np.float32), st.group_size, axis=1) * q
              + np.repeat(m.astype(np.float32), st.group_size, axis=1))
         assert np.array_equal(w, ref)
+    for f in files:  # every gate has an up matrix of its type and shape, with other bytes (its own bit map)
+        up = f.with_suffix(".up").read_bytes()
+        gate = f.read_bytes()
+        assert up[:40] == gate[:40] and up != gate
+
+
+def _build_cpu_harness(tmp_path: Path) -> Path:
+    from llama_env import tool
+
+    lib_dir = tool("libggml-cpu.so").parent
+    exe = tmp_path / "slim_check_cpu"
+    subprocess.run(["g++", "-O2", "-std=c++17", "-DSLIM_CHECK_NO_CUDA", str(ROOT / "scripts" / "cuda_slim_check.cpp"),
+                    f"-I{ROOT / 'build' / 'llama.cpp' / 'ggml' / 'include'}", f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}",
+                    "-lggml", "-lggml-base", "-lggml-cpu", "-o", str(exe)], check=True)
+    return exe
+
+
+@pytest.mark.llama
+def test_exactness_harness_cpu(tmp_path):
+    """The harness without CUDA: ggml-cpu's GET_ROWS equals the Numba decode bit for bit, its mat-vecs and the
+    SwiGLU pair are within the bounds; the same run on a case whose codes were changed (its Numba decode not) fails."""
+    cases = tmp_path / "cases"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "cuda_slim_cases.py"), str(cases)], check=True, cwd=ROOT,
+                   capture_output=True)
+    exe = _build_cpu_harness(tmp_path)
+    res = subprocess.run([str(exe), *map(str, sorted(cases.glob("*.bin")))], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "PASS: 0 failed checks" in res.stdout
+    assert res.stdout.count("SwiGLU pair batch") == 2 * 16
+
+    case = cases / "slim2_g128_1536x64.bin"
+    raw = bytearray(case.read_bytes())
+    nbytes = int(np.frombuffer(bytes(raw[32:40]), dtype=np.int64)[0])
+    raw[40 + nbytes - 1] ^= 0xFF   # the last code byte of the last row
+    case.write_bytes(bytes(raw))
+    res = subprocess.run([str(exe), str(case)], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert re.search(r"GET_ROWS CPU  == Numba \(bits\) +FAIL", res.stdout), res.stdout[-2000:]
 
 
 def _have_gpu() -> bool:
