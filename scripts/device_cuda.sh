@@ -3,6 +3,8 @@
 # kernels, benchmark. Stages run in the order given; each leaves its log under $OUT (at most 8 files come back).
 #
 #   here:    bash scripts/device_pack.sh                      -> .devcarry/llama-src.tar.xz (patched tree, ~5 MB)
+#            (optional) bash scripts/device_prebuild.sh          -> also .devcarry/prebuilt.tar.xz: the build stage
+#            then only checks that these tools run there (stage_prebuilt) instead of spending ~5 min building
 #            (optional) SmolLM2 SLIM files + eval text in .devcarry/smol/ (carry limit 64 MiB per call; a later
 #            call on the still-warm machine can carry another folder: SMOL_DIR=.devcarry3/smol ... smol)
 #   device:  bash scripts/device_cuda.sh build check          (carry .devcarry)   ~6 min
@@ -77,6 +79,9 @@ PY
     rm -rf "$W/src.new"
     echo "$sum" > "$W/src.sum"
   fi
+  if stage_prebuilt; then
+    return 0
+  fi
   local args argv=()
   args=$(python3 -c "from slim2gguf.llama_build import cmake_args; print('\n'.join(cmake_args(True)))") || return 1
   mapfile -t argv <<< "$args"   # one argument per line: flags with spaces stay one argument
@@ -91,6 +96,34 @@ PY
     >> "$OUT/build.log" 2>&1 || { grep -B2 -A12 "error" "$OUT/build.log" | head -80; return 1; }
   stamp "build done"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+}
+
+# .devcarry/prebuilt.tar.xz (scripts/device_prebuild.sh: the tools built on the dev machine) instead of a build, if it
+# was made from this llama-src.tar.xz and its test-backend-ops runs an op on the GPU here; status 1 otherwise (build)
+stage_prebuilt() {
+  local pb=.devcarry/prebuilt.tar.xz key have libdir
+  [ -f "$pb" ] || return 1
+  key=$(bash scripts/device_prebuilt_key.sh .devcarry/llama-src.tar.xz)
+  have=$(tar -xJOf "$pb" bin/prebuilt.key 2>/dev/null || true)
+  if [ "$key" != "$have" ]; then
+    stamp "prebuilt tools are for other source (key $have, source $key): building"
+    return 1
+  fi
+  mkdir -p "$B" && tar -xJf "$pb" -C "$B"
+  if ldd "$BIN/test-backend-ops" | grep -q "not found"; then # CUDA's libraries elsewhere than on the dev machine
+    libdir=$(dirname "$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)" 2>/dev/null)
+    [ -n "$libdir" ] && export LD_LIBRARY_PATH="$libdir:$(dirname "$(find / -name 'libcudart.so.13' -not -path '/proc/*' 2>/dev/null | head -1)")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+  if timeout 120 "$BIN/test-backend-ops" -b CUDA0 -o ADD > "$OUT/prebuilt-check.log" 2>&1; then
+    stamp "prebuilt tools in use (key $key)${LD_LIBRARY_PATH:+, LD_LIBRARY_PATH=$LD_LIBRARY_PATH}"
+    rm -f "$B/args.txt"   # a later build stage on this machine configures and builds from source
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+    return 0
+  fi
+  stamp "prebuilt tools do not run here (log: prebuilt-check.log): building"
+  tail -5 "$OUT/prebuilt-check.log"
+  rm -rf "$BIN"
+  return 1
 }
 
 # SLIM decode-kernel settings the check, profile and tune stages go through (env assignments; "" = defaults),

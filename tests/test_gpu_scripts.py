@@ -1,4 +1,5 @@
-"""scripts/bench_gpu.py's `layers` helpers: the layer-cut copy of a GGUF and the line fit (CPU, no llama.cpp)."""
+"""Helpers of the GPU-machine scripts that run here: bench_gpu.py's `layers` (the layer-cut copy of a GGUF, the line fit)
+and device_prebuilt_key.sh (what ties prebuilt tools to their source). CPU, no llama.cpp."""
 from __future__ import annotations
 
 import importlib.util
@@ -69,3 +70,35 @@ def test_fit_line_separates_fixed_and_per_layer_time():
     fixed, per_layer = bench.fit_line(counts, [0.25 + 0.05 * n for n in counts])
     assert fixed == pytest.approx(0.25)
     assert per_layer == pytest.approx(0.05)
+
+
+def _xz_tar(path: Path, files: dict[str, bytes], mtime: int) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:xz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), mtime
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_prebuilt_key_follows_file_contents_not_archive_bytes(tmp_path):
+    """scripts/device_prebuilt_key.sh: the same files (other times, other order) give the same key; one changed
+    byte or one renamed file gives another."""
+    import subprocess
+
+    key_script = SCRIPT.parent / "device_prebuilt_key.sh"
+
+    def key(files, mtime, name):
+        path = tmp_path / name
+        _xz_tar(path, files, mtime)
+        return subprocess.run(["bash", str(key_script), str(path)], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    files = {"ggml/src/a.cu": b"kernel", "tests/b.cpp": b"test"}
+    k0 = key(files, 1, "a.tar.xz")
+    assert len(k0) == 32
+    assert key(dict(reversed(list(files.items()))), 99, "b.tar.xz") == k0
+    assert key({**files, "tests/b.cpp": b"tesT"}, 1, "c.tar.xz") != k0
+    assert key({"ggml/src/a.cu": b"kernel", "tests/c.cpp": b"test"}, 1, "d.tar.xz") != k0
