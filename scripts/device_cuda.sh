@@ -101,7 +101,7 @@ PY
 # .devcarry/prebuilt.tar.xz (scripts/device_prebuild.sh: the tools built on the dev machine) instead of a build, if it
 # was made from this llama-src.tar.xz and its test-backend-ops runs an op on the GPU here; status 1 otherwise (build)
 stage_prebuilt() {
-  local pb=.devcarry/prebuilt.tar.xz key have libdir
+  local pb=.devcarry/prebuilt.tar.xz key have lib libdir
   [ -f "$pb" ] || return 1
   key=$(bash scripts/device_prebuilt_key.sh .devcarry/llama-src.tar.xz)
   have=$(tar -xJOf "$pb" bin/prebuilt.key 2>/dev/null || true)
@@ -110,11 +110,14 @@ stage_prebuilt() {
     return 1
   fi
   mkdir -p "$B" && tar -xJf "$pb" -C "$B"
-  if ldd "$BIN/test-backend-ops" | grep -q "not found"; then # CUDA's libraries elsewhere than on the dev machine
-    libdir=$(dirname "$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)" 2>/dev/null)
-    [ -n "$libdir" ] && export LD_LIBRARY_PATH="$libdir:$(dirname "$(find / -name 'libcudart.so.13' -not -path '/proc/*' 2>/dev/null | head -1)")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  fi
-  if timeout 120 "$BIN/test-backend-ops" -b CUDA0 -o ADD > "$OUT/prebuilt-check.log" 2>&1; then
+  for lib in $(ldd "$BIN/test-backend-ops" | awk '/not found/ {print $1}'); do # CUDA's libraries elsewhere here
+    libdir=$(find /usr /opt /lib /lib64 -name "$lib" 2>/dev/null | head -1)
+    [ -n "$libdir" ] && export LD_LIBRARY_PATH="$(dirname "$libdir")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  done
+  # the exit status alone is no proof: without a usable GPU test-backend-ops skips CUDA0 and exits 0
+  if timeout 120 "$BIN/test-backend-ops" -b CUDA0 -o ADD > "$OUT/prebuilt-check.log" 2>&1 &&
+     grep -q "^Backend .*: CUDA0" "$OUT/prebuilt-check.log" &&
+     grep -Eq "^ +[1-9][0-9]*/[0-9]+ tests passed" "$OUT/prebuilt-check.log"; then
     stamp "prebuilt tools in use (key $key)${LD_LIBRARY_PATH:+, LD_LIBRARY_PATH=$LD_LIBRARY_PATH}"
     rm -f "$B/args.txt"   # a later build stage on this machine configures and builds from source
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
