@@ -105,6 +105,21 @@ static int64_t count_diff_bits(const float * x, const float * y, int64_t n) {
     return bad;
 }
 
+// W x in fp64 from the Numba rows: [nc][nrows]
+static std::vector<double> dot_ref(const slim_case & c, const std::vector<float> & x, int64_t nc) {
+    std::vector<double> ref(c.nrows*nc);
+    for (int64_t j = 0; j < nc; ++j) {
+        for (int64_t i = 0; i < c.nrows; ++i) {
+            double s = 0;
+            for (int64_t k = 0; k < c.ne00; ++k) {
+                s += (double) c.ref[i*c.ne00 + k] * x[j*c.ne00 + k];
+            }
+            ref[j*c.nrows + i] = s;
+        }
+    }
+    return ref;
+}
+
 static double nmse(const std::vector<float> & x, const std::vector<double> & ref) {
     double num = 0, den = 0;
     for (size_t i = 0; i < ref.size(); ++i) {
@@ -227,21 +242,16 @@ int main(int argc, char ** argv) {
         // 3. MUL_MAT with random activations
         std::mt19937 rng(1234 + ic);
         std::normal_distribution<float> dist(0.0f, 1.0f);
-        for (int64_t nc : { 1, 2, 3, 4, 5, 8, 16, 512 }) {
+        auto activations = [&](int64_t nc) {
             std::vector<float> x(c.ne00*nc);
             for (float & v : x) {
                 v = dist(rng);
             }
-            std::vector<double> ref(c.nrows*nc);
-            for (int64_t j = 0; j < nc; ++j) {
-                for (int64_t i = 0; i < c.nrows; ++i) {
-                    double s = 0;
-                    for (int64_t k = 0; k < c.ne00; ++k) {
-                        s += (double) c.ref[i*c.ne00 + k] * x[j*c.ne00 + k];
-                    }
-                    ref[j*c.nrows + i] = s;
-                }
-            }
+            return x;
+        };
+        for (int64_t nc : { 1, 2, 3, 4, 5, 8, 16, 512 }) {
+            const std::vector<float> x = activations(nc);
+            const std::vector<double> ref = dot_ref(c, x, nc);
             std::string what = "MUL_MAT batch " + std::to_string(nc) + (nc <= 8 ? " (mat-vec)" : " (cuBLAS)");
             compare(what, OP_MUL_MAT, c, nullptr, x, nc, ref);
         }
@@ -258,20 +268,11 @@ int main(int argc, char ** argv) {
                 return 2;
             }
             for (int64_t nc : { 1, 2 }) {
-                std::vector<float> x(c.ne00*nc);
-                for (float & v : x) {
-                    v = dist(rng);
-                }
-                std::vector<double> ref(c.nrows*nc);
-                for (int64_t j = 0; j < nc; ++j) {
-                    for (int64_t i = 0; i < c.nrows; ++i) {
-                        double sg = 0, su = 0;
-                        for (int64_t k = 0; k < c.ne00; ++k) {
-                            sg += (double) c.ref[i*c.ne00 + k] * x[j*c.ne00 + k];
-                            su += (double) up.ref[i*c.ne00 + k] * x[j*c.ne00 + k];
-                        }
-                        ref[j*c.nrows + i] = sg / (1.0 + std::exp(-sg)) * su;
-                    }
+                const std::vector<float> x = activations(nc);
+                std::vector<double> ref = dot_ref(c, x, nc);
+                const std::vector<double> ru = dot_ref(up, x, nc);
+                for (size_t i = 0; i < ref.size(); ++i) {
+                    ref[i] = ref[i] / (1.0 + std::exp(-ref[i])) * ru[i]; // silu(gate) * up
                 }
                 std::string what = "SwiGLU pair batch " + std::to_string(nc) + (nc == 1 ? " (fused)" : " (apart)");
                 compare(what, OP_SWIGLU, c, &up, x, nc, ref);
