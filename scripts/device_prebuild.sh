@@ -4,12 +4,13 @@
 # only when it was built from the same patched source as the carried llama-src.tar.xz (a key over the tarball's file
 # contents) and its test-backend-ops runs an op on the GPU there; otherwise it builds as before.
 #
-#   bash scripts/device_prebuild.sh     (~1-2 h on 2 cores the first time; ninja rebuilds only what changed)
+#   bash scripts/device_prebuild.sh     (18 min on 2 cores from scratch; ninja rebuilds only what changed)
 #   -> .devcarry/llama-src.tar.xz (device_pack.sh) and .devcarry/prebuilt.tar.xz
 #
-# Needs, besides nvcc: cuBLAS (headers and libcublas*.so.13, e.g. from the nvidia-cublas wheel) in the toolkit's
-# include/ and lib/, and a link-time libcuda.so + libcuda.so.1 in its lib/stubs/ (CUDA_STUBS; soname libcuda.so.1; a
-# stub exporting the driver functions ggml-cuda calls will do, the GPU machine loads its real driver). The CPU code is built for AVX2/FMA/F16C/BMI2
+# Needs nvcc 13 (the GPU machine's). What this machine's toolkit lacks for linking is added to it (root, or write
+# access to the toolkit): cuBLAS's headers and libcublas*.so.13 from the nvidia-cublas wheel (pip download, cached in
+# .cache/), and a link-time libcuda.so.1 in lib/stubs/: a stub exporting the driver functions ggml-cuda calls (the
+# GPU machine loads its real driver; the executables reach it through libggml-cuda, found by -rpath-link). The CPU code is built for AVX2/FMA/F16C/BMI2
 # instead of -march=native: this machine's CPU is not the GPU machine's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,12 +19,35 @@ B=build/cuda-pre
 TARGETS=(llama-bench llama-quantize llama-perplexity llama-completion llama-imatrix test-backend-ops)
 
 command -v nvcc > /dev/null || { echo "no nvcc on PATH"; exit 1; }
+CUDA_ROOT=$(readlink -f "${CUDA_HOME:-/usr/local/cuda}")
+TLIB=$CUDA_ROOT/targets/x86_64-linux/lib
+TINC=$CUDA_ROOT/targets/x86_64-linux/include
+STUBS=$TLIB/stubs
 bash scripts/device_pack.sh > /dev/null
+
+if [ ! -e "$TINC/cublas_v2.h" ] || [ ! -e "$TLIB/libcublas.so" ]; then
+  echo "adding cuBLAS (nvidia-cublas 13 wheel) to $CUDA_ROOT"
+  "$PY" -m pip download -q --no-deps --only-binary=:all: -d .cache/wheels "nvidia-cublas>=13,<14"
+  whl=$(ls -t .cache/wheels/nvidia_cublas-13*.whl | head -1)
+  rm -rf .cache/cublas && "$PY" -m zipfile -e "$whl" .cache/cublas
+  for f in "$PWD"/.cache/cublas/nvidia/cu13/include/*.h; do ln -sf "$f" "$TINC/"; done
+  for f in libcublas.so.13 libcublasLt.so.13; do ln -sf "$PWD/.cache/cublas/nvidia/cu13/lib/$f" "$TLIB/$f"; done
+  ln -sf libcublas.so.13 "$TLIB/libcublas.so"
+  ln -sf libcublasLt.so.13 "$TLIB/libcublasLt.so"
+fi
+if [ ! -e "$STUBS/libcuda.so.1" ]; then
+  echo "adding a link-time libcuda stub to $STUBS"
+  mkdir -p "$STUBS" build
+  # every driver-API function ggml-cuda calls (cuXxx(...), not cudaXxx or cuBLAS)
+  grep -ohE "\bcu[A-Z][A-Za-z0-9_]*\(" build/llama.cpp/ggml/src/ggml-cuda/*.cu build/llama.cpp/ggml/src/ggml-cuda/*.cuh \
+    | tr -d '(' | grep -v '^cuBLAS$' | sort -u | sed 's/.*/int &(void) { return 999; }/' > build/libcuda-stub.c
+  cc -shared -fPIC -o "$STUBS/libcuda.so" -Wl,-soname,libcuda.so.1 build/libcuda-stub.c
+  ln -sf libcuda.so "$STUBS/libcuda.so.1"
+fi
 mapfile -t argv < <("$PY" -c "from slim2gguf.llama_build import cmake_args; print('\n'.join(cmake_args(True)))")
 argv+=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
 # executables reach libcuda.so.1 only through libggml-cuda: the linker finds the stub by -rpath-link
-STUBS=${CUDA_STUBS:-/usr/local/cuda/targets/x86_64-linux/lib/stubs}
-[ -e "$STUBS/libcuda.so.1" ] && argv+=("-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,$STUBS")
+argv+=("-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,$STUBS")
 if [ ! -f "$B/build.ninja" ] || [ "$(cat "$B/args.txt" 2>/dev/null)" != "${argv[*]}" ]; then
   cmake -S build/llama.cpp -B "$B" "${argv[@]}" > "$B.cmake.log" 2>&1 \
     || { tail -30 "$B.cmake.log"; echo "cmake failed (cuBLAS and a libcuda.so stub in the toolkit? see the header)"; exit 1; }
