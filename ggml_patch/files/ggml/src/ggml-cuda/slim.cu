@@ -544,6 +544,19 @@ static __device__ __forceinline__ void slim_mmv_group(
     }
 }
 
+// one table entry's group of one row, by the code path of its width (b-1, b or b+1)
+template <int g, int b, int ncols, int align>
+static __device__ __forceinline__ void slim_mmv_entry(
+        const char * row, const slim_group e, const int8_t * yq, const float2 * yds, const int ne00,
+        float (&acc)[ncols]) {
+    const int j = e.jb >> 3;
+    switch ((int) (e.jb & 7) - b) {
+        case -1: slim_mmv_group<g, b - 1, ncols, align>(row, j, e.off, yq, yds, ne00, acc); break;
+        case  0: slim_mmv_group<g, b    , ncols, align>(row, j, e.off, yq, yds, ne00, acc); break;
+        default: slim_mmv_group<g, b + 1, ncols, align>(row, j, e.off, yq, yds, ne00, acc); break;
+    }
+}
+
 static __device__ __forceinline__ void slim_cp_async(const uint32_t dst, const char * src, const int nbytes) {
     if (nbytes == 16) {
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src));
@@ -813,14 +826,8 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE, FLAT ? 5 : 0
                 const int m  = t >= G*RB;
                 const int tt = t - m*G*RB;
                 const char * xr = xr0 + m*mat_cap;
-                const slim_group e = tab[G*m + (unsigned) tt / RB];
-                const int j = e.jb >> 3;
                 float part[ncols] = {0.0f}; // acc[m] with a runtime m would live in local memory
-                switch ((int) (e.jb & 7) - b) {
-                    case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, part); break;
-                    case  0: slim_mmv_group<g, b    , ncols, align>(xr, j, e.off, yq, yds, ne00, part); break;
-                    default: slim_mmv_group<g, b + 1, ncols, align>(xr, j, e.off, yq, yds, ne00, part); break;
-                }
+                slim_mmv_entry<g, b, ncols, align>(xr, tab[G*m + (unsigned) tt / RB], yq, yds, ne00, part);
                 acc[0][0]      += m ? 0.0f : part[0];
                 acc[NM - 1][0] += m ? part[0] : 0.0f;
             }
@@ -832,13 +839,8 @@ static __global__ void __launch_bounds__(SLIM_MMV_NWARPS*WARP_SIZE, FLAT ? 5 : 0
                 const slim_group * tm = tab + G*m;
                 if (ok) {
                     for (int t = warp*WARP_SIZE + lane; t < G*RB; t += NW*WARP_SIZE) {
-                        const slim_group e = tm[(unsigned) t / RB]; // t >= 0: an unsigned divide is one shift
-                        const int j = e.jb >> 3;
-                        switch ((int) (e.jb & 7) - b) {
-                            case -1: slim_mmv_group<g, b - 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
-                            case  0: slim_mmv_group<g, b    , ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
-                            default: slim_mmv_group<g, b + 1, ncols, align>(xr, j, e.off, yq, yds, ne00, acc[m]); break;
-                        }
+                        // t >= 0: an unsigned divide is one shift
+                        slim_mmv_entry<g, b, ncols, align>(xr, tm[(unsigned) t / RB], yq, yds, ne00, acc[m]);
                     }
                 } else {
 #pragma unroll
@@ -1033,8 +1035,9 @@ static int64_t slim_mmv_rounds(const slim_mmv_args & a, const int align) {
     int64_t rounds = 0;
     slim_with_align<slim_traits<type>::g>(align, [&](auto A) {
         const slim_mmv_plan p = slim_mmv_make_plan<type, ncols, RB, decltype(A)::value, NM, FLAT>(a);
-        const int64_t items = (int64_t) NM*(a.ne00/slim_traits<type>::g)*RB;
-        rounds = (int64_t) ((p.ntiles + p.blocks - 1)/p.blocks) * ((items + SLIM_MMV_NWARPS*WARP_SIZE - 1)/(SLIM_MMV_NWARPS*WARP_SIZE));
+        constexpr int threads = SLIM_MMV_NWARPS*WARP_SIZE;
+        const int64_t items = (int64_t) NM*G*RB;
+        rounds = (int64_t) ((p.ntiles + p.blocks - 1)/p.blocks) * ((items + threads - 1)/threads);
     });
     return rounds;
 }
@@ -1096,8 +1099,9 @@ static void slim_mmv_switch_ncols(const slim_mmv_args & a, const int ncols, int 
 // (docs/bench/2026-12-04-h200-expand-bulk.md). Experiments, off by default and not yet measured:
 // GGML_CUDA_SLIM_TABLE_EARLY=1 (SLIM_MMV_EARLY_TABLE); GGML_CUDA_SLIM_BALANCE=1 (batch 1: the pair's work items as
 // one list, slim_mul_mat_vec's FLAT, and 4- or 8-row tiles by slim_mmv_pick_rows) or =4 (the same with 4-row tiles
-// always: test coverage; any other nonzero value picks, and at batch 1 it overrides GGML_CUDA_SLIM_ROWS). An earlier experiment, 4-row tiles for every one-tile-per-block matrix
-// (GGML_CUDA_SLIM_ROWS_SMALL=4, never run), was dropped: by slim_mmv_rounds it doubles the o-proj's rounds.
+// always: test coverage; any other nonzero value picks, and at batch 1 it overrides GGML_CUDA_SLIM_ROWS). An earlier
+// experiment, 4-row tiles for every one-tile-per-block matrix (GGML_CUDA_SLIM_ROWS_SMALL=4, never run), was dropped:
+// by slim_mmv_rounds it doubles the o-proj's rounds.
 static int slim_env_int(const char * name, const int def) {
     const char * v = getenv(name);
     return v ? atoi(v) : def;
