@@ -79,22 +79,20 @@ PY
     rm -rf "$W/src.new"
     echo "$sum" > "$W/src.sum"
   fi
-  if stage_prebuilt; then
-    return 0
+  if ! stage_prebuilt; then
+    local args argv=()
+    args=$(python3 -c "from slim2gguf.llama_build import cmake_args; print('\n'.join(cmake_args(True)))") || return 1
+    mapfile -t argv <<< "$args"   # one argument per line: flags with spaces stay one argument
+    stamp "cmake ${argv[*]}"
+    if [ ! -f "$B/build.ninja" ] || [ "$(cat "$B/args.txt" 2>/dev/null)" != "$args" ]; then
+      cmake -S "$SRC" -B "$B" "${argv[@]}" -DGGML_CCACHE=OFF > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; return 1; }
+      echo "$args" > "$B/args.txt"
+    fi
+    stamp "building (-j$NJ)"
+    cmake --build "$B" -j "$NJ" --target "${CUDA_TOOL_TARGETS[@]}" \
+      >> "$OUT/build.log" 2>&1 || { grep -B2 -A12 "error" "$OUT/build.log" | head -80; return 1; }
+    stamp "build done"
   fi
-  local args argv=()
-  args=$(python3 -c "from slim2gguf.llama_build import cmake_args; print('\n'.join(cmake_args(True)))") || return 1
-  mapfile -t argv <<< "$args"   # one argument per line: flags with spaces stay one argument
-  stamp "cmake ${argv[*]}"
-  if [ ! -f "$B/build.ninja" ] || [ "$(cat "$B/args.txt" 2>/dev/null)" != "$args" ]; then
-    cmake -S "$SRC" -B "$B" "${argv[@]}" -DGGML_CCACHE=OFF > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; return 1; }
-    echo "$args" > "$B/args.txt"
-  fi
-  stamp "building (-j$NJ)"
-  cmake --build "$B" -j "$NJ" --target llama-bench llama-quantize llama-perplexity llama-completion llama-imatrix \
-    test-backend-ops \
-    >> "$OUT/build.log" 2>&1 || { grep -B2 -A12 "error" "$OUT/build.log" | head -80; return 1; }
-  stamp "build done"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
 }
 
@@ -120,7 +118,6 @@ stage_prebuilt() {
      grep -Eq "^ +[1-9][0-9]*/[0-9]+ tests passed" "$OUT/prebuilt-check.log"; then
     stamp "prebuilt tools in use (key $key)${LD_LIBRARY_PATH:+, LD_LIBRARY_PATH=$LD_LIBRARY_PATH}"
     rm -f "$B/args.txt"   # a later build stage on this machine configures and builds from source
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
     return 0
   fi
   stamp "prebuilt tools do not run here (log: prebuilt-check.log): building"
@@ -133,8 +130,8 @@ stage_prebuilt() {
 # '|'-separated in SLIM_SETTINGS to override (SLIM_SETTINGS='|' for the defaults alone); CHECK_SETTINGS,
 # PROFILE_SETTINGS and TUNE_SETTINGS override it for one stage. Default: the kernels' defaults (the mat-vec's bulk-copy
 # path where rows are 16-byte aligned) and the lean cp.async path everywhere (GGML_CUDA_SLIM_BULK=0,
-# docs/bench/2026-12-04-h200-expand-bulk.md); experiments: GGML_CUDA_SLIM_TABLE_EARLY=1, GGML_CUDA_SLIM_BALANCE=1 (=4: its 4-row path always, for check);
-# other knobs: GGML_CUDA_SLIM_STAGES=1/2 (tiles in flight),
+# docs/bench/2026-12-04-h200-expand-bulk.md); experiments: GGML_CUDA_SLIM_TABLE_EARLY=1, GGML_CUDA_SLIM_BALANCE=1
+# (=4: its 4-row path always, for check); other knobs: GGML_CUDA_SLIM_STAGES=1/2 (tiles in flight),
 # GGML_CUDA_SLIM_FUSE_NORM=0, GGML_CUDA_SLIM_FUSE_ADD=0 (docs/bench/2026-12-04-h200-*.md)
 SLIM_SETTINGS=${SLIM_SETTINGS:-|GGML_CUDA_SLIM_BULK=0}
 settings() { # settings "STRING": the '|'-separated entries into SLIM_SET

@@ -3,6 +3,10 @@
 
 export PYTHONUNBUFFERED=1   # the logs a later call reads show progress as it happens
 
+# the llama.cpp targets a CUDA build makes for the device stages (device_cuda.sh builds them there,
+# device_prebuild.sh here)
+CUDA_TOOL_TARGETS=(llama-bench llama-quantize llama-perplexity llama-completion llama-imatrix test-backend-ops)
+
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 
 # detach DIR: start DIR/run.sh in its own session (kept when the call returns), output to DIR/run.log

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 B=build/cuda-pre
-TARGETS=(llama-bench llama-quantize llama-perplexity llama-completion llama-imatrix test-backend-ops)
+source scripts/device_lib.sh   # CUDA_TOOL_TARGETS
 
 command -v nvcc > /dev/null || { echo "no nvcc on PATH"; exit 1; }
 CUDA_ROOT=$(readlink -f "${CUDA_HOME:-/usr/local/cuda}")
@@ -53,12 +53,12 @@ if [ ! -f "$B/build.ninja" ] || [ "$(cat "$B/args.txt" 2>/dev/null)" != "${argv[
     || { tail -30 "$B.cmake.log"; echo "cmake failed (cuBLAS and a libcuda.so stub in the toolkit? see the header)"; exit 1; }
   echo "${argv[*]}" > "$B/args.txt"
 fi
-cmake --build "$B" -j "$(nproc)" --target "${TARGETS[@]}"
+cmake --build "$B" -j "$(nproc)" --target "${CUDA_TOOL_TARGETS[@]}"
 
 key=$(bash scripts/device_prebuilt_key.sh .devcarry/llama-src.tar.xz)
 stage=$(mktemp -d)
 mkdir -p "$stage/bin"
-for t in "${TARGETS[@]}"; do cp "$B/bin/$t" "$stage/bin/"; done
+for t in "${CUDA_TOOL_TARGETS[@]}"; do cp "$B/bin/$t" "$stage/bin/"; done
 cp -P "$B"/bin/lib*.so* "$stage/bin/"
 echo "$key" > "$stage/bin/prebuilt.key"
 tar -C "$stage" -cJf .devcarry/prebuilt.tar.xz bin
