@@ -85,9 +85,29 @@ def copy_tokenizer(w, vocab_path: Path) -> None:
 
     for field in gguf.GGUFReader(vocab_path).fields.values():
         if field.name.startswith("tokenizer."):
-            vtype = field.types[0]
-            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-            w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+            copy_field(w, field)
+
+
+def copy_field(w, field) -> None:
+    """One key/value field of a GGUFReader into a writer, in its own value type."""
+    import gguf
+
+    vtype = field.types[0]
+    sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+    w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+
+
+def copy_tensor(w, t) -> None:
+    """One tensor of a GGUFReader into a writer, in its own type (quantized ones as rows of raw bytes: gguf-py derives
+    the element shape from the type's block size)."""
+    import gguf
+
+    data = np.asarray(t.data)
+    if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        w.add_tensor(t.name, data)
+    else:
+        rows = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
+        w.add_tensor(t.name, data.view(np.uint8).reshape(rows, -1), raw_dtype=t.tensor_type)
 
 
 def write_out(w) -> None:
@@ -154,13 +174,7 @@ def make_slim(path: Path, name: str, q4_path: Path, mats, vocab: Path) -> None:
     llama_kv(w, vocab, int(ftype))
 
     def copy(tname: str) -> None:  # a tensor as llama-quantize wrote it into the Q4_0 file
-        t = q4[tname]
-        data = np.asarray(t.data)
-        if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-            w.add_tensor(tname, data)
-        else:
-            w.add_tensor(tname, data.view(np.uint8).reshape(int(t.shape[-1]) if len(t.shape) > 1 else 1, -1),
-                         raw_dtype=t.tensor_type)
+        copy_tensor(w, q4[tname])
 
     copy("token_embd.weight")
     for i in range(N_LAYER):
@@ -241,21 +255,13 @@ def truncate_layers(src: Path, dst: Path, n_layers: int) -> None:
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name == "general.architecture":
             continue   # written by GGUFWriter itself
-        vtype = field.types[0]
         if field.name == block_count_key:
             w.add_uint32(field.name, n_layers)
-            continue
-        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+        else:
+            copy_field(w, field)
     for t in reader.tensors:
-        if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= n_layers:
-            continue
-        data = np.asarray(t.data)
-        if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-            w.add_tensor(t.name, data)
-        else:   # rows of raw bytes: gguf-py derives the element shape from the type's block size
-            rows = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
-            w.add_tensor(t.name, data.view(np.uint8).reshape(rows, -1), raw_dtype=t.tensor_type)
+        if not (t.name.startswith("blk.") and int(t.name.split(".")[1]) >= n_layers):
+            copy_tensor(w, t)
     write_out(w)
 
 
