@@ -3,7 +3,8 @@
 Without a GPU: a derivation check of the identity the mat-vec kernel is built on (bit-plane expansion to code
 bytes, the permuted activation layout, unsigned x signed dp4a, the `hi >> 4`), written out in numpy: it shows the
 arithmetic is right, not that slim.cu implements it (nothing here runs slim.cu); the case files of the device
-check; and the harness itself built without CUDA (ggml-cpu against Numba, and a corrupted case must fail). With a GPU and a CUDA build (build/cuda, `slim2gguf build-llama --cuda`): the exactness harness
+check; and the harness itself built without CUDA (ggml-cpu against Numba, and a corrupted case must fail). With a
+GPU and a CUDA build (build/cuda, `slim2gguf build-llama --cuda`): the exactness harness
 scripts/cuda_slim_check.cpp drives the real kernels (CUDA == Numba == CPU bit for bit; mat-vec within Q8
 rounding). The H100/H200 runs of the same harness are in docs/bench/.
 """
@@ -133,14 +134,14 @@ def test_case_files(tmp_path):
         assert up[:40] == gate[:40] and up != gate
 
 
-def _build_cpu_harness(tmp_path: Path) -> Path:
-    from llama_env import tool
-
-    lib_dir = tool("libggml-cpu.so").parent
-    exe = tmp_path / "slim_check_cpu"
-    subprocess.run(["g++", "-O2", "-std=c++17", "-DSLIM_CHECK_NO_CUDA", str(ROOT / "scripts" / "cuda_slim_check.cpp"),
+def _build_harness(tmp_path: Path, lib_dir: Path, cuda: bool) -> Path:
+    """scripts/cuda_slim_check.cpp linked against the ggml libraries in lib_dir (without CUDA: the CPU checks only)."""
+    exe = tmp_path / "cuda_slim_check"
+    subprocess.run(["g++", "-O2", "-std=c++17", *([] if cuda else ["-DSLIM_CHECK_NO_CUDA"]),
+                    str(ROOT / "scripts" / "cuda_slim_check.cpp"),
                     f"-I{ROOT / 'build' / 'llama.cpp' / 'ggml' / 'include'}", f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}",
-                    "-lggml", "-lggml-base", "-lggml-cpu", "-o", str(exe)], check=True)
+                    "-lggml", "-lggml-base", "-lggml-cpu", *(["-lggml-cuda"] if cuda else []), "-o", str(exe)],
+                   check=True)
     return exe
 
 
@@ -151,7 +152,9 @@ def test_exactness_harness_cpu(tmp_path):
     cases = tmp_path / "cases"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "cuda_slim_cases.py"), str(cases)], check=True, cwd=ROOT,
                    capture_output=True)
-    exe = _build_cpu_harness(tmp_path)
+    from llama_env import tool
+
+    exe = _build_harness(tmp_path, tool("libggml-cpu.so").parent, cuda=False)
     res = subprocess.run([str(exe), *map(str, sorted(cases.glob("*.bin")))], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "PASS: 0 failed checks" in res.stdout
@@ -177,11 +180,7 @@ def _have_gpu() -> bool:
 def test_cuda_exactness_harness(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "cuda_slim_cases.py"), str(tmp_path / "cases")], check=True,
                    cwd=ROOT)
-    exe = tmp_path / "cuda_slim_check"
-    subprocess.run(["g++", "-O2", "-std=c++17", str(ROOT / "scripts" / "cuda_slim_check.cpp"),
-                    f"-I{ROOT / 'build' / 'llama.cpp' / 'ggml' / 'include'}", f"-L{CUDA_BIN}",
-                    f"-Wl,-rpath,{CUDA_BIN}", "-lggml", "-lggml-base", "-lggml-cpu", "-lggml-cuda", "-o", str(exe)],
-                   check=True)
+    exe = _build_harness(tmp_path, CUDA_BIN, cuda=True)
     res = subprocess.run([str(exe), *map(str, sorted((tmp_path / "cases").glob("*.bin")))],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
